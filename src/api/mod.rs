@@ -1,0 +1,170 @@
+//! api: the routes. `Route::resolve` maps method and path to a route (or 404 / 405 with
+//! `Allow`), `dispatch` runs its handler, one file per resource. Handlers never block: database
+//! work goes to the persisters (events) or the query threads (everything else).
+
+pub mod error;
+mod events;
+mod health;
+mod keys;
+mod stats;
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub use error::ApiError;
+use serde::Deserialize;
+
+use crate::auth::{self, Org};
+use crate::core::Core;
+use crate::db::QueryError;
+use crate::http::request::Method;
+use crate::http::response::Response;
+use crate::ids::OrgId;
+
+/// Largest `POST /api/events` body: the contract's 256 KiB.
+pub const EVENT_BODY_BYTES_MAX: usize = 256 * 1024;
+/// Largest body of the other routes (key generation and the like).
+const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// What a handler sees of a request; every field borrows the connection's buffer.
+pub struct Request<'a> {
+    pub query: &'a str,
+    pub api_key: Option<&'a [u8]>,
+    pub body: &'a [u8],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    HealthLive,
+    HealthReady,
+    Events,
+    KeysGenerate,
+    Keys,
+    QueueStats,
+}
+
+impl Route {
+    pub fn resolve(method: Method, path: &str) -> Result<Route, ApiError> {
+        use Method::{Get, Head, Post};
+        const READ: (&[Method], &str) = (&[Get, Head], "GET, HEAD");
+        const WRITE: (&[Method], &str) = (&[Post], "POST");
+        let (route, (allowed, allow)) = match path {
+            "/health" => (Route::Health, READ),
+            "/health/live" => (Route::HealthLive, READ),
+            "/health/ready" => (Route::HealthReady, READ),
+            "/api/events" => (Route::Events, WRITE),
+            "/api/keys/generate" => (Route::KeysGenerate, WRITE),
+            "/api/keys" => (Route::Keys, READ),
+            "/api/queue/stats" => (Route::QueueStats, READ),
+            _ => return Err(ApiError::NotFound),
+        };
+        if allowed.contains(&method) {
+            Ok(route)
+        } else {
+            Err(ApiError::MethodNotAllowed(allow))
+        }
+    }
+
+    pub fn body_bytes_max(self) -> usize {
+        match self {
+            Route::Events => EVENT_BODY_BYTES_MAX,
+            _ => SMALL_BODY_BYTES_MAX,
+        }
+    }
+}
+
+pub async fn dispatch(core: &Rc<Core>, route: Route, req: &Request<'_>) -> Response {
+    let result = match route {
+        Route::Health => health::health(core).await,
+        Route::HealthLive => Ok(health::live()),
+        Route::HealthReady => health::ready(core).await,
+        Route::Events => events::post(core, req).await,
+        Route::KeysGenerate => keys::generate(core, req).await,
+        Route::Keys => keys::show(core, req).await,
+        Route::QueueStats => stats::show(core, req),
+    };
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> ApiError {
+        match e {
+            QueryError::Busy => ApiError::Overloaded,
+            QueryError::Unavailable => ApiError::StorageUnavailable,
+        }
+    }
+}
+
+/// The organization behind the request's key: from the shared cache, else from PostgreSQL on a
+/// query thread. A malformed key is refused here without any I/O.
+pub async fn authenticate(core: &Core, req: &Request<'_>) -> Result<Arc<Org>, ApiError> {
+    let key = req
+        .api_key
+        .filter(|k| !k.is_empty())
+        .ok_or(ApiError::MissingApiKey)?;
+    let hash = auth::check_format(key).ok_or(ApiError::InvalidApiKey)?;
+    if let Some(org) = core.shared.keys.get(&hash) {
+        return Ok(org);
+    }
+    let found = core
+        .shared
+        .queries
+        .run("key lookup", move |c| {
+            let row = c.query_opt(
+                "SELECT o.org_id, o.name, o.tier, o.created_at, k.key_prefix
+                 FROM api_keys k JOIN organizations o USING (org_id)
+                 WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+                &[&hash.0.as_slice()],
+            )?;
+            Ok(row.map(|r| Org {
+                id: OrgId(r.get(0)),
+                name: r.get(1),
+                tier: r.get(2),
+                created_at: r.get(3),
+                key_prefix: r.get(4),
+                key_hash: hash,
+            }))
+        })
+        .await?;
+    let org = Arc::new(found.ok_or(ApiError::InvalidApiKey)?);
+    core.shared.keys.insert(org.clone());
+    Ok(org)
+}
+
+/// Parses a JSON body. Bytes that are not JSON are `invalid_json`; JSON of the wrong shape is
+/// handed to `shape` to name the field.
+pub fn parse_body<'a, T: Deserialize<'a>>(
+    body: &'a [u8],
+    shape: impl FnOnce(String) -> ApiError,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::InvalidJson("the body is empty".into()));
+    }
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => shape(e.to_string()),
+        _ => ApiError::InvalidJson(e.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_resolve_and_wrong_methods_name_the_allowed_ones() {
+        assert_eq!(
+            Route::resolve(Method::Post, "/api/events"),
+            Ok(Route::Events)
+        );
+        assert_eq!(Route::resolve(Method::Head, "/health"), Ok(Route::Health));
+        assert_eq!(
+            Route::resolve(Method::Get, "/api/events"),
+            Err(ApiError::MethodNotAllowed("POST"))
+        );
+        assert_eq!(
+            Route::resolve(Method::Get, "/nope"),
+            Err(ApiError::NotFound)
+        );
+    }
+}

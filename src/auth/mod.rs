@@ -1,0 +1,142 @@
+//! auth: API keys and the key-hash → organization cache the cores share.
+//!
+//! A key is `trg_` + 64 hex digits (256 random bits) + 8 hex digits (CRC-32 of those bits), so a
+//! mistyped or made-up key is refused without a database round trip. Only SHA-256 of the key is
+//! stored; the plaintext exists once, in the response that creates it. Never logs a key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::ids::OrgId;
+
+pub const KEY_PREFIX: &str = "trg_";
+const RANDOM_BYTES: usize = 32;
+const CHECKSUM_HEX: usize = 8;
+pub const KEY_LEN: usize = KEY_PREFIX.len() + RANDOM_BYTES * 2 + CHECKSUM_HEX;
+/// How much of a key `GET /api/keys` shows: the prefix and 8 random digits, enough to tell keys
+/// apart, far too little to guess the rest.
+pub const KEY_SHOWN_LEN: usize = KEY_PREFIX.len() + 8;
+/// Cached organizations. Past this the cache starts over: it is only a cache, and a bound keeps a
+/// flood of distinct valid keys from growing it without end.
+const CACHE_ENTRIES_MAX: usize = 100_000;
+
+/// SHA-256 of a whole key: what the database stores and the cache is keyed by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl KeyHash {
+    fn of(key: &[u8]) -> KeyHash {
+        KeyHash(Sha256::digest(key).into())
+    }
+}
+
+/// A new key: the plaintext (shown once) and its hash (stored).
+pub struct NewKey {
+    pub plaintext: String,
+    pub hash: KeyHash,
+}
+
+impl NewKey {
+    pub fn generate() -> NewKey {
+        let mut random = [0u8; RANDOM_BYTES];
+        getrandom::fill(&mut random).expect("the OS random source failed");
+        let mut plaintext = String::with_capacity(KEY_LEN);
+        plaintext.push_str(KEY_PREFIX);
+        plaintext.push_str(&hex::encode(random));
+        plaintext.push_str(&format!("{:08x}", crc32fast::hash(&random)));
+        debug_assert_eq!(plaintext.len(), KEY_LEN);
+        let hash = KeyHash::of(plaintext.as_bytes());
+        NewKey { plaintext, hash }
+    }
+
+    pub fn shown_prefix(&self) -> &str {
+        &self.plaintext[..KEY_SHOWN_LEN]
+    }
+}
+
+/// Checks a presented key's shape and checksum; returns the hash to look up, or `None` for a
+/// key that cannot have been issued.
+pub fn check_format(key: &[u8]) -> Option<KeyHash> {
+    if key.len() != KEY_LEN || !key.starts_with(KEY_PREFIX.as_bytes()) {
+        return None;
+    }
+    let body = &key[KEY_PREFIX.len()..];
+    let mut random = [0u8; RANDOM_BYTES];
+    hex::decode_to_slice(&body[..RANDOM_BYTES * 2], &mut random).ok()?;
+    let mut sum = [0u8; 4];
+    hex::decode_to_slice(&body[RANDOM_BYTES * 2..], &mut sum).ok()?;
+    if u32::from_be_bytes(sum) != crc32fast::hash(&random) {
+        return None;
+    }
+    Some(KeyHash::of(key))
+}
+
+/// What a valid key unlocks.
+#[derive(Debug)]
+pub struct Org {
+    pub id: OrgId,
+    pub name: String,
+    pub tier: String,
+    pub key_prefix: String,
+    pub created_at: SystemTime,
+    pub key_hash: KeyHash,
+}
+
+/// Key hash → organization, shared by every core. Reads take a read lock for one map look-up and
+/// never across an `.await`. `forget_org` drops an organization's entries at once for every core,
+/// which is what key rotation needs.
+#[derive(Default)]
+pub struct KeyCache {
+    map: RwLock<HashMap<KeyHash, Arc<Org>>>,
+}
+
+impl KeyCache {
+    pub fn get(&self, hash: &KeyHash) -> Option<Arc<Org>> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let org = map.get(hash)?;
+        // The map compared hashes of keys, not keys; this compare is the one that decides.
+        bool::from(org.key_hash.0.ct_eq(&hash.0)).then(|| org.clone())
+    }
+
+    pub fn insert(&self, org: Arc<Org>) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= CACHE_ENTRIES_MAX {
+            map.clear();
+        }
+        map.insert(org.key_hash, org);
+    }
+
+    pub fn forget_org(&self, id: OrgId) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, org| org.id != id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_pass_the_format_check_and_hash_the_same() {
+        let k = NewKey::generate();
+        assert!(k.plaintext.starts_with(KEY_PREFIX));
+        assert_eq!(check_format(k.plaintext.as_bytes()), Some(k.hash));
+        assert_ne!(NewKey::generate().plaintext, k.plaintext);
+    }
+
+    #[test]
+    fn a_changed_digit_or_length_fails_the_checksum() {
+        let k = NewKey::generate().plaintext.into_bytes();
+        for i in KEY_PREFIX.len()..k.len() {
+            let mut bad = k.clone();
+            bad[i] = if bad[i] == b'0' { b'1' } else { b'0' };
+            assert_eq!(check_format(&bad), None, "digit {i}");
+        }
+        assert_eq!(check_format(&k[..k.len() - 1]), None);
+        assert_eq!(check_format(b"not-a-key"), None);
+    }
+}

@@ -1,0 +1,310 @@
+//! http::conn: one client connection, from accept to close.
+//!
+//! Reads a request head (bounded by `HEAD_BYTES_MAX` and the header timeout), then its body
+//! (bounded by the route's limit, decided from `Content-Length` before reading, and by the body
+//! timeout), dispatches it, and writes the response. Pipelined requests are answered in order;
+//! their responses are flushed together when the next request is already buffered. Any framing
+//! error is answered and the connection closed, since the next request's start is unknown.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent};
+use monoio::net::TcpStream;
+
+use super::request::{
+    parse_head, BodyFraming, ChunkedDecoder, FrameError, Head, Method, CHUNK_OVERHEAD_BYTES_MAX,
+};
+use super::response;
+use crate::api::{self, ApiError, Request, Route};
+use crate::core::Core;
+
+/// Initial read buffer; it grows to hold a whole request (head and body) when needed.
+const READ_BUF_BYTES: usize = 8 * 1024;
+/// Smallest free space offered to one read.
+const READ_CHUNK_MIN: usize = 4 * 1024;
+/// Buffered responses are flushed once they reach this size even if more requests are queued.
+const WRITE_FLUSH_BYTES: usize = 64 * 1024;
+/// A client that does not take its response within this time is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Body limit for routes without a body of their own (and unknown routes, whose body is read
+/// and discarded so the connection stays usable).
+const OTHER_BODY_BYTES_MAX: usize = 64 * 1024;
+
+enum ReadEnd {
+    Eof,
+    Timeout,
+    /// Reset, cancelled by shutdown, or any other I/O error.
+    Gone,
+}
+
+struct Conn {
+    stream: TcpStream,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+}
+
+impl Conn {
+    /// Reads more bytes onto the end of `rbuf`.
+    async fn read(&mut self, core: &Core, within: Duration) -> Result<usize, ReadEnd> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK_MIN {
+            self.rbuf.reserve(READ_CHUNK_MIN);
+        }
+        let (len, cap) = (self.rbuf.len(), self.rbuf.capacity());
+        let buf = std::mem::take(&mut self.rbuf).slice_mut(len..cap);
+        let read = self.stream.cancelable_read(buf, core.cancel_handle());
+        match monoio::time::timeout(within, read).await {
+            // The buffer went with the dropped read; the connection closes anyway.
+            Err(_) => Err(ReadEnd::Timeout),
+            Ok((result, buf)) => {
+                self.rbuf = buf.into_inner();
+                match result {
+                    Ok(0) => Err(ReadEnd::Eof),
+                    Ok(n) => Ok(n),
+                    Err(_) => Err(ReadEnd::Gone),
+                }
+            }
+        }
+    }
+
+    /// Reads until `rbuf` holds at least `want` bytes.
+    async fn read_to(
+        &mut self,
+        core: &Core,
+        want: usize,
+        deadline: Instant,
+    ) -> Result<(), ReadEnd> {
+        if self.rbuf.capacity() < want {
+            self.rbuf.reserve(want - self.rbuf.len());
+        }
+        while self.rbuf.len() < want {
+            self.read(core, deadline.saturating_duration_since(Instant::now()))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> bool {
+        if self.wbuf.is_empty() {
+            return true;
+        }
+        let buf = std::mem::take(&mut self.wbuf);
+        match monoio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(buf)).await {
+            Ok((Ok(_), mut buf)) => {
+                buf.clear();
+                self.wbuf = buf;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    async fn write_now(&mut self, bytes: &'static [u8]) -> bool {
+        matches!(
+            monoio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(bytes)).await,
+            Ok((Ok(_), _))
+        )
+    }
+
+    /// Answers a request that cannot be read to its end, then closes.
+    async fn fail(&mut self, core: &Core, err: ApiError) {
+        let id = core.next_request_id();
+        response::write(
+            &mut self.wbuf,
+            &err.into_response(),
+            id.as_bytes(),
+            core.date().as_bytes(),
+            false,
+            false,
+        );
+        self.flush().await;
+    }
+}
+
+/// Counts a connection for as long as it lives.
+struct Open(Rc<Core>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.connections.set(self.0.connections.get() - 1);
+    }
+}
+
+/// Answers a connection over the per-core limit with 503 and closes it.
+pub async fn refuse(core: Rc<Core>, stream: TcpStream) {
+    let mut conn = Conn {
+        stream,
+        rbuf: Vec::new(),
+        wbuf: Vec::with_capacity(256),
+    };
+    conn.fail(&core, ApiError::Overloaded).await;
+}
+
+pub async fn serve(core: Rc<Core>, stream: TcpStream) {
+    core.connections.set(core.connections.get() + 1);
+    let _open = Open(core.clone());
+    let _ = stream.set_nodelay(true);
+    let mut conn = Conn {
+        stream,
+        rbuf: Vec::with_capacity(READ_BUF_BYTES),
+        wbuf: Vec::with_capacity(READ_BUF_BYTES),
+    };
+    while let Some(()) = one_request(&core, &mut conn).await {}
+    conn.flush().await;
+}
+
+/// Serves one request; `None` closes the connection.
+async fn one_request(core: &Rc<Core>, conn: &mut Conn) -> Option<()> {
+    let config = &core.shared.config;
+    // The head: wait for the first byte under the idle timeout, the rest under the header
+    // timeout, which starts with that first byte.
+    let mut head_deadline = Instant::now() + config.header_timeout;
+    let head: Head = loop {
+        if !conn.rbuf.is_empty() {
+            match parse_head(&conn.rbuf) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(e) => {
+                    conn.fail(core, e.into()).await;
+                    return None;
+                }
+            }
+        }
+        if !conn.flush().await || core.draining.get() {
+            return None;
+        }
+        let idle = conn.rbuf.is_empty();
+        let within = if idle {
+            config.idle_timeout
+        } else {
+            head_deadline.saturating_duration_since(Instant::now())
+        };
+        match conn.read(core, within).await {
+            Ok(_) if idle => head_deadline = Instant::now() + config.header_timeout,
+            Ok(_) => {}
+            Err(ReadEnd::Timeout) if !idle => {
+                conn.fail(core, ApiError::RequestTimeout).await;
+                return None;
+            }
+            Err(_) => return None,
+        }
+    };
+    let received = Instant::now();
+    let route = Route::resolve(head.method, text(&conn.rbuf, &head.path));
+    let limit = route
+        .as_ref()
+        .map_or(OTHER_BODY_BYTES_MAX, |r| r.body_bytes_max());
+
+    // The body: refused from its declared length before any of it is read.
+    let body_deadline = Instant::now() + config.body_timeout;
+    let mut chunked_body = Vec::new();
+    let (body, consumed) = match head.framing {
+        BodyFraming::None => (head.len..head.len, head.len),
+        BodyFraming::Length(n) if n > limit => {
+            conn.fail(core, ApiError::PayloadTooLarge(limit)).await;
+            return None;
+        }
+        BodyFraming::Length(n) => {
+            let end = head.len + n;
+            if conn.rbuf.len() < end {
+                if head.expect_continue && !conn.write_now(b"HTTP/1.1 100 Continue\r\n\r\n").await {
+                    return None;
+                }
+                match conn.read_to(core, end, body_deadline).await {
+                    Ok(()) => {}
+                    Err(ReadEnd::Timeout) => {
+                        conn.fail(core, ApiError::RequestTimeout).await;
+                        return None;
+                    }
+                    Err(_) => return None,
+                }
+            }
+            (head.len..end, end)
+        }
+        BodyFraming::Chunked => {
+            if head.expect_continue && !conn.write_now(b"HTTP/1.1 100 Continue\r\n\r\n").await {
+                return None;
+            }
+            let mut decoder = ChunkedDecoder::new(head.len);
+            let end = loop {
+                match decoder.advance(&conn.rbuf, &mut chunked_body, limit) {
+                    Ok(Some(end)) => break end,
+                    Ok(None) if decoder.raw_len(head.len) > limit + CHUNK_OVERHEAD_BYTES_MAX => {
+                        conn.fail(core, ApiError::PayloadTooLarge(limit)).await;
+                        return None;
+                    }
+                    Ok(None) => {}
+                    Err(FrameError::BodyTooLarge) => {
+                        conn.fail(core, ApiError::PayloadTooLarge(limit)).await;
+                        return None;
+                    }
+                    Err(e) => {
+                        conn.fail(core, e.into()).await;
+                        return None;
+                    }
+                }
+                let within = body_deadline.saturating_duration_since(Instant::now());
+                match conn.read(core, within).await {
+                    Ok(_) => {}
+                    Err(ReadEnd::Timeout) => {
+                        conn.fail(core, ApiError::RequestTimeout).await;
+                        return None;
+                    }
+                    Err(_) => return None,
+                }
+            };
+            (0..0, end)
+        }
+    };
+
+    let request_id = match &head.request_id {
+        Some(r) => String::from_utf8_lossy(&conn.rbuf[r.clone()]).into_owned(),
+        None => core.next_request_id(),
+    };
+    let response = {
+        let req = Request {
+            query: text(&conn.rbuf, &head.query),
+            api_key: head.api_key.clone().map(|r| &conn.rbuf[r]),
+            body: if head.framing == BodyFraming::Chunked {
+                &chunked_body
+            } else {
+                &conn.rbuf[body]
+            },
+        };
+        match &route {
+            Ok(route) => api::dispatch(core, *route, &req).await,
+            Err(e) => e.clone().into_response(),
+        }
+    };
+    let keep_alive = head.keep_alive && !response.close && !core.draining.get();
+    response::write(
+        &mut conn.wbuf,
+        &response,
+        request_id.as_bytes(),
+        core.date().as_bytes(),
+        keep_alive,
+        head.method == Method::Head,
+    );
+    conn.rbuf.drain(..consumed);
+    if conn.rbuf.is_empty() && conn.rbuf.capacity() > 4 * READ_BUF_BYTES {
+        // A large body grew the buffer; give the memory back rather than hold it per connection.
+        conn.rbuf = Vec::with_capacity(READ_BUF_BYTES);
+    }
+    // Flush now unless the next pipelined request is already here to share the write.
+    let flush_now = conn.rbuf.is_empty() || conn.wbuf.len() >= WRITE_FLUSH_BYTES || !keep_alive;
+    if flush_now && !conn.flush().await {
+        return None;
+    }
+    if matches!(route, Ok(Route::Events)) {
+        core.shared.stats.cores[core.id]
+            .ingest_us
+            .record_duration(received.elapsed());
+    }
+    keep_alive.then_some(())
+}
+
+/// httparse admits only visible ASCII in the request target, so this never loses anything.
+fn text<'a>(buf: &'a [u8], range: &std::ops::Range<usize>) -> &'a str {
+    std::str::from_utf8(&buf[range.clone()]).unwrap_or("")
+}

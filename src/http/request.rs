@@ -1,0 +1,390 @@
+//! http::request: request framing as pure functions over bytes. `httparse` parses the request
+//! line and headers; this module applies the limits and the RFC 9112 framing rules, and decodes
+//! chunked bodies incrementally. No I/O here, so every rule is unit-tested.
+
+use std::ops::Range;
+
+/// Largest request head (request line + headers) accepted; larger → 431.
+pub const HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Most headers in one request; more → 431.
+pub const HEADERS_MAX: usize = 64;
+/// Most trailer fields after a chunked body.
+const TRAILERS_MAX: usize = 16;
+/// Chunk-size lines, extensions and CRLFs a chunked body may add over its decoded size: generous
+/// for real clients, small enough that one-byte chunks cannot pin memory.
+pub const CHUNK_OVERHEAD_BYTES_MAX: usize = 64 * 1024;
+/// Longest client `X-Request-Id` echoed back; a longer or non-printable one is replaced.
+const REQUEST_ID_BYTES_MAX: usize = 128;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Options,
+    Other,
+}
+
+impl Method {
+    fn parse(m: &str) -> Method {
+        match m {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "PATCH" => Method::Patch,
+            "DELETE" => Method::Delete,
+            "OPTIONS" => Method::Options,
+            _ => Method::Other,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFraming {
+    None,
+    Length(usize),
+    Chunked,
+}
+
+/// A parsed request head. Text fields are byte ranges into the buffer the head was parsed from,
+/// so parsing allocates nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub method: Method,
+    pub path: Range<usize>,
+    pub query: Range<usize>,
+    pub framing: BodyFraming,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    pub api_key: Option<Range<usize>>,
+    pub request_id: Option<Range<usize>>,
+    /// Bytes of the head, including the blank line.
+    pub len: usize,
+}
+
+/// Why a request cannot be framed. Each is answered and the connection closed, since the
+/// position of the next request in the stream is no longer known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// Head over `HEAD_BYTES_MAX` or more than `HEADERS_MAX` headers → 431.
+    HeadTooLarge,
+    /// Not HTTP/1.x, or a bad request line or header → 400.
+    Malformed,
+    /// Both `Content-Length` and `Transfer-Encoding`, or `Content-Length` twice → 400.
+    AmbiguousLength,
+    /// `Content-Length` that is not a decimal number → 400.
+    BadLength,
+    /// A transfer coding other than `chunked` → 501.
+    UnsupportedCoding,
+    /// Body over the route's limit → 413.
+    BodyTooLarge,
+}
+
+fn range_of(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Parses a request head from the start of `buf`. `Ok(None)`: incomplete, read more.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= HEAD_BYTES_MAX => {
+            return Err(FrameError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(FrameError::HeadTooLarge),
+        Err(_) => return Err(FrameError::Malformed),
+    };
+    if len > HEAD_BYTES_MAX {
+        return Err(FrameError::HeadTooLarge);
+    }
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(FrameError::Malformed);
+    };
+    let target = range_of(buf, target.as_bytes());
+    let (path, query) = match buf[target.clone()].iter().position(|&b| b == b'?') {
+        Some(q) => (
+            target.start..target.start + q,
+            target.start + q + 1..target.end,
+        ),
+        None => (target.clone(), target.end..target.end),
+    };
+    let mut head = Head {
+        method: Method::parse(method),
+        path,
+        query,
+        framing: BodyFraming::None,
+        keep_alive: version == 1,
+        expect_continue: false,
+        api_key: None,
+        request_id: None,
+        len,
+    };
+    let (mut length, mut chunked) = (None, false);
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let value = trim(h.value);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if length.is_some() {
+                return Err(FrameError::AmbiguousLength);
+            }
+            if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+                return Err(FrameError::BadLength);
+            }
+            let n: u64 = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or(FrameError::BadLength)?;
+            length = Some(usize::try_from(n).map_err(|_| FrameError::BadLength)?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Only `chunked`, alone: anything stacked on it would need a decoder we do not run.
+            if chunked || !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(FrameError::UnsupportedCoding);
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',').map(trim) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    head.keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
+                    head.keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"x-api-key") {
+            head.api_key = Some(range_of(buf, value));
+        } else if name.eq_ignore_ascii_case(b"authorization") && head.api_key.is_none() {
+            if let Some(token) = value.strip_prefix(b"Bearer ") {
+                head.api_key = Some(range_of(buf, trim(token)));
+            }
+        } else if name.eq_ignore_ascii_case(b"x-request-id") {
+            if !value.is_empty()
+                && value.len() <= REQUEST_ID_BYTES_MAX
+                && value.iter().all(|b| b.is_ascii_graphic())
+            {
+                head.request_id = Some(range_of(buf, value));
+            }
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            head.expect_continue = value.eq_ignore_ascii_case(b"100-continue") && version == 1;
+        }
+    }
+    head.framing = match (length, chunked) {
+        (Some(_), true) => return Err(FrameError::AmbiguousLength),
+        (Some(0), false) | (None, false) => BodyFraming::None,
+        (Some(n), false) => BodyFraming::Length(n),
+        (None, true) => BodyFraming::Chunked,
+    };
+    Ok(Some(head))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Size,
+    Data(usize),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+/// Decodes a chunked body as its bytes arrive. `advance` is called with the whole buffer each
+/// time more has been read and resumes where it stopped, so a body costs one pass however it is
+/// split into reads.
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    pos: usize,
+    phase: Phase,
+}
+
+impl ChunkedDecoder {
+    /// A decoder for a body starting at `start` in the buffer.
+    pub fn new(start: usize) -> ChunkedDecoder {
+        ChunkedDecoder {
+            pos: start,
+            phase: Phase::Size,
+        }
+    }
+
+    /// Decodes what `buf` holds into `out`. `Ok(Some(end))`: the body ended at `end` in `buf`.
+    pub fn advance(
+        &mut self,
+        buf: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<Option<usize>, FrameError> {
+        loop {
+            let rest = &buf[self.pos..];
+            match self.phase {
+                Phase::Size => match httparse::parse_chunk_size(rest) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        self.pos += used;
+                        let size = usize::try_from(size).map_err(|_| FrameError::BodyTooLarge)?;
+                        if out.len().saturating_add(size) > limit {
+                            return Err(FrameError::BodyTooLarge);
+                        }
+                        self.phase = if size == 0 {
+                            Phase::Trailers
+                        } else {
+                            Phase::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(_) => return Err(FrameError::Malformed),
+                },
+                Phase::Data(left) => {
+                    let n = left.min(rest.len());
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    out.extend_from_slice(&rest[..n]);
+                    self.pos += n;
+                    self.phase = if n == left {
+                        Phase::DataEnd
+                    } else {
+                        Phase::Data(left - n)
+                    };
+                }
+                Phase::DataEnd => {
+                    if rest.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &rest[..2] != b"\r\n" {
+                        return Err(FrameError::Malformed);
+                    }
+                    self.pos += 2;
+                    self.phase = Phase::Size;
+                }
+                Phase::Trailers => {
+                    let mut fields = [httparse::EMPTY_HEADER; TRAILERS_MAX];
+                    match httparse::parse_headers(rest, &mut fields) {
+                        Ok(httparse::Status::Complete((used, _))) => {
+                            self.pos += used;
+                            self.phase = Phase::Done;
+                        }
+                        Ok(httparse::Status::Partial) => return Ok(None),
+                        Err(_) => return Err(FrameError::Malformed),
+                    }
+                }
+                Phase::Done => return Ok(Some(self.pos)),
+            }
+        }
+    }
+
+    /// Raw bytes read for this body so far: bounded by the caller against the decoded limit
+    /// plus `CHUNK_OVERHEAD_BYTES_MAX`.
+    pub fn raw_len(&self, start: usize) -> usize {
+        self.pos - start
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> Result<Option<Head>, FrameError> {
+        parse_head(raw.as_bytes())
+    }
+
+    #[test]
+    fn a_complete_head_yields_its_parts_by_range() {
+        let raw = "POST /api/events?x=1 HTTP/1.1\r\nHost: a\r\nX-API-Key:  k1 \r\nContent-Length: 5\r\n\r\nhello";
+        let h = head(raw).unwrap().unwrap();
+        assert_eq!(h.method, Method::Post);
+        assert_eq!(&raw[h.path.clone()], "/api/events");
+        assert_eq!(&raw[h.query.clone()], "x=1");
+        assert_eq!(&raw[h.api_key.clone().unwrap()], "k1");
+        assert_eq!(h.framing, BodyFraming::Length(5));
+        assert!(h.keep_alive);
+        assert_eq!(&raw[h.len..], "hello");
+    }
+
+    #[test]
+    fn bearer_token_is_the_key_when_no_x_api_key() {
+        let raw = "GET / HTTP/1.1\r\nAuthorization: Bearer tok\r\n\r\n";
+        let h = head(raw).unwrap().unwrap();
+        assert_eq!(&raw[h.api_key.unwrap()], "tok");
+    }
+
+    #[test]
+    fn an_incomplete_head_asks_for_more_until_the_limit() {
+        assert_eq!(head("GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(HEAD_BYTES_MAX));
+        assert_eq!(head(&big), Err(FrameError::HeadTooLarge));
+        let many: String = (0..HEADERS_MAX + 1)
+            .map(|i| format!("H{i}: v\r\n"))
+            .collect();
+        assert_eq!(
+            head(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            Err(FrameError::HeadTooLarge)
+        );
+    }
+
+    #[test]
+    fn conflicting_or_repeated_lengths_are_refused() {
+        let both = "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(head(both), Err(FrameError::AmbiguousLength));
+        let twice = "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(head(twice), Err(FrameError::AmbiguousLength));
+        let bad = "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n";
+        assert_eq!(head(bad), Err(FrameError::BadLength));
+        let gzip = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(head(gzip), Err(FrameError::UnsupportedCoding));
+        assert_eq!(head("BLAH\r\n\r\n"), Err(FrameError::Malformed));
+    }
+
+    #[test]
+    fn http10_closes_unless_asked_and_close_is_honoured() {
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().keep_alive);
+        let ka = "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+        assert!(head(ka).unwrap().unwrap().keep_alive);
+        let close = "GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+        assert!(!head(close).unwrap().unwrap().keep_alive);
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_any_split() {
+        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+        for split in 0..body.len() - b"NEXT".len() {
+            let mut dec = ChunkedDecoder::new(0);
+            let mut out = Vec::new();
+            assert_eq!(
+                dec.advance(&body[..split], &mut out, 100),
+                Ok(None),
+                "{split}"
+            );
+            let end = dec.advance(body, &mut out, 100).unwrap().unwrap();
+            assert_eq!(out, b"hello world");
+            assert_eq!(&body[end..], b"NEXT");
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_over_the_limit_or_malformed_are_refused() {
+        let mut out = Vec::new();
+        let over = ChunkedDecoder::new(0).advance(b"b\r\nhello world\r\n0\r\n\r\n", &mut out, 10);
+        assert_eq!(over, Err(FrameError::BodyTooLarge));
+        let mut out = Vec::new();
+        let bad = ChunkedDecoder::new(0).advance(b"zz\r\n", &mut out, 10);
+        assert_eq!(bad, Err(FrameError::Malformed));
+        let mut out = Vec::new();
+        let no_crlf = ChunkedDecoder::new(0).advance(b"1\r\naXX", &mut out, 10);
+        assert_eq!(no_crlf, Err(FrameError::Malformed));
+    }
+}

@@ -1,0 +1,58 @@
+//! ids: newtype identifiers, parsed and validated at the boundary so no raw strings cross modules.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use uuid::Uuid;
+
+/// An organization (tenant). Every data-access function takes one first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrgId(pub Uuid);
+
+/// An event: a UUIDv7, so ids sort by creation time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(pub Uuid);
+
+impl OrgId {
+    pub fn new() -> OrgId {
+        OrgId(Uuid::new_v4())
+    }
+}
+
+impl Default for OrgId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventId {
+    pub fn new_v7() -> EventId {
+        EventId(Uuid::now_v7())
+    }
+}
+
+impl fmt::Display for OrgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// The current time cut to whole microseconds: PostgreSQL's `timestamptz` resolution, so the
+/// `created_at` a response shows is exactly the stored one.
+pub fn now_micros() -> SystemTime {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    UNIX_EPOCH + std::time::Duration::from_micros(since.as_micros() as u64)
+}
+
+/// RFC 3339 UTC with microseconds, as the contract shows every timestamp.
+pub fn rfc3339(t: SystemTime) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_micros(t)
+}

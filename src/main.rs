@@ -1,0 +1,69 @@
+//! The `triggers` binary: parse the command line, set up logging, run the server.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use triggers::config::{Config, Settings, DEFAULTS_TOML};
+
+/// Log filter unless `TRIGGERS_LOG` says otherwise: the server at info, libraries' chatter off.
+const LOG_DEFAULT: &str = "info,refinery_core=warn,postgres=warn,tokio_postgres=warn";
+
+#[derive(Parser)]
+#[command(
+    name = "triggers",
+    version,
+    about = "Thread-per-core event-ingestion API: a 2xx means the event is committed in PostgreSQL",
+    long_about = "Thread-per-core event-ingestion API on io_uring.\n\n\
+        Without a database URL the server runs its own PostgreSQL cluster in --data-dir, using \
+        the PostgreSQL server binaries installed on the machine. Every flag can also be set as a \
+        TRIGGERS_* environment variable or as a key of the --config file; `triggers \
+        default-config` prints every key with its default."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server
+    Serve {
+        /// TOML file with settings (keys as in `triggers default-config`)
+        #[arg(long, env = "TRIGGERS_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Box<Settings>,
+    },
+    /// Print the commented default configuration file
+    DefaultConfig,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::DefaultConfig => {
+            print!("{DEFAULTS_TOML}");
+            std::process::ExitCode::SUCCESS
+        }
+        Command::Serve { config, settings } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("TRIGGERS_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LOG_DEFAULT)),
+                )
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .init();
+            let result =
+                Config::load(*settings, config.as_deref()).and_then(triggers::server::serve);
+            match result {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! persist::copy: binary COPY of a batch into the connection's staging table.
+
+use std::error::Error;
+
+use bytes::{BufMut, BytesMut};
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use postgres::Transaction;
+
+use crate::queue::Event;
+
+const COLUMNS: [Type; 6] = [
+    Type::UUID,
+    Type::UUID,
+    Type::TEXT,
+    Type::JSONB,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+];
+
+/// A payload's JSON text sent as `jsonb` without parsing it again: the binary `jsonb` format is
+/// a version byte (1) followed by the text.
+#[derive(Debug)]
+pub struct RawJsonb<'a>(pub &'a [u8]);
+
+impl ToSql for RawJsonb<'_> {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        out.put_u8(1);
+        out.put_slice(self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
+/// Copies `batch` into `staging`; returns the rows PostgreSQL took.
+pub fn write_staging(tx: &mut Transaction<'_>, batch: &[Event]) -> Result<u64, postgres::Error> {
+    let sink = tx.copy_in(
+        "COPY staging (org_id, id, type, payload, dedup_id, created_at) FROM STDIN (FORMAT binary)",
+    )?;
+    let mut writer = BinaryCopyInWriter::new(sink, &COLUMNS);
+    for e in batch {
+        writer.write(&[
+            &e.org.0,
+            &e.id.0,
+            &&*e.kind,
+            &RawJsonb(&e.payload),
+            &e.dedup_id.as_deref(),
+            &e.created_at,
+        ])?;
+    }
+    writer.finish()
+}

@@ -1,0 +1,426 @@
+//! persist: the only code that writes events. Never reports an event committed before COMMIT
+//! returns, and never drops an event without answering it.
+//!
+//! Each persister thread drains every core's ring into a batch, flushed on rows, bytes or age
+//! (the age clock starts with the batch's first row). A batch is one transaction: binary COPY
+//! into a per-connection staging table, then one `INSERT … SELECT … ON CONFLICT DO NOTHING
+//! RETURNING id` into `events`. Ids are made before the event is queued, so replaying a batch
+//! whose COMMIT outcome is unknown is safe: rows already stored conflict with themselves and are
+//! reported committed. Outcomes go back as one message per batch per core.
+
+mod copy;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postgres::error::SqlState;
+use postgres::{Client, Statement};
+use uuid::Uuid;
+
+use crate::db;
+use crate::ids::EventId;
+use crate::queue::{Completion, Event, Hub, Outcome};
+use crate::stats::PersistStats;
+
+/// First and longest pause between attempts while PostgreSQL is unreachable or refusing.
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Longest a persister sleeps with nothing to do before it looks around anyway (a safety net:
+/// cores wake it on every push).
+const IDLE_PARK: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Debug)]
+pub struct BatchLimits {
+    pub rows_max: usize,
+    pub bytes_max: usize,
+    pub linger: Duration,
+}
+
+/// What persisters share with the rest of the server.
+pub struct PersistShared {
+    pub hub: Arc<Hub>,
+    pub limits: BatchLimits,
+    pub db: postgres::Config,
+    /// Set once no core will push again: drain the rings, then exit.
+    pub stop: AtomicBool,
+    /// Persisters holding a working connection.
+    pub connected: AtomicUsize,
+    /// Persister threads alive (`/health/ready`).
+    pub running: AtomicUsize,
+}
+
+/// A connection with its staging table and statements ready.
+struct Conn {
+    client: Client,
+    insert: Statement,
+    lookup: Statement,
+}
+
+impl Conn {
+    fn open(config: &postgres::Config) -> Result<Conn, postgres::Error> {
+        let mut client = db::connect(config)?;
+        client.batch_execute(
+            "CREATE TEMP TABLE staging (
+                 org_id uuid NOT NULL, id uuid NOT NULL, type text NOT NULL,
+                 payload jsonb NOT NULL, dedup_id text, created_at timestamptz NOT NULL
+             ) ON COMMIT DELETE ROWS",
+        )?;
+        // Sorted so that concurrent batches take dedup-index locks in one order (no deadlock
+        // between persisters).
+        let insert = client.prepare(
+            "INSERT INTO events (org_id, id, type, payload, dedup_id, created_at)
+             SELECT org_id, id, type, payload, dedup_id, created_at FROM staging
+             ORDER BY org_id, dedup_id, id
+             ON CONFLICT DO NOTHING
+             RETURNING id",
+        )?;
+        // For rows the INSERT skipped: the stored event holding their dedup_id (their own id
+        // when a replayed batch had in fact committed).
+        let lookup = client.prepare(
+            "SELECT s.id, e.id FROM staging s
+             JOIN events e ON e.org_id = s.org_id AND e.dedup_id = s.dedup_id
+             WHERE s.dedup_id IS NOT NULL",
+        )?;
+        Ok(Conn {
+            client,
+            insert,
+            lookup,
+        })
+    }
+
+    /// One transaction for the whole batch; outcomes in batch order.
+    fn commit(&mut self, batch: &[Event]) -> Result<Vec<Outcome>, postgres::Error> {
+        let mut tx = self.client.transaction()?;
+        let copied = copy::write_staging(&mut tx, batch)?;
+        assert_eq!(
+            copied as usize,
+            batch.len(),
+            "COPY must take every batched row"
+        );
+        let inserted: HashSet<Uuid> = tx
+            .query(&self.insert, &[])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut stored: HashMap<Uuid, Uuid> = HashMap::new();
+        if inserted.len() < batch.len() {
+            for row in tx.query(&self.lookup, &[])? {
+                stored.insert(row.get(0), row.get(1));
+            }
+        }
+        tx.commit()?;
+        Ok(batch
+            .iter()
+            .map(|e| {
+                if inserted.contains(&e.id.0) {
+                    return Outcome::Committed;
+                }
+                match stored.get(&e.id.0) {
+                    Some(&holder) if holder != e.id.0 => Outcome::Duplicate(EventId(holder)),
+                    // Skipped without a dedup holder: its own id was already stored, so an
+                    // earlier attempt of this batch committed.
+                    _ => Outcome::Committed,
+                }
+            })
+            .collect())
+    }
+}
+
+enum Failure {
+    /// The connection is gone: reconnect, then replay.
+    Connection,
+    /// Worth retrying on the same connection (deadlock, serialization, resources).
+    Transient,
+    /// PostgreSQL refused the data itself: some row of the batch is bad.
+    Data(String),
+}
+
+fn classify(e: &postgres::Error, client_closed: bool) -> Failure {
+    if client_closed {
+        return Failure::Connection;
+    }
+    let Some(db) = e.as_db_error() else {
+        return Failure::Connection;
+    };
+    let code = db.code();
+    let class = &code.code()[..2];
+    if code == &SqlState::T_R_DEADLOCK_DETECTED || code == &SqlState::T_R_SERIALIZATION_FAILURE {
+        return Failure::Transient;
+    }
+    match class {
+        // data exception, integrity violation, program limit (say, an index row too large)
+        "22" | "23" | "54" => Failure::Data(db.message().to_string()),
+        "08" | "57" => Failure::Connection,
+        _ => Failure::Transient,
+    }
+}
+
+/// Counts a persister thread as running until it ends, however it ends.
+struct Running(Arc<PersistShared>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Persister {
+    index: usize,
+    shared: Arc<PersistShared>,
+    stats: Arc<crate::stats::Stats>,
+    conn: Option<Conn>,
+    /// Events taken off the rings while PostgreSQL was unreachable, oldest first. Holds at most
+    /// as many events as all rings together.
+    backlog: VecDeque<Event>,
+    backoff: Duration,
+}
+
+impl Persister {
+    pub fn spawn(
+        index: usize,
+        shared: Arc<PersistShared>,
+        stats: Arc<crate::stats::Stats>,
+    ) -> std::thread::JoinHandle<()> {
+        shared.running.fetch_add(1, Ordering::Relaxed);
+        std::thread::Builder::new()
+            .name(format!("persister-{index}"))
+            .spawn(move || {
+                let _running = Running(shared.clone());
+                Persister {
+                    index,
+                    shared,
+                    stats,
+                    conn: None,
+                    backlog: VecDeque::new(),
+                    backoff: BACKOFF_MIN,
+                }
+                .run()
+            })
+            .expect("spawning a persister thread")
+    }
+
+    fn my_stats(&self) -> &PersistStats {
+        &self.stats.persisters[self.index]
+    }
+
+    fn run(mut self) {
+        self.shared.hub.doorbell.register(self.index);
+        // Connect before the first event so that a misconfigured database shows at start-up.
+        match Conn::open(&self.shared.db) {
+            Ok(c) => self.set_conn(Some(c)),
+            Err(e) => {
+                tracing::warn!(persister = self.index, error = %e, "persister cannot connect yet")
+            }
+        }
+        let mut batch = Vec::with_capacity(self.shared.limits.rows_max);
+        while self.gather(&mut batch) {
+            self.persist(std::mem::take(&mut batch));
+            batch.reserve(self.shared.limits.rows_max);
+        }
+        self.set_conn(None);
+        tracing::debug!(persister = self.index, "persister drained and stopped");
+    }
+
+    fn set_conn(&mut self, conn: Option<Conn>) {
+        let before = self.conn.is_some();
+        self.conn = conn;
+        match (before, self.conn.is_some()) {
+            (false, true) => {
+                self.shared.connected.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.shared.connected.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes one event from the backlog or any ring, answering those past their deadline.
+    fn take(&mut self, now: Instant) -> Option<Event> {
+        loop {
+            let event = match self.backlog.pop_front() {
+                Some(e) => e,
+                None => self.shared.hub.rings.iter().find_map(|r| r.pop())?,
+            };
+            if event.deadline <= now {
+                self.expire(vec![event]);
+                continue;
+            }
+            self.my_stats()
+                .queue_wait_us
+                .record_duration(now.saturating_duration_since(event.enqueued_at));
+            return Some(event);
+        }
+    }
+
+    /// Fills `batch`. Returns false once stopping and nothing is left.
+    fn gather(&mut self, batch: &mut Vec<Event>) -> bool {
+        let limits = self.shared.limits.clone();
+        let hub = self.shared.hub.clone();
+        // Wait for a first event.
+        loop {
+            if let Some(e) = self.take(Instant::now()) {
+                batch.push(e);
+                break;
+            }
+            if self.shared.stop.load(Ordering::Acquire) && hub.is_empty() {
+                return false;
+            }
+            hub.doorbell.will_sleep(self.index);
+            if hub.is_empty() && !self.shared.stop.load(Ordering::Acquire) {
+                std::thread::park_timeout(IDLE_PARK);
+            }
+            hub.doorbell.awake(self.index);
+        }
+        let first = Instant::now();
+        let mut bytes = batch[0].payload.len();
+        while batch.len() < limits.rows_max && bytes < limits.bytes_max {
+            let now = Instant::now();
+            match self.take(now) {
+                Some(e) => {
+                    bytes += e.payload.len();
+                    batch.push(e);
+                }
+                None if now.duration_since(first) >= limits.linger => break,
+                None => std::thread::yield_now(),
+            }
+        }
+        true
+    }
+
+    /// Commits `batch` and answers every event in it, however long PostgreSQL takes to come
+    /// back; events whose deadline passes meanwhile are answered `Unavailable` and dropped.
+    fn persist(&mut self, mut batch: Vec<Event>) {
+        loop {
+            if batch.is_empty() {
+                return;
+            }
+            if self.conn.is_none() {
+                match Conn::open(&self.shared.db) {
+                    Ok(c) => {
+                        tracing::info!(persister = self.index, "persister connected");
+                        self.set_conn(Some(c));
+                        self.backoff = BACKOFF_MIN;
+                    }
+                    Err(e) => {
+                        tracing::warn!(persister = self.index, error = %e, "persister cannot connect");
+                        self.pause(&mut batch);
+                        continue;
+                    }
+                }
+            }
+            let conn = self.conn.as_mut().expect("connected above");
+            let started = Instant::now();
+            match conn.commit(&batch) {
+                Ok(outcomes) => {
+                    self.backoff = BACKOFF_MIN;
+                    self.record_commit(started.elapsed(), &outcomes);
+                    self.answer(batch.into_iter().zip(outcomes));
+                    return;
+                }
+                Err(e) => {
+                    let closed = conn.client.is_closed();
+                    match classify(&e, closed) {
+                        Failure::Data(why) if batch.len() == 1 => {
+                            tracing::info!(persister = self.index, reason = %why, "PostgreSQL refused an event");
+                            self.my_stats().refused.add(1);
+                            self.answer(
+                                batch
+                                    .into_iter()
+                                    .map(|ev| (ev, Outcome::Rejected(why.clone()))),
+                            );
+                            return;
+                        }
+                        Failure::Data(_) => {
+                            // Find the bad rows by halves; the good ones still commit.
+                            let right = batch.split_off(batch.len() / 2);
+                            self.persist(batch);
+                            self.persist(right);
+                            return;
+                        }
+                        Failure::Connection => {
+                            tracing::warn!(persister = self.index, error = %e, "lost the PostgreSQL connection; will replay the batch");
+                            self.set_conn(None);
+                            self.my_stats().retries.add(1);
+                            self.pause(&mut batch);
+                        }
+                        Failure::Transient => {
+                            tracing::warn!(persister = self.index, error = %e, "batch failed; retrying");
+                            self.my_stats().retries.add(1);
+                            self.pause(&mut batch);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits before the next attempt. Meanwhile events keep their deadlines: those in the held
+    /// batch and in the rings that run out of time are answered now, so no waiting client is
+    /// left past its budget and no event answered 503 is stored later.
+    fn pause(&mut self, batch: &mut Vec<Event>) {
+        std::thread::sleep(self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        let now = Instant::now();
+        let (expired, kept): (Vec<Event>, Vec<Event>) = std::mem::take(batch)
+            .into_iter()
+            .partition(|e| e.deadline <= now);
+        *batch = kept;
+        self.expire(expired);
+        let backlog_max: usize = self.shared.hub.rings.iter().map(|r| r.capacity()).sum();
+        for ring in &self.shared.hub.rings {
+            while self.backlog.len() < backlog_max {
+                let Some(e) = ring.pop() else { break };
+                self.backlog.push_back(e);
+            }
+        }
+        let (expired, kept): (VecDeque<Event>, VecDeque<Event>) = std::mem::take(&mut self.backlog)
+            .into_iter()
+            .partition(|e| e.deadline <= now);
+        self.backlog = kept;
+        self.expire(expired.into());
+    }
+
+    fn expire(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        self.my_stats().expired.add(events.len() as u64);
+        self.answer(events.into_iter().map(|e| (e, Outcome::Unavailable)));
+    }
+
+    fn record_commit(&self, took: Duration, outcomes: &[Outcome]) {
+        let s = self.my_stats();
+        s.commit_us.record_duration(took);
+        s.batch_rows.record(outcomes.len() as u64);
+        s.batches.add(1);
+        let dups = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Duplicate(_)))
+            .count() as u64;
+        s.duplicates.add(dups);
+        s.committed.add(outcomes.len() as u64 - dups);
+    }
+
+    /// Sends outcomes home: one message per core that has waiters in this batch.
+    fn answer(&self, outcomes: impl Iterator<Item = (Event, Outcome)>) {
+        let mut per_core: Vec<Vec<Completion>> = (0..self.shared.hub.mailboxes.len())
+            .map(|_| Vec::new())
+            .collect();
+        for (event, outcome) in outcomes {
+            if let Some(w) = event.waiter {
+                per_core[w.core as usize].push(Completion {
+                    slot: w.slot,
+                    outcome,
+                });
+            }
+        }
+        for (core, completions) in per_core.into_iter().enumerate() {
+            if !completions.is_empty() {
+                self.shared.hub.mailboxes[core].deliver(completions);
+            }
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! pg: the embedded PostgreSQL cluster, run by the server when no database URL is given.
+//!
+//! Finds the server binaries, runs `initdb` into `<data-dir>/postgres` on first start, starts the
+//! postmaster on a unix socket inside the data directory (no TCP port, so nothing collides),
+//! adopts a postmaster left running by a killed server, and stops it on shutdown. Never turns
+//! `fsync` or `synchronous_commit` off, and never runs two postmasters on one directory (the
+//! server's data-directory lock plus PostgreSQL's own `postmaster.pid` see to that).
+
+use std::fs;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Pid, User};
+
+/// The superuser `initdb` creates and the database the server uses.
+pub const DB_USER: &str = "triggers";
+pub const DB_NAME: &str = "triggers";
+/// Only names the socket file (`.s.PGSQL.5432`); no TCP port is opened.
+const PORT: u16 = 5432;
+/// Crash recovery replays WAL before the cluster accepts connections; give it time.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Unix socket paths are limited by `sockaddr_un.sun_path`.
+const SOCKET_PATH_BYTES_MAX: usize = 107;
+const INSTALL_HINT: &str = "install them (Debian/Ubuntu: `apt-get install postgresql`; \
+    Fedora: `dnf install postgresql-server`) or point the server at a database with \
+    --database-url / DATABASE_URL";
+
+/// Settings the cluster always runs with. Durability stays on: a 2xx means committed.
+const SETTINGS: &[(&str, &str)] = &[
+    ("listen_addresses", ""),
+    ("unix_socket_permissions", "0700"),
+    ("fsync", "on"),
+    ("synchronous_commit", "on"),
+    ("full_page_writes", "on"),
+    ("max_connections", "100"),
+    // Ingest writes WAL steadily; rarer checkpoints mean fewer full-page images.
+    ("max_wal_size", "2GB"),
+    ("checkpoint_timeout", "15min"),
+    ("timezone", "UTC"),
+    ("log_timezone", "UTC"),
+];
+
+/// Where the PostgreSQL server binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub dir: PathBuf,
+}
+
+impl Binaries {
+    /// Looks in `PATH`, then `pg_config --bindir`, then `/usr/lib/postgresql/*/bin` (newest).
+    pub fn locate() -> anyhow::Result<Binaries> {
+        let has_server = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
+        let from_path = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let from_pg_config = Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+        let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+                Some((v, e.path().join("bin")))
+            })
+            .collect();
+        versioned.sort_by_key(|(v, _)| std::cmp::Reverse(*v));
+        from_path
+            .into_iter()
+            .chain(from_pg_config)
+            .chain(versioned.into_iter().map(|(_, d)| d))
+            .find(|d| has_server(d))
+            .map(|dir| Binaries { dir })
+            .with_context(|| {
+                format!(
+                    "PostgreSQL server binaries (initdb, postgres) were not found in PATH, \
+                     `pg_config --bindir` or /usr/lib/postgresql/*/bin: {INSTALL_HINT}"
+                )
+            })
+    }
+
+    fn bin(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+enum Running {
+    /// Started by this process.
+    Child(Child),
+    /// Left running by a server that was killed; adopted, and stopped like our own.
+    Adopted(Pid),
+}
+
+pub struct Cluster {
+    bins: Binaries,
+    /// `<data-dir>/postgres`: PGDATA.
+    dir: PathBuf,
+    socket_dir: PathBuf,
+    log_path: PathBuf,
+    initialized_marker: PathBuf,
+    /// PostgreSQL refuses to run as root: then the cluster runs as this account.
+    owner: Option<User>,
+    running: Option<Running>,
+}
+
+impl Cluster {
+    pub fn new(data_dir: &Path) -> anyhow::Result<Cluster> {
+        let bins = Binaries::locate()?;
+        fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        let data_dir = data_dir.canonicalize()?;
+        let owner = if nix::unistd::geteuid().is_root() {
+            let user = User::from_name("postgres")?.context(
+                "running as root, but PostgreSQL refuses to run as root and there is no \
+                 `postgres` account to run it as: create one (`useradd --system postgres`) \
+                 or run the server as an ordinary user",
+            )?;
+            Some(user)
+        } else {
+            None
+        };
+        let socket_dir = data_dir.join("run");
+        let socket_len = socket_dir.as_os_str().len() + format!("/.s.PGSQL.{PORT}").len();
+        if socket_len > SOCKET_PATH_BYTES_MAX {
+            bail!(
+                "data directory {} is too deep for PostgreSQL's unix socket ({socket_len} > \
+                 {SOCKET_PATH_BYTES_MAX} bytes): choose a shorter --data-dir",
+                data_dir.display()
+            );
+        }
+        Ok(Cluster {
+            bins,
+            dir: data_dir.join("postgres"),
+            socket_dir,
+            log_path: data_dir.join("postgres.log"),
+            initialized_marker: data_dir.join("postgres.initialized"),
+            owner,
+            running: None,
+        })
+    }
+
+    /// Connection settings for the server's database on this cluster.
+    pub fn client_config(&self) -> postgres::Config {
+        let mut c = postgres::Config::new();
+        c.host_path(&self.socket_dir)
+            .port(PORT)
+            .user(DB_USER)
+            .dbname(DB_NAME);
+        c
+    }
+
+    fn give_to_owner(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(u) = &self.owner {
+            chown(path, Some(u.uid.as_raw()), Some(u.gid.as_raw()))
+                .with_context(|| format!("handing {} to user {}", path.display(), u.name))?;
+        }
+        Ok(())
+    }
+
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        if let Some(u) = &self.owner {
+            cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    fn initdb(&self) -> anyhow::Result<()> {
+        if self.initialized_marker.exists() {
+            return Ok(());
+        }
+        // A directory without the marker is an initdb that did not finish: start it over.
+        if self.dir.exists() {
+            fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("removing unfinished cluster {}", self.dir.display()))?;
+        }
+        fs::create_dir_all(&self.dir)?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
+        self.give_to_owner(&self.dir)?;
+        tracing::info!(dir = %self.dir.display(), "initializing embedded PostgreSQL cluster");
+        let out = self
+            .command(self.bins.bin("initdb"))
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-U", DB_USER, "-A", "trust", "-E", "UTF8", "--locale=C"])
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!(
+                "initdb failed{}:\n{}{}",
+                self.owner.as_ref().map_or(String::new(), |u| format!(
+                    " (as user {}: every directory above the data directory must be \
+                     searchable by it)",
+                    u.name
+                )),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        fs::write(&self.initialized_marker, b"")?;
+        Ok(())
+    }
+
+    /// The postmaster recorded in `postmaster.pid`, if it is still alive.
+    fn live_postmaster(&self) -> Option<Pid> {
+        let text = fs::read_to_string(self.dir.join("postmaster.pid")).ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == "postgres").then_some(Pid::from_raw(pid))
+    }
+
+    /// Initializes the cluster if needed, then starts it or adopts the one left running. With
+    /// `die_with_parent` the postmaster is stopped by the kernel when the starting thread ends
+    /// (test harnesses use it so that no cluster outlives them).
+    pub fn start(&mut self, die_with_parent: bool) -> anyhow::Result<()> {
+        self.initdb()?;
+        fs::create_dir_all(&self.socket_dir)?;
+        fs::set_permissions(&self.socket_dir, fs::Permissions::from_mode(0o700))?;
+        self.give_to_owner(&self.socket_dir)?;
+        if let Some(pid) = self.live_postmaster() {
+            tracing::warn!(
+                pid = pid.as_raw(),
+                "adopting the PostgreSQL cluster left running by an earlier server"
+            );
+            self.running = Some(Running::Adopted(pid));
+        } else {
+            // A pid file naming a dead process (or a recycled pid) would stop the postmaster.
+            let _ = fs::remove_file(self.dir.join("postmaster.pid"));
+            let log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log_path)?;
+            self.give_to_owner(&self.log_path)?;
+            let mut cmd = if die_with_parent && Path::new("/usr/bin/setpriv").exists() {
+                let mut c = self.command("/usr/bin/setpriv");
+                c.args(["--pdeathsig", "INT", "--"])
+                    .arg(self.bins.bin("postgres"));
+                c
+            } else {
+                self.command(self.bins.bin("postgres"))
+            };
+            cmd.arg("-D").arg(&self.dir).arg("-k").arg(&self.socket_dir);
+            cmd.args(["-p", &PORT.to_string()]);
+            for (k, v) in SETTINGS {
+                cmd.arg("-c").arg(format!("{k}={v}"));
+            }
+            // Its own process group: a terminal's Ctrl-C reaches the server, which stops the
+            // cluster after the last commit, not the cluster first.
+            cmd.process_group(0).stdout(log.try_clone()?).stderr(log);
+            let child = cmd.spawn().context("starting postgres")?;
+            tracing::info!(pid = child.id(), dir = %self.dir.display(), "embedded PostgreSQL starting");
+            self.running = Some(Running::Child(child));
+        }
+        self.wait_ready()?;
+        self.ensure_database()
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut admin = self.client_config();
+        admin
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(1));
+        loop {
+            if let Some(Running::Child(child)) = &mut self.running {
+                if let Some(status) = child.try_wait()? {
+                    self.running = None;
+                    bail!(
+                        "PostgreSQL exited during start-up ({status}); its log {}:\n{}",
+                        self.log_path.display(),
+                        self.log_tail()
+                    );
+                }
+            }
+            match admin.connect(postgres::NoTls) {
+                Ok(_) => return Ok(()),
+                Err(e) if started.elapsed() > START_TIMEOUT => {
+                    bail!("PostgreSQL did not accept connections within {START_TIMEOUT:?}: {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    fn ensure_database(&self) -> anyhow::Result<()> {
+        let mut admin = self.client_config();
+        admin.dbname("postgres");
+        let mut client = admin.connect(postgres::NoTls)?;
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DB_NAME])?
+            .is_some();
+        if !exists {
+            client.batch_execute(&format!("CREATE DATABASE {DB_NAME}"))?;
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Fast shutdown: open sessions end, everything committed stays. Waits for the postmaster
+    /// to be gone.
+    pub fn stop(&mut self) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        let pid = match &running {
+            Running::Child(c) => Pid::from_raw(c.id() as i32),
+            Running::Adopted(pid) => *pid,
+        };
+        let _ = kill(pid, Signal::SIGINT);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let gone = |running: &mut Running| match running {
+            Running::Child(c) => c.try_wait().map(|s| s.is_some()).unwrap_or(true),
+            Running::Adopted(pid) => kill(*pid, None).is_err(),
+        };
+        let mut running = running;
+        while !gone(&mut running) {
+            if Instant::now() > deadline {
+                tracing::error!(
+                    pid = pid.as_raw(),
+                    "PostgreSQL did not stop in time; sending SIGQUIT"
+                );
+                let _ = kill(pid, Signal::SIGQUIT);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::info!(pid = pid.as_raw(), "embedded PostgreSQL stopped");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,161 @@
+//! stats: latency histograms and counters, recorded where things happen and merged on read.
+//!
+//! Each core and each persister owns its recorders, so recording is an uncontended lock and an
+//! array increment; `GET /api/queue/stats` merges them. Values are microseconds unless named
+//! otherwise. Recording never fails: values past the top are clamped to it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Largest latency a histogram tells apart: one minute.
+const LATENCY_US_MAX: u64 = 60_000_000;
+/// Three significant digits: 0.1% error at every magnitude.
+const SIGNIFICANT_DIGITS: u8 = 3;
+
+pub struct Recorder {
+    hist: Mutex<Histogram<u64>>,
+}
+
+impl Recorder {
+    fn new(max: u64) -> Recorder {
+        let hist = Histogram::new_with_bounds(1, max, SIGNIFICANT_DIGITS)
+            .expect("static histogram bounds are valid");
+        Recorder {
+            hist: Mutex::new(hist),
+        }
+    }
+
+    pub fn latency() -> Recorder {
+        Recorder::new(LATENCY_US_MAX)
+    }
+
+    pub fn record(&self, value: u64) {
+        let mut h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
+        h.saturating_record(value.max(1));
+    }
+
+    pub fn record_duration(&self, d: Duration) {
+        self.record(d.as_micros().min(u64::MAX as u128) as u64);
+    }
+
+    /// Adds this recorder's values into `into`.
+    pub fn merge_into(&self, into: &mut Histogram<u64>) {
+        let h = self.hist.lock().unwrap_or_else(|e| e.into_inner());
+        into.add(&*h)
+            .expect("histograms of one kind share their bounds");
+    }
+}
+
+/// A counter readable from any thread.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Recorded by a serving core.
+pub struct CoreStats {
+    /// Request head read → response written, for `POST /api/events`.
+    pub ingest_us: Recorder,
+    /// 202s sent.
+    pub accepted: Counter,
+    /// 409s sent.
+    pub duplicates: Counter,
+    /// 4xx other than 409 on ingest (bad input, bad key).
+    pub rejected: Counter,
+    /// 503 `overloaded`: the ring was full.
+    pub overloaded: Counter,
+    /// 503 `storage_unavailable`.
+    pub unavailable: Counter,
+}
+
+/// Recorded by a persister.
+pub struct PersistStats {
+    /// Ring push → taken into a batch.
+    pub queue_wait_us: Recorder,
+    /// COPY through COMMIT of one batch.
+    pub commit_us: Recorder,
+    /// Rows per committed batch.
+    pub batch_rows: Recorder,
+    pub committed: Counter,
+    pub duplicates: Counter,
+    pub batches: Counter,
+    /// Rows PostgreSQL refused on their own.
+    pub refused: Counter,
+    /// Events dropped unstored because PostgreSQL stayed unreachable past their deadline.
+    pub expired: Counter,
+    /// Batches retried after a connection loss or transient error.
+    pub retries: Counter,
+}
+
+pub struct Stats {
+    pub cores: Vec<CoreStats>,
+    pub persisters: Vec<PersistStats>,
+}
+
+impl Stats {
+    pub fn new(cores: usize, persisters: usize) -> Stats {
+        Stats {
+            cores: (0..cores)
+                .map(|_| CoreStats {
+                    ingest_us: Recorder::latency(),
+                    accepted: Counter::default(),
+                    duplicates: Counter::default(),
+                    rejected: Counter::default(),
+                    overloaded: Counter::default(),
+                    unavailable: Counter::default(),
+                })
+                .collect(),
+            persisters: (0..persisters)
+                .map(|_| PersistStats {
+                    queue_wait_us: Recorder::latency(),
+                    commit_us: Recorder::latency(),
+                    batch_rows: Recorder::new(1_000_000),
+                    committed: Counter::default(),
+                    duplicates: Counter::default(),
+                    batches: Counter::default(),
+                    refused: Counter::default(),
+                    expired: Counter::default(),
+                    retries: Counter::default(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Merges one recorder of every core (or persister) into a fresh histogram.
+    pub fn merged<'a>(recorders: impl Iterator<Item = &'a Recorder>) -> Histogram<u64> {
+        let mut h = Histogram::new_with_bounds(1, LATENCY_US_MAX, SIGNIFICANT_DIGITS)
+            .expect("static histogram bounds are valid");
+        for r in recorders {
+            r.merge_into(&mut h);
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_histograms_hold_every_core_s_values() {
+        let stats = Stats::new(2, 1);
+        stats.cores[0].ingest_us.record(100);
+        stats.cores[1].ingest_us.record(5_000);
+        stats.cores[1].ingest_us.record(u64::MAX);
+        let h = Stats::merged(stats.cores.iter().map(|c| &c.ingest_us));
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.min(), 100);
+        assert!(h.max() >= LATENCY_US_MAX);
+    }
+}

@@ -1,0 +1,349 @@
+//! The contract's routes over real sockets against a real PostgreSQL.
+
+mod support;
+
+use std::sync::{Arc, Barrier};
+
+use serde_json::json;
+use support::*;
+
+fn server() -> Server {
+    Server::start(&[])
+}
+
+#[test]
+fn accepted_event_is_committed_with_exact_payload_type_and_organization() {
+    let s = server();
+    let (key, org) = new_org(s.addr, "acme");
+    let payload =
+        json!({"order": {"id": 42, "lines": [1.5, "two", null, true]}, "ü": "ß \u{1F600}"});
+    let body = json!({"type": "order.created", "payload": payload, "dedup_id": "o-42"}).to_string();
+    let r = post_event(s.addr, &key, &body);
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    assert_eq!(j["status"], "accepted");
+    assert_eq!(j["message"], "Event accepted");
+    assert_eq!(j["type"], "order.created");
+    let id: uuid::Uuid = j["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(id.get_version_num(), 7);
+
+    // Durable mode: the row is there the moment the 202 arrives.
+    let mut db = shared_cluster().client();
+    let row = db
+        .query_one(
+            "SELECT org_id::text, type, payload::text, dedup_id, status,
+                    to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+             FROM events WHERE id = $1",
+            &[&id],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), org);
+    assert_eq!(row.get::<_, String>(1), "order.created");
+    let stored: serde_json::Value = serde_json::from_str(&row.get::<_, String>(2)).unwrap();
+    assert_eq!(stored, payload);
+    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("o-42"));
+    assert_eq!(row.get::<_, String>(4), "pending");
+    assert_eq!(row.get::<_, String>(5), j["created_at"].as_str().unwrap());
+}
+
+#[test]
+fn concurrent_posts_of_one_dedup_id_commit_once_and_409s_name_the_stored_event() {
+    let s = server();
+    let (key, org) = new_org(s.addr, "dups");
+    let n = 32;
+    let barrier = Arc::new(Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let (addr, key, barrier) = (s.addr, key.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                // Each client on its own connection, so SO_REUSEPORT spreads them over cores.
+                let mut c = Client::connect(addr).unwrap();
+                barrier.wait();
+                c.request(
+                    "POST",
+                    "/api/events",
+                    &[("X-API-Key", &key)],
+                    br#"{"type":"t","payload":{"n":1},"dedup_id":"same"}"#,
+                )
+                .unwrap()
+            })
+        })
+        .collect();
+    let responses: Vec<Resp> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let accepted: Vec<&Resp> = responses.iter().filter(|r| r.status == 202).collect();
+    let dups: Vec<&Resp> = responses.iter().filter(|r| r.status == 409).collect();
+    assert_eq!(accepted.len(), 1, "{responses:?}");
+    assert_eq!(dups.len(), n - 1);
+    let id = accepted[0].json()["id"].clone();
+    for d in dups {
+        assert_eq!(d.code(), "duplicate_event");
+        assert_eq!(d.json()["id"], id);
+    }
+    let mut db = shared_cluster().client();
+    let org: uuid::Uuid = org.parse().unwrap();
+    let count: i64 = db
+        .query_one("SELECT count(*) FROM events WHERE org_id = $1", &[&org])
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1);
+}
+
+#[test]
+fn one_dedup_id_in_two_organizations_is_two_events() {
+    let s = server();
+    let (a, _) = new_org(s.addr, "a");
+    let (b, _) = new_org(s.addr, "b");
+    let body = r#"{"type":"t","payload":{},"dedup_id":"shared-id"}"#;
+    let ra = post_event(s.addr, &a, body);
+    let rb = post_event(s.addr, &b, body);
+    assert_eq!((ra.status, rb.status), (202, 202));
+    assert_ne!(ra.json()["id"], rb.json()["id"]);
+}
+
+#[test]
+fn malformed_events_get_400_with_the_right_code() {
+    let s = server();
+    let (key, _) = new_org(s.addr, "bad-input");
+    let cases = [
+        ("", "invalid_json"),
+        ("{not json", "invalid_json"),
+        (r#"{"type":"t","payload":{}"#, "invalid_json"),
+        ("[]", "invalid_event"),
+        (r#"{"payload":{}}"#, "invalid_event"),
+        (r#"{"type":"t"}"#, "invalid_event"),
+        (r#"{"type":"t","payload":[1]}"#, "invalid_event"),
+        (r#"{"type":"t","payload":"x"}"#, "invalid_event"),
+        (r#"{"type":"","payload":{}}"#, "invalid_event"),
+        (r#"{"type":"a b","payload":{}}"#, "invalid_event"),
+        (r#"{"type":1,"payload":{}}"#, "invalid_event"),
+        (
+            r#"{"type":"t","payload":{},"dedup_id":""}"#,
+            "invalid_event",
+        ),
+        (r#"{"type":"t","payload":{"s":"\u0000"}}"#, "invalid_event"),
+        (r#"{"type":"t","payload":{"s":"\ud800"}}"#, "invalid_event"),
+    ];
+    for (body, code) in cases {
+        let r = post_event(s.addr, &key, body);
+        assert_eq!(
+            (r.status, r.code()),
+            (400, code.to_string()),
+            "body {body:?}"
+        );
+        assert!(r.json()["error"].as_str().unwrap().len() > 5);
+    }
+    let long_type = format!(r#"{{"type":"{}","payload":{{}}}}"#, "a".repeat(256));
+    assert_eq!(post_event(s.addr, &key, &long_type).code(), "invalid_event");
+}
+
+#[test]
+fn a_row_postgres_refuses_is_a_400_and_its_batch_mates_still_commit() {
+    let s = server();
+    let (key, _) = new_org(s.addr, "numeric");
+    // Valid JSON, beyond PostgreSQL's numeric range: only the database can say no.
+    let bad = post_event(s.addr, &key, r#"{"type":"t","payload":{"n":1e999999}}"#);
+    assert_eq!((bad.status, bad.code()), (400, "invalid_event".to_string()));
+    let good = post_event(s.addr, &key, r#"{"type":"t","payload":{"n":1}}"#);
+    assert_eq!(good.status, 202);
+}
+
+#[test]
+fn payload_over_256_kib_is_413() {
+    let s = server();
+    let (key, _) = new_org(s.addr, "big");
+    let big = format!(
+        r#"{{"type":"t","payload":{{"s":"{}"}}}}"#,
+        "x".repeat(300_000)
+    );
+    let r = post_event(s.addr, &key, &big);
+    assert_eq!((r.status, r.code()), (413, "payload_too_large".to_string()));
+    let fits = format!(
+        r#"{{"type":"t","payload":{{"s":"{}"}}}}"#,
+        "x".repeat(200_000)
+    );
+    assert_eq!(post_event(s.addr, &key, &fits).status, 202);
+}
+
+#[test]
+fn missing_and_invalid_keys_are_401() {
+    let s = server();
+    let body = r#"{"type":"t","payload":{}}"#;
+    let r = post_event_without_key(&s, body);
+    assert_eq!((r.status, r.code()), (401, "missing_api_key".to_string()));
+    for key in ["nope", "trg_0000", &format!("trg_{}", "0".repeat(72))] {
+        let r = post_event(s.addr, key, body);
+        assert_eq!(
+            (r.status, r.code()),
+            (401, "invalid_api_key".to_string()),
+            "{key}"
+        );
+    }
+    // Well-formed, valid checksum, never issued: refused after the look-up.
+    let unknown = triggers::auth::NewKey::generate().plaintext;
+    let r = post_event(s.addr, &unknown, body);
+    assert_eq!((r.status, r.code()), (401, "invalid_api_key".to_string()));
+    // The bearer form works like X-API-Key.
+    let (key, _) = new_org(s.addr, "bearer");
+    let mut c = Client::connect(s.addr).unwrap();
+    let auth = format!("Bearer {key}");
+    let r = c
+        .request(
+            "POST",
+            "/api/events",
+            &[("Authorization", &auth)],
+            body.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 202);
+}
+
+fn post_event_without_key(s: &Server, body: &str) -> Resp {
+    call(s.addr, "POST", "/api/events", None, body)
+}
+
+#[test]
+fn keys_are_generated_once_and_described_without_the_key() {
+    let s = server();
+    let r = call(
+        s.addr,
+        "POST",
+        "/api/keys/generate",
+        None,
+        r#"{"organization_name":"Tiered","tier":"pro"}"#,
+    );
+    assert_eq!(r.status, 201);
+    let j = r.json();
+    let key = j["api_key"].as_str().unwrap();
+    assert!(key.starts_with("trg_"));
+    assert_eq!(j["organization_name"], "Tiered");
+    assert_eq!(j["tier"], "pro");
+    assert_eq!(j["rate_limit_per_minute"], 1000);
+    assert!(j["created_at"].as_str().unwrap().ends_with('Z'));
+
+    let me = call(s.addr, "GET", "/api/keys", Some(key), "");
+    assert_eq!(me.status, 200);
+    let m = me.json();
+    assert_eq!(m["organization_id"], j["organization_id"]);
+    assert_eq!(m["tier"], "pro");
+    assert_eq!(m["webhook_url"], serde_json::Value::Null);
+    assert!(key.starts_with(m["api_key_prefix"].as_str().unwrap()));
+    assert!(!String::from_utf8_lossy(&me.body).contains(key));
+
+    let default = call(
+        s.addr,
+        "POST",
+        "/api/keys/generate",
+        None,
+        r#"{"organization_name":"x"}"#,
+    );
+    assert_eq!(default.json()["tier"], "free");
+    let bad = call(
+        s.addr,
+        "POST",
+        "/api/keys/generate",
+        None,
+        r#"{"organization_name":"x","tier":"gold"}"#,
+    );
+    assert_eq!((bad.status, bad.code()), (400, "invalid_tier".to_string()));
+    let noname = call(
+        s.addr,
+        "POST",
+        "/api/keys/generate",
+        None,
+        r#"{"tier":"free"}"#,
+    );
+    assert_eq!(noname.status, 400);
+
+    // Only the hash is stored.
+    let mut db = shared_cluster().client();
+    let org: uuid::Uuid = j["organization_id"].as_str().unwrap().parse().unwrap();
+    let stored: Vec<u8> = db
+        .query_one("SELECT key_hash FROM api_keys WHERE org_id = $1", &[&org])
+        .unwrap()
+        .get(0);
+    assert_eq!(stored.len(), 32);
+    assert!(!String::from_utf8_lossy(&stored).contains(&key[4..20]));
+}
+
+#[test]
+fn health_routes_answer_without_auth() {
+    let s = server();
+    let h = call(s.addr, "GET", "/health", None, "");
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["status"], "ok");
+    assert_eq!(h.json()["database"], "ok");
+    assert!(h.json()["uptime_s"].is_u64());
+    assert_eq!(
+        call(s.addr, "GET", "/health/live", None, "").json(),
+        json!({"status": "ok"})
+    );
+    assert_eq!(
+        call(s.addr, "GET", "/health/ready", None, "").json(),
+        json!({"status": "ready"})
+    );
+}
+
+#[test]
+fn unknown_routes_404_wrong_methods_405_with_allow_and_request_ids_everywhere() {
+    let s = server();
+    let r = call(s.addr, "GET", "/nowhere", None, "");
+    assert_eq!((r.status, r.code()), (404, "not_found".to_string()));
+    assert!(r.header("x-request-id").is_some());
+    let r = call(s.addr, "GET", "/api/events", None, "");
+    assert_eq!(
+        (r.status, r.code()),
+        (405, "method_not_allowed".to_string())
+    );
+    assert_eq!(r.header("allow"), Some("POST"));
+    let mut c = Client::connect(s.addr).unwrap();
+    let r = c
+        .request("GET", "/health/live", &[("X-Request-Id", "trace-123")], b"")
+        .unwrap();
+    assert_eq!(r.header("x-request-id"), Some("trace-123"));
+    let a = call(s.addr, "GET", "/health/live", None, "");
+    let b = call(s.addr, "GET", "/health/live", None, "");
+    assert_ne!(a.header("x-request-id"), b.header("x-request-id"));
+}
+
+#[test]
+fn queue_stats_merge_every_core_and_serialize_histograms() {
+    let s = server();
+    let (key, _) = new_org(s.addr, "stats");
+    for i in 0..20 {
+        assert_eq!(
+            post_event(
+                s.addr,
+                &key,
+                &format!(r#"{{"type":"t","payload":{{"i":{i}}}}}"#)
+            )
+            .status,
+            202
+        );
+    }
+    let j = call(s.addr, "GET", "/api/queue/stats", None, "").json();
+    assert_eq!(j["ack_mode"], "durable");
+    assert!(j["events"]["accepted"].as_u64().unwrap() >= 20);
+    assert!(j["events"]["committed"].as_u64().unwrap() >= 20);
+    assert!(j["batches_committed"].as_u64().unwrap() >= 1);
+    assert_eq!(j["cores"].as_array().unwrap().len(), 2);
+    let ingest = &j["latency_us"]["ingest"];
+    assert!(ingest["count"].as_u64().unwrap() >= 20);
+    for p in ["p50", "p90", "p99", "p99_9", "p99_99", "max"] {
+        assert!(ingest[p].as_u64().unwrap() > 0, "{p}");
+    }
+    assert!(j["latency_us"]["commit"]["count"].as_u64().unwrap() >= 1);
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(j["histograms"]["ingest_us"].as_str().unwrap())
+        .unwrap();
+    let h: hdrhistogram::Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut &bytes[..])
+        .unwrap();
+    assert_eq!(h.len(), ingest["count"].as_u64().unwrap());
+    let text = call(s.addr, "GET", "/api/queue/stats?format=hgrm", None, "");
+    let text = String::from_utf8(text.body).unwrap();
+    assert!(
+        text.contains("Percentile") && text.contains("#[Max"),
+        "{text}"
+    );
+}

@@ -1,0 +1,270 @@
+//! Nothing answered 2xx is lost: not by a graceful shutdown under load, not by `kill -9` at
+//! random moments, not by PostgreSQL going away; and an event answered 503 is never stored later.
+//!
+//! The crash test runs `CRASH_CYCLES` kill/restart cycles (default 3; `tests/crash.sh` runs 50).
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::*;
+use uuid::Uuid;
+
+/// What clients were told, by dedup_id: the id of the stored event (from a 202, or from a 409
+/// for a retry whose first attempt had in fact committed).
+type Acked = Arc<Mutex<HashMap<String, Uuid>>>;
+
+/// Posts events with unique dedup_ids on `clients` keep-alive connections until `stop`. A
+/// request whose connection breaks is retried with the same dedup_id, as a careful client does,
+/// against whatever `addr` holds by then.
+fn load(
+    addr: Arc<Mutex<SocketAddr>>,
+    key: String,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+    tag: &'static str,
+) -> Vec<std::thread::JoinHandle<()>> {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    (0..clients)
+        .map(|_| {
+            let (addr, key, stop, acked) = (addr.clone(), key.clone(), stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let mut conn: Option<Client> = None;
+                let mut pending: Option<String> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let dedup = pending.take().unwrap_or_else(|| {
+                        format!("{tag}-{}", SEQ.fetch_add(1, Ordering::Relaxed))
+                    });
+                    if conn.is_none() {
+                        conn = Client::connect(*addr.lock().unwrap()).ok();
+                    }
+                    let Some(c) = conn.as_mut() else {
+                        pending = Some(dedup);
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    let body = format!(
+                        r#"{{"type":"load.test","payload":{{"d":"{dedup}"}},"dedup_id":"{dedup}"}}"#
+                    );
+                    match c.request(
+                        "POST",
+                        "/api/events",
+                        &[("X-API-Key", &key)],
+                        body.as_bytes(),
+                    ) {
+                        Ok(r) if r.status == 202 || r.status == 409 => {
+                            let id: Uuid = r.json()["id"].as_str().unwrap().parse().unwrap();
+                            acked.lock().unwrap().insert(dedup, id);
+                        }
+                        Ok(r) if r.status == 503 => {
+                            pending = Some(dedup);
+                            if r.header("connection") == Some("close") {
+                                conn = None;
+                            }
+                        }
+                        Ok(r) => panic!(
+                            "unexpected {} {:?}",
+                            r.status,
+                            String::from_utf8_lossy(&r.body)
+                        ),
+                        Err(_) => {
+                            pending = Some(dedup);
+                            conn = None;
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Every acknowledged event is stored exactly once, under the id the client was given.
+fn assert_all_stored(
+    db: &mut postgres::Client,
+    org: &str,
+    acked: &HashMap<String, Uuid>,
+) -> (usize, usize) {
+    let org: Uuid = org.parse().unwrap();
+    let rows = db
+        .query("SELECT dedup_id, id FROM events WHERE org_id = $1", &[&org])
+        .unwrap();
+    let mut stored: HashMap<String, Vec<Uuid>> = HashMap::new();
+    for r in rows {
+        stored.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    let lost = acked
+        .iter()
+        .filter(|(d, id)| stored.get(*d).is_none_or(|ids| !ids.contains(id)))
+        .count();
+    let duplicated = stored.values().filter(|ids| ids.len() > 1).count();
+    (lost, duplicated)
+}
+
+#[test]
+fn graceful_shutdown_under_load_loses_nothing_answered_2xx() {
+    let mut s = Server::start(&[]);
+    let (key, org) = new_org(s.addr, "graceful");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let threads = load(
+        Arc::new(Mutex::new(s.addr)),
+        key,
+        8,
+        stop.clone(),
+        acked.clone(),
+        "g",
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let status = s.terminate();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(status.success(), "exit {status:?}\n{}", s.log_text());
+    assert!(s.log_text().contains("shutdown complete"));
+    let acked = acked.lock().unwrap();
+    assert!(acked.len() > 50, "only {} events acknowledged", acked.len());
+    let (lost, duplicated) = assert_all_stored(&mut shared_cluster().client(), &org, &acked);
+    assert_eq!((lost, duplicated), (0, 0));
+}
+
+#[test]
+fn enqueued_mode_commits_every_queued_event_on_graceful_shutdown() {
+    let mut s = Server::start(&["--ack-mode", "enqueued"]);
+    let (key, org) = new_org(s.addr, "enqueued");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let threads = load(
+        Arc::new(Mutex::new(s.addr)),
+        key,
+        8,
+        stop.clone(),
+        acked.clone(),
+        "e",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let status = s.terminate();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(status.success());
+    let acked = acked.lock().unwrap();
+    assert!(acked.len() > 50);
+    let (lost, duplicated) = assert_all_stored(&mut shared_cluster().client(), &org, &acked);
+    assert_eq!((lost, duplicated), (0, 0));
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_no_acknowledged_event() {
+    let cycles: usize = std::env::var("CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let data = data_dir();
+    let _reaper = Reaper(data.path().to_path_buf());
+    let dir = data.path().to_str().unwrap().to_string();
+    let args = ["--data-dir", dir.as_str()];
+    let mut server = Server::start_with(&args);
+    let (key, org) = new_org(server.addr, "crash");
+    let addr = Arc::new(Mutex::new(server.addr));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let threads = load(addr.clone(), key, 6, stop.clone(), acked.clone(), "c");
+    let mut rng_state = 0x9E37_79B9_7F4A_7C15u64 ^ std::process::id() as u64;
+    let mut next = || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state
+    };
+    for cycle in 1..=cycles {
+        let before = acked.lock().unwrap().len();
+        std::thread::sleep(Duration::from_millis(150 + next() % 1200));
+        server.kill();
+        let at_kill = acked.lock().unwrap().len();
+        server = Server::start_with(&args);
+        *addr.lock().unwrap() = server.addr;
+        eprintln!(
+            "cycle {cycle}/{cycles}: killed with {at_kill} acknowledged ({} this cycle)",
+            at_kill - before
+        );
+    }
+    // Let the clients' retries land, then stop them and check.
+    let settle = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let acked = acked.lock().unwrap();
+    let (lost, duplicated) = assert_all_stored(&mut embedded_client(data.path()), &org, &acked);
+    println!(
+        "crash test: {cycles} kill -9 cycles, {} events acknowledged, {lost} lost, {duplicated} duplicated (settled in {:?})",
+        acked.len(),
+        settle.elapsed()
+    );
+    assert!(
+        acked.len() > cycles * 10,
+        "the load never got going: {}",
+        acked.len()
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn postgres_outage_is_503_within_the_budget_and_nothing_answered_503_is_stored_later() {
+    let cluster = TestCluster::start();
+    let mut s = Server::start_with(&["--database-url", &cluster.url, "--storage-wait-ms", "1000"]);
+    let (key, org) = new_org(s.addr, "outage");
+    let event = |d: &str| format!(r#"{{"type":"t","payload":{{}},"dedup_id":"{d}"}}"#);
+    assert_eq!(post_event(s.addr, &key, &event("before")).status, 202);
+
+    cluster.stop();
+    let started = Instant::now();
+    let r = post_event(s.addr, &key, &event("during"));
+    assert_eq!(
+        (r.status, r.code()),
+        (503, "storage_unavailable".to_string())
+    );
+    assert!(r.header("retry-after").is_some());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let ready = call(s.addr, "GET", "/health/ready", None, "");
+    assert_eq!(ready.status, 503);
+
+    cluster.restart();
+    // The persisters reconnect on their own; the retry of the event answered 503 is a new
+    // event (202), not a duplicate: it was never stored.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let retry = loop {
+        let r = post_event(s.addr, &key, &event("during"));
+        if r.status != 503 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        retry.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&retry.body)
+    );
+    let org: Uuid = org.parse().unwrap();
+    let n: i64 = cluster
+        .client()
+        .query_one("SELECT count(*) FROM events WHERE org_id = $1", &[&org])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    assert!(s.terminate().success());
+}
