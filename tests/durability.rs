@@ -160,6 +160,16 @@ fn enqueued_mode_commits_every_queued_event_on_graceful_shutdown() {
     assert_eq!((lost, duplicated), (0, 0));
 }
 
+fn kill_postmaster(data_dir: &std::path::Path) {
+    let pidfile = std::fs::read_to_string(data_dir.join("postgres/postmaster.pid")).unwrap();
+    let pid: i32 = pidfile.lines().next().unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
 #[test]
 fn kill_9_at_random_moments_loses_no_acknowledged_event() {
     let cycles: usize = std::env::var("CRASH_CYCLES")
@@ -187,11 +197,22 @@ fn kill_9_at_random_moments_loses_no_acknowledged_event() {
         let before = acked.lock().unwrap().len();
         std::thread::sleep(Duration::from_millis(150 + next() % 1200));
         server.kill();
+        // Every third cycle the database dies too, as in a power cut: the next start must find
+        // the stale cluster and let PostgreSQL recover it.
+        let postmaster_too = cycle % 3 == 0;
+        if postmaster_too {
+            kill_postmaster(data.path());
+        }
         let at_kill = acked.lock().unwrap().len();
         server = Server::start_with(&args);
         *addr.lock().unwrap() = server.addr;
         eprintln!(
-            "cycle {cycle}/{cycles}: killed with {at_kill} acknowledged ({} this cycle)",
+            "cycle {cycle}/{cycles}: killed {} with {at_kill} acknowledged ({} this cycle)",
+            if postmaster_too {
+                "server and postmaster"
+            } else {
+                "server"
+            },
             at_kill - before
         );
     }

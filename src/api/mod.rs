@@ -3,7 +3,7 @@
 //! work goes to the persisters (events) or the query threads (everything else).
 
 pub mod error;
-mod events;
+pub mod events;
 mod health;
 mod keys;
 mod stats;

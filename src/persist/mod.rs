@@ -274,18 +274,26 @@ impl Persister {
             }
             hub.doorbell.awake(self.index);
         }
+        // Fill up until rows, bytes or age say flush. Waiting for more rows sleeps (a core's
+        // push wakes it): spinning would take the CPU the cores need.
         let first = Instant::now();
         let mut bytes = batch[0].payload.len();
         while batch.len() < limits.rows_max && bytes < limits.bytes_max {
             let now = Instant::now();
-            match self.take(now) {
-                Some(e) => {
-                    bytes += e.payload.len();
-                    batch.push(e);
-                }
-                None if now.duration_since(first) >= limits.linger => break,
-                None => std::thread::yield_now(),
+            if let Some(e) = self.take(now) {
+                bytes += e.payload.len();
+                batch.push(e);
+                continue;
             }
+            let waited = now.duration_since(first);
+            if waited >= limits.linger {
+                break;
+            }
+            hub.doorbell.will_sleep(self.index);
+            if hub.is_empty() {
+                std::thread::park_timeout(limits.linger - waited);
+            }
+            hub.doorbell.awake(self.index);
         }
         true
     }

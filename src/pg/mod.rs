@@ -94,6 +94,20 @@ impl Binaries {
     }
 }
 
+/// A running (not zombie) process named `postgres`. A killed postmaster whose parent is gone
+/// can linger as a zombie, which `kill(pid, 0)` still reports as present.
+fn is_live_postgres(pid: Pid) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) state ...`: comm may hold spaces or parentheses, so split at the last ')'.
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let state = stat[close + 1..].trim_start().chars().next();
+    &stat[open + 1..close] == "postgres" && !matches!(state, Some('Z' | 'X') | None)
+}
+
 enum Running {
     /// Started by this process.
     Child(Child),
@@ -215,9 +229,8 @@ impl Cluster {
     /// The postmaster recorded in `postmaster.pid`, if it is still alive.
     fn live_postmaster(&self) -> Option<Pid> {
         let text = fs::read_to_string(self.dir.join("postmaster.pid")).ok()?;
-        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim() == "postgres").then_some(Pid::from_raw(pid))
+        let pid = Pid::from_raw(text.lines().next()?.trim().parse().ok()?);
+        is_live_postgres(pid).then_some(pid)
     }
 
     /// Initializes the cluster if needed, then starts it or adopts the one left running. With
@@ -234,36 +247,51 @@ impl Cluster {
                 "adopting the PostgreSQL cluster left running by an earlier server"
             );
             self.running = Some(Running::Adopted(pid));
-        } else {
-            // A pid file naming a dead process (or a recycled pid) would stop the postmaster.
-            let _ = fs::remove_file(self.dir.join("postmaster.pid"));
-            let log = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.log_path)?;
-            self.give_to_owner(&self.log_path)?;
-            let mut cmd = if die_with_parent && Path::new("/usr/bin/setpriv").exists() {
-                let mut c = self.command("/usr/bin/setpriv");
-                c.args(["--pdeathsig", "INT", "--"])
-                    .arg(self.bins.bin("postgres"));
-                c
-            } else {
-                self.command(self.bins.bin("postgres"))
-            };
-            cmd.arg("-D").arg(&self.dir).arg("-k").arg(&self.socket_dir);
-            cmd.args(["-p", &PORT.to_string()]);
-            for (k, v) in SETTINGS {
-                cmd.arg("-c").arg(format!("{k}={v}"));
+            match self.wait_ready() {
+                Ok(()) => return self.ensure_database(),
+                // It died while we waited (say, it was being killed too): start our own.
+                Err(e) if self.running.is_none() => {
+                    tracing::warn!(error = %e, "the adopted cluster went away; starting it anew")
+                }
+                Err(e) => return Err(e),
             }
-            // Its own process group: a terminal's Ctrl-C reaches the server, which stops the
-            // cluster after the last commit, not the cluster first.
-            cmd.process_group(0).stdout(log.try_clone()?).stderr(log);
-            let child = cmd.spawn().context("starting postgres")?;
-            tracing::info!(pid = child.id(), dir = %self.dir.display(), "embedded PostgreSQL starting");
-            self.running = Some(Running::Child(child));
         }
+        self.spawn_postmaster(die_with_parent)?;
         self.wait_ready()?;
         self.ensure_database()
+    }
+
+    fn spawn_postmaster(&mut self, die_with_parent: bool) -> anyhow::Result<()> {
+        // Lock files naming a dead postmaster would stop the new one: PostgreSQL trusts
+        // `kill(pid, 0)`, which a zombie or a recycled pid passes.
+        let _ = fs::remove_file(self.dir.join("postmaster.pid"));
+        let _ = fs::remove_file(self.socket_dir.join(format!(".s.PGSQL.{PORT}.lock")));
+        let _ = fs::remove_file(self.socket_dir.join(format!(".s.PGSQL.{PORT}")));
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        self.give_to_owner(&self.log_path)?;
+        let mut cmd = if die_with_parent && Path::new("/usr/bin/setpriv").exists() {
+            let mut c = self.command("/usr/bin/setpriv");
+            c.args(["--pdeathsig", "INT", "--"])
+                .arg(self.bins.bin("postgres"));
+            c
+        } else {
+            self.command(self.bins.bin("postgres"))
+        };
+        cmd.arg("-D").arg(&self.dir).arg("-k").arg(&self.socket_dir);
+        cmd.args(["-p", &PORT.to_string()]);
+        for (k, v) in SETTINGS {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
+        // Its own process group: a terminal's Ctrl-C reaches the server, which stops the
+        // cluster after the last commit, not the cluster first.
+        cmd.process_group(0).stdout(log.try_clone()?).stderr(log);
+        let child = cmd.spawn().context("starting postgres")?;
+        tracing::info!(pid = child.id(), dir = %self.dir.display(), "embedded PostgreSQL starting");
+        self.running = Some(Running::Child(child));
+        Ok(())
     }
 
     fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -273,15 +301,25 @@ impl Cluster {
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(1));
         loop {
-            if let Some(Running::Child(child)) = &mut self.running {
-                if let Some(status) = child.try_wait()? {
-                    self.running = None;
-                    bail!(
-                        "PostgreSQL exited during start-up ({status}); its log {}:\n{}",
-                        self.log_path.display(),
-                        self.log_tail()
-                    );
+            match &mut self.running {
+                Some(Running::Child(child)) => {
+                    if let Some(status) = child.try_wait()? {
+                        self.running = None;
+                        bail!(
+                            "PostgreSQL exited during start-up ({status}); its log {}:\n{}",
+                            self.log_path.display(),
+                            self.log_tail()
+                        );
+                    }
                 }
+                Some(Running::Adopted(pid)) => {
+                    let pid = *pid;
+                    if !is_live_postgres(pid) {
+                        self.running = None;
+                        bail!("the adopted postmaster {pid} exited");
+                    }
+                }
+                None => bail!("no postmaster to wait for"),
             }
             match admin.connect(postgres::NoTls) {
                 Ok(_) => return Ok(()),
@@ -326,7 +364,7 @@ impl Cluster {
         let deadline = Instant::now() + STOP_TIMEOUT;
         let gone = |running: &mut Running| match running {
             Running::Child(c) => c.try_wait().map(|s| s.is_some()).unwrap_or(true),
-            Running::Adopted(pid) => kill(*pid, None).is_err(),
+            Running::Adopted(pid) => !is_live_postgres(*pid),
         };
         let mut running = running;
         while !gone(&mut running) {
