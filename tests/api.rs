@@ -347,3 +347,45 @@ fn queue_stats_merge_every_core_and_serialize_histograms() {
         "{text}"
     );
 }
+
+#[test]
+fn config_file_environment_and_flags_stack_in_that_order() {
+    let dir = data_dir();
+    let file = dir.path().join("triggers.toml");
+    std::fs::write(&file, "ack_mode = \"enqueued\"\nring_slots = 64\n").unwrap();
+    let url = shared_cluster().url.clone();
+    let file = file.to_str().unwrap();
+    // The file sets both; the environment overrides ring_slots; a flag overrides the environment.
+    let s = Server::start_with_env(
+        &[
+            "--database-url",
+            &url,
+            "--config",
+            file,
+            "--ring-slots",
+            "128",
+        ],
+        &[("TRIGGERS_RING_SLOTS", "32"), ("TRIGGERS_CORES", "1")],
+    );
+    let j = call(s.addr, "GET", "/api/queue/stats", None, "").json();
+    assert_eq!(j["ack_mode"], "enqueued");
+    assert_eq!(j["queue_capacity"], 128);
+    assert_eq!(j["cores"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn out_of_range_settings_stop_the_server_naming_the_key() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_triggers"))
+        .args([
+            "serve",
+            "--ring-slots",
+            "1",
+            "--database-url",
+            "host=/nonexistent",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ring_slots"), "{err}");
+}

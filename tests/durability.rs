@@ -289,3 +289,74 @@ fn postgres_outage_is_503_within_the_budget_and_nothing_answered_503_is_stored_l
     assert_eq!(n, 2);
     assert!(s.terminate().success());
 }
+
+#[test]
+fn a_full_ring_is_503_overloaded_at_once_and_nothing_refused_is_stored() {
+    let cluster = TestCluster::start();
+    let s = Server::start_with(&[
+        "--database-url",
+        &cluster.url,
+        "--cores",
+        "1",
+        "--persisters",
+        "1",
+        "--ring-slots",
+        "16",
+        "--storage-wait-ms",
+        "2000",
+    ]);
+    let (key, org) = new_org(s.addr, "full");
+    cluster.stop();
+    // With PostgreSQL gone the persister holds at most one ring's worth besides its batch, so
+    // most of these find the ring full.
+    let n = 80;
+    let barrier = Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let (addr, key, barrier) = (s.addr, key.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr).unwrap();
+                barrier.wait();
+                let started = Instant::now();
+                let body = format!(r#"{{"type":"t","payload":{{}},"dedup_id":"f{i}"}}"#);
+                let r = c
+                    .request(
+                        "POST",
+                        "/api/events",
+                        &[("X-API-Key", &key)],
+                        body.as_bytes(),
+                    )
+                    .unwrap();
+                (
+                    r.status,
+                    r.code(),
+                    r.header("retry-after").is_some(),
+                    started.elapsed(),
+                )
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let overloaded: Vec<_> = results.iter().filter(|r| r.1 == "overloaded").collect();
+    assert!(!overloaded.is_empty(), "{results:?}");
+    for (status, code, retry_after, took) in &results {
+        assert_eq!(*status, 503, "{results:?}");
+        assert!(*retry_after);
+        if code == "overloaded" {
+            assert!(
+                *took < Duration::from_millis(1500),
+                "overloaded should be at once: {took:?}"
+            );
+        } else {
+            assert_eq!(code, "storage_unavailable");
+        }
+    }
+    cluster.restart();
+    let org: Uuid = org.parse().unwrap();
+    let stored: i64 = cluster
+        .client()
+        .query_one("SELECT count(*) FROM events WHERE org_id = $1", &[&org])
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0, "events answered 503 must never be stored");
+}

@@ -209,3 +209,31 @@ fn http10_without_keep_alive_is_closed_after_the_answer() {
     assert_eq!(r.header("connection"), Some("close"));
     assert!(c.is_closed());
 }
+
+#[test]
+fn connections_over_the_per_core_limit_get_503_and_close() {
+    let s = Server::start(&["--cores", "1", "--connections-max", "2"]);
+    let mut held: Vec<Client> = (0..2).map(|_| Client::connect(s.addr).unwrap()).collect();
+    for c in &mut held {
+        assert_eq!(
+            c.request("GET", "/health/live", &[], b"").unwrap().status,
+            200
+        );
+    }
+    let mut extra = Client::connect(s.addr).unwrap();
+    let r = extra.read_response().unwrap();
+    assert_eq!((r.status, r.code()), (503, "overloaded".to_string()));
+    assert!(r.header("retry-after").is_some());
+    assert!(extra.is_closed());
+    // A freed slot is usable again.
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(100));
+    let mut again = Client::connect(s.addr).unwrap();
+    assert_eq!(
+        again
+            .request("GET", "/health/live", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
+}

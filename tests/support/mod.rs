@@ -111,10 +111,16 @@ impl Server {
 
     /// Starts a server with exactly these flags (plus `--listen 127.0.0.1:0`).
     pub fn start_with(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    /// Starts a server with these flags and extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_triggers"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .env("TRIGGERS_LOG", "info,refinery_core=warn,postgres=warn")
             .env_remove("DATABASE_URL")
             .stdin(Stdio::null())
