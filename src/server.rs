@@ -30,6 +30,16 @@ enum Stop {
 /// Binds one listener per core on the same address. The first bind resolves port 0, so every
 /// core shares the port the kernel picked.
 fn bind(addr: SocketAddr, cores: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    // SO_REUSEPORT would let this server silently share a port with another process (a second
+    // server started by mistake would take half the traffic). A plain bind first proves the
+    // port free.
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe
+            .bind(&addr.into())
+            .with_context(|| format!("binding {addr}: is another server listening there?"))?;
+    }
     let mut addr = addr;
     let mut listeners = Vec::with_capacity(cores);
     for i in 0..cores {
@@ -68,6 +78,9 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
 
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
+    // First, so that a port in use fails before any cluster starts. Connections that arrive
+    // during start-up wait in the backlog.
+    let listeners = bind(config.listen, config.cores)?;
     let mut _lock = None;
     let mut cluster = None;
     let db_config: postgres::Config = match &config.database_url {
@@ -102,7 +115,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .map(|i| Persister::spawn(i, persist.clone(), stats.clone()))
         .collect();
     let (queries, query_threads) = db::QueryPool::spawn(config.query_threads, &db_config);
-    let listeners = bind(config.listen, cores)?;
     let addr = listeners[0].local_addr()?;
     let shared = Arc::new(Shared {
         config: config.clone(),

@@ -389,3 +389,24 @@ fn out_of_range_settings_stop_the_server_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ring_slots"), "{err}");
 }
+
+#[test]
+fn a_second_server_on_a_taken_port_refuses_to_start() {
+    let s = server();
+    let url = shared_cluster().url.clone();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_triggers"))
+        .args([
+            "serve",
+            "--listen",
+            &s.addr.to_string(),
+            "--database-url",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Address already in use"), "{err}");
+    // The first server still answers every request itself.
+    assert_eq!(call(s.addr, "GET", "/health/live", None, "").status, 200);
+}

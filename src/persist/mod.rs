@@ -27,6 +27,11 @@ use crate::stats::PersistStats;
 /// First and longest pause between attempts while PostgreSQL is unreachable or refusing.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Staged rows between truncations of the staging table. Truncating costs a fixed handful of
+/// file operations (measured: ~10% of a backend's CPU when done at every commit, as
+/// `ON COMMIT DELETE ROWS` does); deleting is cheap but leaves dead rows that later batches
+/// scan. Truncating every ~1k rows keeps both small.
+const STAGING_TRUNCATE_ROWS: usize = 1024;
 /// Longest a persister sleeps with nothing to do before it looks around anyway (a safety net:
 /// cores wake it on every push).
 const IDLE_PARK: Duration = Duration::from_millis(100);
@@ -54,8 +59,11 @@ pub struct PersistShared {
 /// A connection with its staging table and statements ready.
 struct Conn {
     client: Client,
+    /// Rows staged since the staging table was last truncated.
+    staged_rows: usize,
     insert: Statement,
     lookup: Statement,
+    clear: Statement,
 }
 
 impl Conn {
@@ -65,7 +73,7 @@ impl Conn {
             "CREATE TEMP TABLE staging (
                  org_id uuid NOT NULL, id uuid NOT NULL, type text NOT NULL,
                  payload jsonb NOT NULL, dedup_id text, created_at timestamptz NOT NULL
-             ) ON COMMIT DELETE ROWS",
+             )",
         )?;
         // Sorted so that concurrent batches take dedup-index locks in one order (no deadlock
         // between persisters).
@@ -83,10 +91,13 @@ impl Conn {
              JOIN events e ON e.org_id = s.org_id AND e.dedup_id = s.dedup_id
              WHERE s.dedup_id IS NOT NULL",
         )?;
+        let clear = client.prepare("DELETE FROM staging")?;
         Ok(Conn {
             client,
+            staged_rows: 0,
             insert,
             lookup,
+            clear,
         })
     }
 
@@ -109,6 +120,14 @@ impl Conn {
             for row in tx.query(&self.lookup, &[])? {
                 stored.insert(row.get(0), row.get(1));
             }
+        }
+        // Empty the staging table for the next batch (a rollback empties it too).
+        self.staged_rows += batch.len();
+        if self.staged_rows >= STAGING_TRUNCATE_ROWS {
+            tx.batch_execute("TRUNCATE staging")?;
+            self.staged_rows = 0;
+        } else {
+            tx.execute(&self.clear, &[])?;
         }
         tx.commit()?;
         Ok(batch

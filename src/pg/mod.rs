@@ -42,6 +42,10 @@ const SETTINGS: &[(&str, &str)] = &[
     // Ingest writes WAL steadily; rarer checkpoints mean fewer full-page images.
     ("max_wal_size", "2GB"),
     ("checkpoint_timeout", "15min"),
+    // Zero-filling each new 16 MB WAL segment stalled COMMITs for ~15 ms every 16 MB of WAL
+    // (commit p99.9 18.6 ms -> 6.4 ms without it). Durability is unchanged: every COMMIT still
+    // fdatasyncs its WAL, which also makes the blocks it allocated durable.
+    ("wal_init_zero", "off"),
     ("timezone", "UTC"),
     ("log_timezone", "UTC"),
 ];
