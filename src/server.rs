@@ -6,8 +6,8 @@
 //! ring and commit, the embedded cluster stops. Each step is bounded and the total is logged.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -107,7 +107,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             linger: config.batch_linger,
         },
         db: db_config.clone(),
-        stop: AtomicBool::new(false),
+        stop: OnceLock::new(),
         connected: AtomicUsize::new(0),
         running: AtomicUsize::new(0),
     });
@@ -192,7 +192,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let _ = t.join();
     }
     let cores_done = stopping.elapsed();
-    persist.stop.store(true, Ordering::Release);
+    let _ = persist.stop.set(Instant::now() + config.shutdown_timeout);
     hub.doorbell.ring_all();
     for t in persisters {
         let _ = t.join();

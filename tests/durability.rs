@@ -360,3 +360,45 @@ fn a_full_ring_is_503_overloaded_at_once_and_nothing_refused_is_stored() {
         .get(0);
     assert_eq!(stored, 0, "events answered 503 must never be stored");
 }
+
+#[test]
+fn enqueued_events_wait_out_a_postgres_outage_and_are_all_stored() {
+    let cluster = TestCluster::start();
+    let mut s = Server::start_with(&[
+        "--database-url",
+        &cluster.url,
+        "--ack-mode",
+        "enqueued",
+        "--storage-wait-ms",
+        "300",
+    ]);
+    let (key, org) = new_org(s.addr, "enqueued-outage");
+    cluster.stop();
+    // Acknowledged at once; the storage budget (300 ms) is for durable waiters only: these
+    // already have their 2xx and must be stored when PostgreSQL returns, however late.
+    for i in 0..20 {
+        let r = post_event(
+            s.addr,
+            &key,
+            &format!(r#"{{"type":"t","payload":{{"i":{i}}}}}"#),
+        );
+        assert_eq!(r.status, 202);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.restart();
+    let org: Uuid = org.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        let n: i64 = cluster
+            .client()
+            .query_one("SELECT count(*) FROM events WHERE org_id = $1", &[&org])
+            .unwrap()
+            .get(0);
+        if n == 20 || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(stored, 20);
+    assert!(s.terminate().success());
+}

@@ -182,7 +182,7 @@ async fn accept(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError
             slot,
         }),
         enqueued_at: now,
-        deadline: now + shared.config.storage_wait,
+        deadline: slot.map(|_| now + shared.config.storage_wait),
     };
     if shared.hub.push(core.id, queued).is_err() {
         if let Some(slot) = slot {

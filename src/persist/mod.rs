@@ -11,8 +11,8 @@
 mod copy;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
@@ -48,8 +48,9 @@ pub struct PersistShared {
     pub hub: Arc<Hub>,
     pub limits: BatchLimits,
     pub db: postgres::Config,
-    /// Set once no core will push again: drain the rings, then exit.
-    pub stop: AtomicBool,
+    /// Set once no core will push again: drain the rings, then exit. If PostgreSQL is still
+    /// unreachable at this instant, what is left is dropped (logged) so shutdown stays bounded.
+    pub stop: OnceLock<Instant>,
     /// Persisters holding a working connection.
     pub connected: AtomicUsize,
     /// Persister threads alive (`/health/ready`).
@@ -263,7 +264,7 @@ impl Persister {
                 Some(e) => e,
                 None => self.shared.hub.rings.iter().find_map(|r| r.pop())?,
             };
-            if event.deadline <= now {
+            if event.expired(now) {
                 self.expire(vec![event]);
                 continue;
             }
@@ -284,11 +285,11 @@ impl Persister {
                 batch.push(e);
                 break;
             }
-            if self.shared.stop.load(Ordering::Acquire) && hub.is_empty() {
+            if self.shared.stop.get().is_some() && hub.is_empty() {
                 return false;
             }
             hub.doorbell.will_sleep(self.index);
-            if hub.is_empty() && !self.shared.stop.load(Ordering::Acquire) {
+            if hub.is_empty() && self.shared.stop.get().is_none() {
                 std::thread::park_timeout(IDLE_PARK);
             }
             hub.doorbell.awake(self.index);
@@ -391,9 +392,23 @@ impl Persister {
         std::thread::sleep(self.backoff);
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         let now = Instant::now();
+        if self.shared.stop.get().is_some_and(|by| now >= *by) {
+            let mut dropped = std::mem::take(batch);
+            dropped.extend(self.backlog.drain(..));
+            for ring in &self.shared.hub.rings {
+                dropped.extend(std::iter::from_fn(|| ring.pop()));
+            }
+            tracing::error!(
+                persister = self.index,
+                events = dropped.len(),
+                "shutdown budget spent with PostgreSQL unreachable: dropping queued events"
+            );
+            self.expire(dropped);
+            return;
+        }
         let (expired, kept): (Vec<Event>, Vec<Event>) = std::mem::take(batch)
             .into_iter()
-            .partition(|e| e.deadline <= now);
+            .partition(|e| e.expired(now));
         *batch = kept;
         self.expire(expired);
         let backlog_max: usize = self.shared.hub.rings.iter().map(|r| r.capacity()).sum();
@@ -405,7 +420,7 @@ impl Persister {
         }
         let (expired, kept): (VecDeque<Event>, VecDeque<Event>) = std::mem::take(&mut self.backlog)
             .into_iter()
-            .partition(|e| e.deadline <= now);
+            .partition(|e| e.expired(now));
         self.backlog = kept;
         self.expire(expired.into());
     }

@@ -33,8 +33,16 @@ pub struct Event {
     /// Who waits for the commit; `None` in enqueued ack mode.
     pub waiter: Option<Waiter>,
     pub enqueued_at: Instant,
-    /// Past this the event is answered `Unavailable` and dropped, never stored later.
-    pub deadline: Instant,
+    /// Past this the event is answered `Unavailable` and dropped, never stored later. `None` in
+    /// enqueued ack mode: the client already has its 2xx, so the event waits for PostgreSQL as
+    /// long as it takes (the bounded rings refuse new events meanwhile).
+    pub deadline: Option<Instant>,
+}
+
+impl Event {
+    pub fn expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| d <= now)
+    }
 }
 
 /// A request waiting on core `core` in slot `slot` of that core's `Waiters`.
