@@ -83,8 +83,9 @@ fn load(
         .collect()
 }
 
-/// Every acknowledged event is stored exactly once, under the id the client was given.
-fn assert_all_stored(
+/// Acknowledged events not stored under the id the client was given, and dedup_ids stored
+/// more than once.
+fn lost_and_duplicated(
     db: &mut postgres::Client,
     org: &str,
     acked: &HashMap<String, Uuid>,
@@ -105,21 +106,15 @@ fn assert_all_stored(
     (lost, duplicated)
 }
 
-#[test]
-fn graceful_shutdown_under_load_loses_nothing_answered_2xx() {
-    let mut s = Server::start(&[]);
-    let (key, org) = new_org(s.addr, "graceful");
+/// Posts under load, sends SIGTERM, and checks the exit and that every 2xx is stored.
+fn shutdown_under_load_loses_nothing(extra: &[&str], tag: &'static str) {
+    let mut s = Server::start(extra);
+    let (key, org) = new_org(s.addr, tag);
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Acked = Arc::default();
-    let threads = load(
-        Arc::new(Mutex::new(s.addr)),
-        key,
-        8,
-        stop.clone(),
-        acked.clone(),
-        "g",
-    );
-    std::thread::sleep(Duration::from_millis(800));
+    let addr = Arc::new(Mutex::new(s.addr));
+    let threads = load(addr, key, 8, stop.clone(), acked.clone(), tag);
+    std::thread::sleep(Duration::from_millis(600));
     let status = s.terminate();
     stop.store(true, Ordering::Relaxed);
     for t in threads {
@@ -129,35 +124,18 @@ fn graceful_shutdown_under_load_loses_nothing_answered_2xx() {
     assert!(s.log_text().contains("shutdown complete"));
     let acked = acked.lock().unwrap();
     assert!(acked.len() > 50, "only {} events acknowledged", acked.len());
-    let (lost, duplicated) = assert_all_stored(&mut shared_cluster().client(), &org, &acked);
-    assert_eq!((lost, duplicated), (0, 0));
+    let counts = lost_and_duplicated(&mut shared_cluster().client(), &org, &acked);
+    assert_eq!(counts, (0, 0));
+}
+
+#[test]
+fn graceful_shutdown_under_load_loses_nothing_answered_2xx() {
+    shutdown_under_load_loses_nothing(&[], "graceful");
 }
 
 #[test]
 fn enqueued_mode_commits_every_queued_event_on_graceful_shutdown() {
-    let mut s = Server::start(&["--ack-mode", "enqueued"]);
-    let (key, org) = new_org(s.addr, "enqueued");
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Acked = Arc::default();
-    let threads = load(
-        Arc::new(Mutex::new(s.addr)),
-        key,
-        8,
-        stop.clone(),
-        acked.clone(),
-        "e",
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let status = s.terminate();
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
-    assert!(status.success());
-    let acked = acked.lock().unwrap();
-    assert!(acked.len() > 50);
-    let (lost, duplicated) = assert_all_stored(&mut shared_cluster().client(), &org, &acked);
-    assert_eq!((lost, duplicated), (0, 0));
+    shutdown_under_load_loses_nothing(&["--ack-mode", "enqueued"], "enqueued");
 }
 
 fn kill_postmaster(data_dir: &std::path::Path) {
@@ -224,7 +202,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_event() {
         t.join().unwrap();
     }
     let acked = acked.lock().unwrap();
-    let (lost, duplicated) = assert_all_stored(&mut embedded_client(data.path()), &org, &acked);
+    let (lost, duplicated) = lost_and_duplicated(&mut embedded_client(data.path()), &org, &acked);
     println!(
         "crash test: {cycles} kill -9 cycles, {} events acknowledged, {lost} lost, {duplicated} duplicated (settled in {:?})",
         acked.len(),

@@ -235,50 +235,41 @@ mod tests {
 
     #[test]
     fn bad_bytes_are_invalid_json_and_bad_shapes_invalid_event() {
-        assert_eq!(code(""), "invalid_json");
-        assert_eq!(code("{\"type\":"), "invalid_json");
-        assert_eq!(code("nope"), "invalid_json");
-        assert_eq!(code("[1,2]"), "invalid_event");
-        assert_eq!(code(r#"{"payload":{}}"#), "invalid_event");
-        assert_eq!(code(r#"{"type":"t"}"#), "invalid_event");
-        assert_eq!(code(r#"{"type":"t","payload":[1]}"#), "invalid_event");
-        assert_eq!(code(r#"{"type":"t","payload":"s"}"#), "invalid_event");
-        assert_eq!(code(r#"{"type":5,"payload":{}}"#), "invalid_event");
-        assert_eq!(code(r#"{"type":"","payload":{}}"#), "invalid_event");
-        assert_eq!(
-            code(r#"{"type":"has space","payload":{}}"#),
-            "invalid_event"
-        );
-        assert_eq!(
-            code(r#"{"type":"t","payload":{},"dedup_id":""}"#),
-            "invalid_event"
-        );
-        assert_eq!(
-            code(r#"{"type":"t","payload":{},"dedup_id":7}"#),
-            "invalid_event"
-        );
         let long = format!(r#"{{"type":"{}","payload":{{}}}}"#, "a".repeat(256));
-        assert_eq!(code(&long), "invalid_event");
+        let cases = [
+            ("", "invalid_json"),
+            ("{\"type\":", "invalid_json"),
+            ("nope", "invalid_json"),
+            ("[1,2]", "invalid_event"),
+            (r#"{"payload":{}}"#, "invalid_event"),
+            (r#"{"type":"t"}"#, "invalid_event"),
+            (r#"{"type":"t","payload":[1]}"#, "invalid_event"),
+            (r#"{"type":"t","payload":"s"}"#, "invalid_event"),
+            (r#"{"type":5,"payload":{}}"#, "invalid_event"),
+            (r#"{"type":"","payload":{}}"#, "invalid_event"),
+            (r#"{"type":"has space","payload":{}}"#, "invalid_event"),
+            (
+                r#"{"type":"t","payload":{},"dedup_id":""}"#,
+                "invalid_event",
+            ),
+            (r#"{"type":"t","payload":{},"dedup_id":7}"#, "invalid_event"),
+            (&long, "invalid_event"),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(code(body), expected, "{body}");
+        }
     }
 
     #[test]
     fn escapes_jsonb_cannot_store_are_refused_and_others_pass() {
-        assert_eq!(
-            code(r#"{"type":"t","payload":{"a":"\u0000"}}"#),
-            "invalid_event"
-        );
-        assert_eq!(
-            code(r#"{"type":"t","payload":{"a":"\ud800"}}"#),
-            "invalid_event"
-        );
-        assert_eq!(
-            code(r#"{"type":"t","payload":{"a":"\udc00x"}}"#),
-            "invalid_event"
-        );
-        assert_eq!(
-            code(r#"{"type":"t","payload":{},"dedup_id":"\u0000"}"#),
-            "invalid_event"
-        );
+        for body in [
+            r#"{"type":"t","payload":{"a":"\u0000"}}"#,
+            r#"{"type":"t","payload":{"a":"\ud800"}}"#,
+            r#"{"type":"t","payload":{"a":"\udc00x"}}"#,
+            r#"{"type":"t","payload":{},"dedup_id":"\u0000"}"#,
+        ] {
+            assert_eq!(code(body), "invalid_event", "{body}");
+        }
         assert!(validate(br#"{"type":"t","payload":{"a":"\\u0000 \ud83d\ude00 \n"}}"#).is_ok());
     }
 }
