@@ -90,6 +90,10 @@ pub struct Settings {
     /// Budget for a graceful shutdown
     #[arg(long, env = "TRIGGERS_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
+    /// Accept webhook URLs on private, loopback and link-local addresses (for tests and
+    /// private networks)
+    #[arg(long, env = "TRIGGERS_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: Option<bool>,
     /// Rate-limit tiers (config file only): name = events per minute, 0 = unlimited
     #[arg(skip)]
     pub tiers: Option<BTreeMap<String, u64>>,
@@ -116,6 +120,7 @@ impl Settings {
             body_timeout_ms: self.body_timeout_ms.or(lower.body_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.or(lower.idle_timeout_ms),
             shutdown_timeout_ms: self.shutdown_timeout_ms.or(lower.shutdown_timeout_ms),
+            webhook_allow_private: self.webhook_allow_private.or(lower.webhook_allow_private),
             tiers: self.tiers.or(lower.tiers),
         }
     }
@@ -147,6 +152,7 @@ pub struct Config {
     pub body_timeout: Duration,
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub webhook_allow_private: bool,
     pub tiers: Vec<Tier>,
 }
 
@@ -250,6 +256,7 @@ impl Config {
             body_timeout: ms(s.body_timeout_ms, "body_timeout_ms", 10, 600_000)?,
             idle_timeout: ms(s.idle_timeout_ms, "idle_timeout_ms", 10, 3_600_000)?,
             shutdown_timeout: ms(s.shutdown_timeout_ms, "shutdown_timeout_ms", 100, 600_000)?,
+            webhook_allow_private: need(s.webhook_allow_private, "webhook_allow_private")?,
             tiers,
         })
     }

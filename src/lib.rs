@@ -37,7 +37,7 @@ pub struct Shared {
     pub config: config::Config,
     pub hub: Arc<queue::Hub>,
     pub stats: Arc<stats::Stats>,
-    pub keys: auth::KeyCache,
+    pub keys: Arc<auth::KeyCache>,
     pub queries: db::QueryPool,
     pub persist: Arc<persist::PersistShared>,
     pub started: Instant,

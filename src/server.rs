@@ -6,7 +6,7 @@
 //! ring and commit, the embedded cluster stops. Each step is bounded and the total is logged.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Instant;
 
@@ -115,12 +115,16 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .map(|i| Persister::spawn(i, persist.clone(), stats.clone()))
         .collect();
     let (queries, query_threads) = db::QueryPool::spawn(config.query_threads, &db_config);
+    let keys = Arc::new(auth::KeyCache::default());
+    let listener_stop = Arc::new(AtomicBool::new(false));
+    let key_listener =
+        auth::spawn_rotation_listener(db_config.clone(), keys.clone(), listener_stop.clone());
     let addr = listeners[0].local_addr()?;
     let shared = Arc::new(Shared {
         config: config.clone(),
         hub: hub.clone(),
         stats,
-        keys: auth::KeyCache::default(),
+        keys,
         queries,
         persist: persist.clone(),
         started,
@@ -200,6 +204,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let left = hub.queued();
     drop(shared);
     query_threads.join();
+    listener_stop.store(true, Ordering::Release);
+    let _ = key_listener.join();
     if let Some(mut c) = cluster {
         c.stop();
     }

@@ -19,6 +19,13 @@ pub enum ApiError {
     /// A field of an event is missing or wrong: the message names the field.
     InvalidEvent(String),
     InvalidTier(String),
+    /// A query parameter is wrong: names the parameter.
+    InvalidParameter(&'static str, String),
+    /// No event with this id in the caller's organization (or a malformed id: the two are
+    /// indistinguishable, as are other organizations' events).
+    EventNotFound,
+    InvalidWebhookUrl(String),
+    WebhookUrlNotAllowed(String),
     /// A body field of a non-event request is missing or wrong.
     InvalidRequest(String),
     DuplicateEvent(EventId),
@@ -42,7 +49,11 @@ impl ApiError {
             | ApiError::InvalidEvent(_)
             | ApiError::InvalidTier(_)
             | ApiError::InvalidRequest(_)
+            | ApiError::InvalidParameter(..)
+            | ApiError::InvalidWebhookUrl(_)
+            | ApiError::WebhookUrlNotAllowed(_)
             | ApiError::BadFraming(_) => 400,
+            ApiError::EventNotFound => 404,
             ApiError::DuplicateEvent(_) => 409,
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::NotFound => 404,
@@ -63,6 +74,10 @@ impl ApiError {
             ApiError::InvalidEvent(_) => "invalid_event",
             ApiError::InvalidTier(_) => "invalid_tier",
             ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::InvalidParameter(..) => "invalid_parameter",
+            ApiError::EventNotFound => "event_not_found",
+            ApiError::InvalidWebhookUrl(_) => "invalid_webhook_url",
+            ApiError::WebhookUrlNotAllowed(_) => "webhook_url_not_allowed",
             ApiError::DuplicateEvent(_) => "duplicate_event",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::NotFound => "not_found",
@@ -84,7 +99,11 @@ impl ApiError {
             ApiError::InvalidJson(why) => format!("Request body is not valid JSON: {why}"),
             ApiError::InvalidEvent(why)
             | ApiError::InvalidRequest(why)
-            | ApiError::InvalidTier(why) => why.clone(),
+            | ApiError::InvalidTier(why)
+            | ApiError::InvalidWebhookUrl(why)
+            | ApiError::WebhookUrlNotAllowed(why) => why.clone(),
+            ApiError::InvalidParameter(name, why) => format!("Invalid `{name}`: {why}"),
+            ApiError::EventNotFound => "Event not found".into(),
             ApiError::DuplicateEvent(_) => {
                 "An event with this dedup_id was already accepted".into()
             }
@@ -105,8 +124,10 @@ impl ApiError {
 
     pub fn into_response(self) -> Response {
         let mut body = json!({"error": self.message(), "code": self.code()});
-        if let ApiError::DuplicateEvent(id) = &self {
-            body["id"] = json!(id.to_string());
+        match &self {
+            ApiError::DuplicateEvent(id) => body["id"] = json!(id.to_string()),
+            ApiError::InvalidParameter(name, _) => body["parameter"] = json!(name),
+            _ => {}
         }
         let resp = Response::json_value(self.status(), &body);
         match self {

@@ -1,6 +1,6 @@
 //! api::keys: `POST /api/keys/generate` creates an organization and its first key;
-//! `GET /api/keys` describes the caller's organization. The plaintext key appears once, in the
-//! 201 that creates it.
+//! `GET /api/keys` describes the caller's organization; `POST /api/keys/rotate` replaces the key.
+//! A plaintext key appears once, in the response that creates it.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -52,6 +52,7 @@ pub async fn generate(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, Ap
         ))
     })?;
     let key = NewKey::generate();
+    let generation = core.shared.keys.generation();
     let org = Arc::new(Org {
         id: OrgId::new(),
         name,
@@ -76,7 +77,7 @@ pub async fn generate(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, Ap
             tx.commit()
         })
         .await?;
-    core.shared.keys.insert(org.clone());
+    core.shared.keys.insert_if_current(org.clone(), generation);
     tracing::info!(org = %org.id, tier = %org.tier, "organization created");
     Ok(Response::json_value(
         201,
@@ -93,6 +94,18 @@ pub async fn generate(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, Ap
 
 pub async fn show(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
     let org = authenticate(core, req).await?;
+    let org_id = org.id.0;
+    let webhook_url: Option<String> = core
+        .shared
+        .queries
+        .run("organization webhook", move |c| {
+            let row = c.query_opt(
+                "SELECT webhook_url FROM organizations WHERE org_id = $1",
+                &[&org_id],
+            )?;
+            Ok(row.and_then(|r| r.get(0)))
+        })
+        .await?;
     Ok(Response::json_value(
         200,
         &json!({
@@ -100,9 +113,63 @@ pub async fn show(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiErr
             "organization_name": org.name,
             "tier": org.tier,
             "rate_limit_per_minute": tier_limit(core.shared.config.tier(&org.tier)),
-            "webhook_url": null,
+            "webhook_url": webhook_url,
             "api_key_prefix": org.key_prefix,
             "created_at": rfc3339(org.created_at).to_string(),
+        }),
+    ))
+}
+
+/// Replaces the caller's key. The old key is refused by every core of this node before the
+/// response leaves (the cache is shared, and look-ups racing with the rotation retry), and by
+/// other nodes once they hear the NOTIFY sent in the same transaction.
+pub async fn rotate(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
+    let old = authenticate(core, req).await?;
+    let key = NewKey::generate();
+    let rotated_at = now_micros();
+    let org = Arc::new(Org {
+        id: old.id,
+        name: old.name.clone(),
+        tier: old.tier.clone(),
+        key_prefix: key.shown_prefix().to_string(),
+        created_at: old.created_at,
+        key_hash: key.hash,
+    });
+    let row = org.clone();
+    core.shared
+        .queries
+        .run("rotate key", move |c| {
+            let mut tx = c.transaction()?;
+            // Concurrent rotations of one organization take turns, so exactly one key survives.
+            tx.execute(
+                "SELECT 1 FROM organizations WHERE org_id = $1 FOR UPDATE",
+                &[&row.id.0],
+            )?;
+            tx.execute(
+                "UPDATE api_keys SET revoked_at = $2 WHERE org_id = $1 AND revoked_at IS NULL",
+                &[&row.id.0, &rotated_at],
+            )?;
+            tx.execute(
+                "INSERT INTO api_keys (org_id, key_hash, key_prefix, created_at) VALUES ($1, $2, $3, $4)",
+                &[&row.id.0, &row.key_hash.0.as_slice(), &row.key_prefix, &rotated_at],
+            )?;
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&crate::auth::ROTATION_CHANNEL, &row.id.to_string()],
+            )?;
+            tx.commit()
+        })
+        .await?;
+    let keys = &core.shared.keys;
+    keys.forget_org(org.id);
+    keys.insert_if_current(org.clone(), keys.generation());
+    tracing::info!(org = %org.id, "API key rotated");
+    Ok(Response::json_value(
+        200,
+        &json!({
+            "api_key": key.plaintext,
+            "organization_id": org.id.to_string(),
+            "rotated_at": rfc3339(rotated_at).to_string(),
         }),
     ))
 }

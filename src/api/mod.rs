@@ -2,11 +2,14 @@
 //! `Allow`), `dispatch` runs its handler, one file per resource. Handlers never block: database
 //! work goes to the persisters (events) or the query threads (everything else).
 
+mod ack;
 pub mod error;
 pub mod events;
 mod health;
+pub mod inbox;
 mod keys;
 mod stats;
+pub mod webhook;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -28,6 +31,8 @@ const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
 
 /// What a handler sees of a request; every field borrows the connection's buffer.
 pub struct Request<'a> {
+    pub method: Method,
+    pub path: &'a str,
     pub query: &'a str,
     pub api_key: Option<&'a [u8]>,
     pub body: &'a [u8],
@@ -41,21 +46,32 @@ pub enum Route {
     Events,
     KeysGenerate,
     Keys,
+    KeysRotate,
+    Inbox,
+    AckOne,
+    AckMany,
+    WebhookConfig,
     QueueStats,
 }
 
 impl Route {
     pub fn resolve(method: Method, path: &str) -> Result<Route, ApiError> {
-        use Method::{Get, Head, Post};
+        use Method::{Delete, Get, Head, Post};
         const READ: (&[Method], &str) = (&[Get, Head], "GET, HEAD");
         const WRITE: (&[Method], &str) = (&[Post], "POST");
+        const CONFIG: (&[Method], &str) = (&[Get, Head, Post, Delete], "GET, HEAD, POST, DELETE");
         let (route, (allowed, allow)) = match path {
             "/health" => (Route::Health, READ),
             "/health/live" => (Route::HealthLive, READ),
             "/health/ready" => (Route::HealthReady, READ),
             "/api/events" => (Route::Events, WRITE),
             "/api/keys/generate" => (Route::KeysGenerate, WRITE),
+            "/api/keys/rotate" => (Route::KeysRotate, WRITE),
             "/api/keys" => (Route::Keys, READ),
+            "/api/inbox" => (Route::Inbox, READ),
+            "/api/ack" => (Route::AckMany, WRITE),
+            p if p.starts_with("/api/ack/") => (Route::AckOne, WRITE),
+            "/api/webhook/config" => (Route::WebhookConfig, CONFIG),
             "/api/queue/stats" => (Route::QueueStats, READ),
             _ => return Err(ApiError::NotFound),
         };
@@ -82,6 +98,11 @@ pub async fn dispatch(core: &Rc<Core>, route: Route, req: &Request<'_>) -> Respo
         Route::Events => events::post(core, req).await,
         Route::KeysGenerate => keys::generate(core, req).await,
         Route::Keys => keys::show(core, req).await,
+        Route::KeysRotate => keys::rotate(core, req).await,
+        Route::Inbox => inbox::list(core, req).await,
+        Route::AckOne => ack::one(core, req).await,
+        Route::AckMany => ack::many(core, req).await,
+        Route::WebhookConfig => webhook::config(core, req).await,
         Route::QueueStats => stats::show(core, req),
     };
     result.unwrap_or_else(ApiError::into_response)
@@ -104,32 +125,39 @@ pub async fn authenticate(core: &Core, req: &Request<'_>) -> Result<Arc<Org>, Ap
         .filter(|k| !k.is_empty())
         .ok_or(ApiError::MissingApiKey)?;
     let hash = auth::check_format(key).ok_or(ApiError::InvalidApiKey)?;
-    if let Some(org) = core.shared.keys.get(&hash) {
-        return Ok(org);
+    let keys = &core.shared.keys;
+    loop {
+        if let Some(org) = keys.get(&hash) {
+            return Ok(org);
+        }
+        let generation = keys.generation();
+        let found = core
+            .shared
+            .queries
+            .run("key lookup", move |c| {
+                let row = c.query_opt(
+                    "SELECT o.org_id, o.name, o.tier, o.created_at, k.key_prefix
+                     FROM api_keys k JOIN organizations o USING (org_id)
+                     WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+                    &[&hash.0.as_slice()],
+                )?;
+                Ok(row.map(|r| Org {
+                    id: OrgId(r.get(0)),
+                    name: r.get(1),
+                    tier: r.get(2),
+                    created_at: r.get(3),
+                    key_prefix: r.get(4),
+                    key_hash: hash,
+                }))
+            })
+            .await?;
+        let org = Arc::new(found.ok_or(ApiError::InvalidApiKey)?);
+        // A rotation that landed while the query ran may have revoked this very key: look
+        // again rather than let a revoked key through.
+        if keys.insert_if_current(org.clone(), generation) {
+            return Ok(org);
+        }
     }
-    let found = core
-        .shared
-        .queries
-        .run("key lookup", move |c| {
-            let row = c.query_opt(
-                "SELECT o.org_id, o.name, o.tier, o.created_at, k.key_prefix
-                 FROM api_keys k JOIN organizations o USING (org_id)
-                 WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-                &[&hash.0.as_slice()],
-            )?;
-            Ok(row.map(|r| Org {
-                id: OrgId(r.get(0)),
-                name: r.get(1),
-                tier: r.get(2),
-                created_at: r.get(3),
-                key_prefix: r.get(4),
-                key_hash: hash,
-            }))
-        })
-        .await?;
-    let org = Arc::new(found.ok_or(ApiError::InvalidApiKey)?);
-    core.shared.keys.insert(org.clone());
-    Ok(org)
 }
 
 /// Parses a JSON body. Bytes that are not JSON are `invalid_json`; JSON of the wrong shape is

@@ -5,9 +5,11 @@
 //! stored; the plaintext exists once, in the response that creates it. Never logs a key.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use postgres::fallible_iterator::FallibleIterator;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -87,11 +89,12 @@ pub struct Org {
 }
 
 /// Key hash → organization, shared by every core. Reads take a read lock for one map look-up and
-/// never across an `.await`. `forget_org` drops an organization's entries at once for every core,
-/// which is what key rotation needs.
+/// never across an `.await`. `forget_org` drops an organization's entries at once for every core
+/// (key rotation) and bumps the generation, so that a look-up that raced with it can tell.
 #[derive(Default)]
 pub struct KeyCache {
     map: RwLock<HashMap<KeyHash, Arc<Org>>>,
+    generation: AtomicU64,
 }
 
 impl KeyCache {
@@ -102,18 +105,94 @@ impl KeyCache {
         bool::from(org.key_hash.0.ct_eq(&hash.0)).then(|| org.clone())
     }
 
-    pub fn insert(&self, org: Arc<Org>) {
+    /// Changes whenever entries are forgotten. A database look-up reads it before it starts;
+    /// if it changed meanwhile, a rotation may have revoked the key the look-up found.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Caches `org` unless entries were forgotten since `generation` was read.
+    pub fn insert_if_current(&self, org: Arc<Org>, generation: u64) -> bool {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(Ordering::Acquire) != generation {
+            return false;
+        }
         if map.len() >= CACHE_ENTRIES_MAX {
             map.clear();
         }
         map.insert(org.key_hash, org);
+        true
     }
 
     pub fn forget_org(&self, id: OrgId) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, org| org.id != id);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
+
+    pub fn forget_all(&self) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        map.clear();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The channel on which a node announces a rotation: the payload is the organization id.
+pub const ROTATION_CHANNEL: &str = "triggers_key_rotation";
+/// How often the listener looks at its stop flag while no notification arrives.
+const LISTEN_POLL: Duration = Duration::from_millis(250);
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+
+/// Keeps this node's cache in step with rotations made on any node sharing the database:
+/// LISTENs on `ROTATION_CHANNEL` and forgets the organizations it hears of. After it reconnects
+/// it forgets everything, since notifications may have been missed meanwhile.
+pub fn spawn_rotation_listener(
+    db: postgres::Config,
+    cache: Arc<KeyCache>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("key-listener".into())
+        .spawn(move || {
+            let mut connected_before = false;
+            while !stop.load(Ordering::Acquire) {
+                let listen = crate::db::connect(&db).and_then(|mut c| {
+                    c.batch_execute(&format!("LISTEN {ROTATION_CHANNEL}"))?;
+                    Ok(c)
+                });
+                let mut client = match listen {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "key-rotation listener cannot connect");
+                        std::thread::sleep(LISTEN_RETRY);
+                        continue;
+                    }
+                };
+                if connected_before {
+                    // Rotations while we were away went unheard.
+                    cache.forget_all();
+                }
+                connected_before = true;
+                'listen: while !stop.load(Ordering::Acquire) {
+                    let mut notes = client.notifications();
+                    let mut iter = notes.timeout_iter(LISTEN_POLL);
+                    loop {
+                        match iter.next() {
+                            Ok(Some(n)) => match n.payload().parse() {
+                                Ok(org) => cache.forget_org(OrgId(org)),
+                                Err(_) => cache.forget_all(),
+                            },
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "key-rotation listener lost its connection");
+                                break 'listen;
+                            }
+                        }
+                    }
+                }
+            }
+        })
+        .expect("spawning the key-rotation listener")
 }
 
 #[cfg(test)]

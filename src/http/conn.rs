@@ -264,6 +264,8 @@ async fn one_request(core: &Rc<Core>, conn: &mut Conn) -> Option<()> {
     };
     let response = {
         let req = Request {
+            method: head.method,
+            path: text(&conn.rbuf, &head.path),
             query: text(&conn.rbuf, &head.query),
             api_key: head.api_key.clone().map(|r| &conn.rbuf[r]),
             body: if head.framing == BodyFraming::Chunked {
