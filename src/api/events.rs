@@ -1,5 +1,5 @@
-//! api::events: `POST /api/events`. Authenticate, validate, queue on this core's ring, and (in
-//! durable mode) answer only once the persister reports the COMMIT.
+//! api::events: `POST /api/events` and `POST /api/events/batch`. Authenticate, validate, queue on
+//! this core's ring, and (in durable mode) answer only once the persister reports the COMMIT.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -7,15 +7,18 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::{authenticate, parse_body, ApiError, Request};
 use crate::config::AckMode;
 use crate::core::Core;
 use crate::http::response::Response;
-use crate::ids::{now_micros, rfc3339, EventId};
-use crate::queue::{Event, Outcome, Waiter};
+use crate::ids::{now_micros, rfc3339, EventId, OrgId};
+use crate::queue::{Entry, Event, Outcome, Waiter};
 
+/// Most events in one `POST /api/events/batch`.
+pub const BATCH_EVENTS_MAX: usize = 1000;
 /// Longest `type` and `dedup_id`, in characters.
 const TYPE_CHARS_MAX: usize = 255;
 const DEDUP_ID_CHARS_MAX: usize = 255;
@@ -155,61 +158,180 @@ pub async fn post(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiErr
     result
 }
 
-async fn accept(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
-    let org = authenticate(core, req).await?;
-    let event = validate(req.body)?;
-    let shared = &core.shared;
-    let id = EventId::new_v7();
-    let created_at = now_micros();
-    let mut body = Vec::with_capacity(160);
-    let _ = write!(
-        body,
-        r#"{{"id":"{id}","status":"accepted","message":"Event accepted","type":"{}","created_at":"{}"}}"#,
-        event.kind,
-        rfc3339(created_at)
-    );
-    let slot = (shared.config.ack_mode == AckMode::Durable).then(|| core.waiters.register());
-    let now = Instant::now();
-    let queued = Event {
-        org: org.id,
-        id,
-        created_at,
+/// Turns a validated event into the queued form: id, creation time, and (durable mode) a
+/// waiter slot and the storage deadline.
+fn queued(core: &Core, org: OrgId, event: EventIn<'_>, now: Instant) -> Event {
+    let durable = core.shared.config.ack_mode == AckMode::Durable;
+    Event {
+        org,
+        id: EventId::new_v7(),
+        created_at: now_micros(),
         kind: event.kind.into(),
         dedup_id: event.dedup_id.map(Into::into),
         payload: event.payload.as_bytes().into(),
-        waiter: slot.map(|slot| Waiter {
+        waiter: durable.then(|| Waiter {
             core: core.id as u16,
-            slot,
+            slot: core.waiters.register(),
         }),
         enqueued_at: now,
-        deadline: slot.map(|_| now + shared.config.storage_wait),
+        deadline: durable.then(|| now + core.shared.config.storage_wait),
+    }
+}
+
+/// Queues `entry` on this core's ring, giving the waiter slots back if the ring is full.
+fn push(core: &Core, entry: Entry) -> Result<(), ApiError> {
+    let slots: Vec<u32> = match &entry {
+        Entry::One(e) => e.waiter.iter().map(|w| w.slot).collect(),
+        Entry::Group(g) => g.iter().filter_map(|e| e.waiter.map(|w| w.slot)).collect(),
     };
-    if shared.hub.push(core.id, queued).is_err() {
-        if let Some(slot) = slot {
+    core.shared.hub.push(core.id, entry).map_err(|_| {
+        for slot in slots {
             core.waiters.cancel(slot);
         }
-        return Err(ApiError::Overloaded);
-    }
-    let Some(slot) = slot else {
-        return Ok(Response::json(202, body));
+        ApiError::Overloaded
+    })
+}
+
+/// Waits for the outcomes of `slots`, in order. Persisters answer every event by its deadline;
+/// the overall bound only guards against a persister stuck inside one database call.
+async fn outcomes(core: &Core, slots: &[u32]) -> Vec<Outcome> {
+    let budget = core.shared.config.storage_wait + WAIT_GRACE;
+    let all = async {
+        let mut out = Vec::with_capacity(slots.len());
+        for &slot in slots {
+            out.push(core.waiters.wait(slot).await);
+        }
+        out
     };
-    let budget = shared.config.storage_wait + WAIT_GRACE;
-    let outcome = match monoio::time::timeout(budget, core.waiters.wait(slot)).await {
-        Ok(outcome) => outcome,
+    match monoio::time::timeout(budget, all).await {
+        Ok(out) => out,
         Err(_) => {
             tracing::error!(
                 core = core.id,
                 "no outcome from the persisters within the storage budget"
             );
-            Outcome::Unavailable
+            vec![Outcome::Unavailable; slots.len()]
         }
+    }
+}
+
+async fn accept(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
+    let org = authenticate(core, req).await?;
+    let event = queued(core, org.id, validate(req.body)?, Instant::now());
+    let mut body = Vec::with_capacity(160);
+    let _ = write!(
+        body,
+        r#"{{"id":"{}","status":"accepted","message":"Event accepted","type":"{}","created_at":"{}"}}"#,
+        event.id,
+        event.kind,
+        rfc3339(event.created_at)
+    );
+    let slot = event.waiter.map(|w| w.slot);
+    push(core, Entry::One(event))?;
+    let Some(slot) = slot else {
+        return Ok(Response::json(202, body));
     };
-    match outcome {
+    match outcomes(core, &[slot]).await.remove(0) {
         Outcome::Committed => Ok(Response::json(202, body)),
         Outcome::Duplicate(holder) => Err(ApiError::DuplicateEvent(holder)),
         Outcome::Rejected(why) => Err(invalid(format!("PostgreSQL refused the event: {why}"))),
         Outcome::Unavailable => Err(ApiError::StorageUnavailable),
     }
+}
+
+#[derive(Deserialize)]
+struct BatchIn<'a> {
+    #[serde(borrow)]
+    events: Option<Vec<&'a RawValue>>,
+}
+
+/// `POST /api/events/batch`: up to `BATCH_EVENTS_MAX` events, each validated on its own, all
+/// valid ones committed in one transaction; results in request order.
+pub async fn post_batch(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
+    let stats = &core.shared.stats.cores[core.id];
+    let result = accept_batch(core, req).await;
+    match &result {
+        Ok((_, counts)) => {
+            stats.accepted.add(counts[0]);
+            stats.duplicates.add(counts[1]);
+            stats.rejected.add(counts[2]);
+        }
+        Err(ApiError::Overloaded) => stats.overloaded.add(1),
+        Err(ApiError::StorageUnavailable) => stats.unavailable.add(1),
+        Err(_) => stats.rejected.add(1),
+    }
+    result.map(|(r, _)| r)
+}
+
+/// The response, and how many items were accepted, duplicates, and refused.
+async fn accept_batch(
+    core: &Rc<Core>,
+    req: &Request<'_>,
+) -> Result<(Response, [u64; 3]), ApiError> {
+    let org = authenticate(core, req).await?;
+    let input: BatchIn = parse_body(req.body, |why| {
+        ApiError::InvalidRequest(format!("expected {{\"events\": [event, ...]}}: {why}"))
+    })?;
+    let raw = input
+        .events
+        .filter(|e| (1..=BATCH_EVENTS_MAX).contains(&e.len()))
+        .ok_or_else(|| {
+            ApiError::InvalidRequest(format!("`events` must hold 1 to {BATCH_EVENTS_MAX} events"))
+        })?;
+    let now = Instant::now();
+    // Each item: the event's position in `group` or why it was refused.
+    let mut items: Vec<Result<usize, ApiError>> = Vec::with_capacity(raw.len());
+    let mut group = Vec::with_capacity(raw.len());
+    for r in raw {
+        items.push(validate(r.get().as_bytes()).map(|e| {
+            group.push(queued(core, org.id, e, now));
+            group.len() - 1
+        }));
+    }
+    let ids: Vec<EventId> = group.iter().map(|e| e.id).collect();
+    let slots: Vec<u32> = group
+        .iter()
+        .filter_map(|e| e.waiter.map(|w| w.slot))
+        .collect();
+    let mut found = vec![Outcome::Committed; group.len()];
+    if !group.is_empty() {
+        push(core, Entry::Group(group))?;
+        if !slots.is_empty() {
+            found = outcomes(core, &slots).await;
+        }
+    }
+    if found.contains(&Outcome::Unavailable) {
+        return Err(ApiError::StorageUnavailable);
+    }
+    let mut counts = [0u64; 3];
+    let results: Vec<serde_json::Value> = items
+        .into_iter()
+        .map(|item| {
+            let (status, value) = match item {
+                Err(e) => (
+                    2,
+                    json!({"status": 400, "code": e.code(), "error": e.message()}),
+                ),
+                Ok(i) => match &found[i] {
+                    Outcome::Committed => (0, json!({"status": 202, "id": ids[i].to_string()})),
+                    Outcome::Duplicate(holder) => (
+                        1,
+                        json!({"status": 409, "id": holder.to_string(), "code": "duplicate_event"}),
+                    ),
+                    Outcome::Rejected(why) => (
+                        2,
+                        json!({"status": 400, "code": "invalid_event",
+                               "error": format!("PostgreSQL refused the event: {why}")}),
+                    ),
+                    Outcome::Unavailable => unreachable!("answered 503 above"),
+                },
+            };
+            counts[status] += 1;
+            value
+        })
+        .collect();
+    let body = json!({"accepted": counts[0], "results": results});
+    Ok((Response::json_value(200, &body), counts))
 }
 
 #[cfg(test)]

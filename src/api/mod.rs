@@ -26,6 +26,8 @@ use crate::ids::OrgId;
 
 /// Largest `POST /api/events` body: the contract's 256 KiB.
 pub const EVENT_BODY_BYTES_MAX: usize = 256 * 1024;
+/// Largest `POST /api/events/batch` body: the contract's 5 MiB.
+pub const BATCH_BODY_BYTES_MAX: usize = 5 * 1024 * 1024;
 /// Largest body of the other routes (key generation and the like).
 const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
 
@@ -44,6 +46,7 @@ pub enum Route {
     HealthLive,
     HealthReady,
     Events,
+    EventsBatch,
     KeysGenerate,
     Keys,
     KeysRotate,
@@ -65,6 +68,7 @@ impl Route {
             "/health/live" => (Route::HealthLive, READ),
             "/health/ready" => (Route::HealthReady, READ),
             "/api/events" => (Route::Events, WRITE),
+            "/api/events/batch" => (Route::EventsBatch, WRITE),
             "/api/keys/generate" => (Route::KeysGenerate, WRITE),
             "/api/keys/rotate" => (Route::KeysRotate, WRITE),
             "/api/keys" => (Route::Keys, READ),
@@ -85,6 +89,7 @@ impl Route {
     pub fn body_bytes_max(self) -> usize {
         match self {
             Route::Events => EVENT_BODY_BYTES_MAX,
+            Route::EventsBatch => BATCH_BODY_BYTES_MAX,
             _ => SMALL_BODY_BYTES_MAX,
         }
     }
@@ -96,6 +101,7 @@ pub async fn dispatch(core: &Rc<Core>, route: Route, req: &Request<'_>) -> Respo
         Route::HealthLive => Ok(health::live()),
         Route::HealthReady => health::ready(core).await,
         Route::Events => events::post(core, req).await,
+        Route::EventsBatch => events::post_batch(core, req).await,
         Route::KeysGenerate => keys::generate(core, req).await,
         Route::Keys => keys::show(core, req).await,
         Route::KeysRotate => keys::rotate(core, req).await,

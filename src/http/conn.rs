@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncWriteRentExt, CancelableAsyncReadRent};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent};
 use monoio::net::TcpStream;
 
 use super::request::{
@@ -28,6 +28,9 @@ const READ_CHUNK_MIN: usize = 4 * 1024;
 const WRITE_FLUSH_BYTES: usize = 64 * 1024;
 /// A client that does not take its response within this time is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bounds of the lingering close after an error answer (see `Conn::linger`).
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+const LINGER_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Body limit for routes without a body of their own (and unknown routes, whose body is read
 /// and discarded so the connection stays usable).
 const OTHER_BODY_BYTES_MAX: usize = 64 * 1024;
@@ -107,8 +110,8 @@ impl Conn {
         )
     }
 
-    /// Answers a request that cannot be read to its end, then closes.
-    async fn fail(&mut self, core: &Core, err: ApiError) {
+    /// Appends an error response that closes the connection.
+    fn write_error(&mut self, core: &Core, err: ApiError) {
         let id = core.next_request_id();
         response::write(
             &mut self.wbuf,
@@ -118,7 +121,34 @@ impl Conn {
             false,
             false,
         );
-        self.flush().await;
+    }
+
+    /// Answers a request that cannot be read to its end, then closes.
+    async fn fail(&mut self, core: &Core, err: ApiError) {
+        self.write_error(core, err);
+        if self.flush().await {
+            self.linger(core).await;
+        }
+    }
+
+    /// Closing with unread input makes the kernel send a reset, which can destroy the error
+    /// response before the client reads it (a client still sending a refused 6 MiB body gets
+    /// ECONNRESET instead of its 413). So: stop writing, then read and discard for a bounded
+    /// time and amount before closing.
+    async fn linger(&mut self, core: &Core) {
+        let _ = self.stream.shutdown().await;
+        let deadline = Instant::now() + LINGER_TIMEOUT;
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES_MAX {
+            self.rbuf.clear();
+            match self
+                .read(core, deadline.saturating_duration_since(Instant::now()))
+                .await
+            {
+                Ok(n) => discarded += n,
+                Err(_) => break,
+            }
+        }
     }
 }
 
@@ -131,14 +161,16 @@ impl Drop for Open {
     }
 }
 
-/// Answers a connection over the per-core limit with 503 and closes it.
+/// Answers a connection over the per-core limit with 503 and closes it at once: lingering
+/// here would let a flood of connections hold resources past the limit.
 pub async fn refuse(core: Rc<Core>, stream: TcpStream) {
     let mut conn = Conn {
         stream,
         rbuf: Vec::new(),
         wbuf: Vec::with_capacity(256),
     };
-    conn.fail(&core, ApiError::Overloaded).await;
+    conn.write_error(&core, ApiError::Overloaded);
+    conn.flush().await;
 }
 
 pub async fn serve(core: Rc<Core>, stream: TcpStream) {

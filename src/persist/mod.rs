@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::db;
 use crate::ids::EventId;
-use crate::queue::{Completion, Event, Hub, Outcome};
+use crate::queue::{Completion, Entry, Event, Hub, Outcome};
 use crate::stats::PersistStats;
 
 /// First and longest pause between attempts while PostgreSQL is unreachable or refusing.
@@ -191,9 +191,9 @@ pub struct Persister {
     shared: Arc<PersistShared>,
     stats: Arc<crate::stats::Stats>,
     conn: Option<Conn>,
-    /// Events taken off the rings while PostgreSQL was unreachable, oldest first. Holds at most
-    /// as many events as all rings together.
-    backlog: VecDeque<Event>,
+    /// Entries taken off the rings while PostgreSQL was unreachable, oldest first. Holds at
+    /// most as many entries as all rings together.
+    backlog: VecDeque<Entry>,
     backoff: Duration,
 }
 
@@ -257,32 +257,32 @@ impl Persister {
         }
     }
 
-    /// Takes one event from the backlog or any ring, answering those past their deadline.
-    fn take(&mut self, now: Instant) -> Option<Event> {
+    /// Takes one entry from the backlog or any ring, answering those past their deadline.
+    fn take(&mut self, now: Instant) -> Option<Entry> {
         loop {
-            let event = match self.backlog.pop_front() {
+            let entry = match self.backlog.pop_front() {
                 Some(e) => e,
                 None => self.shared.hub.rings.iter().find_map(|r| r.pop())?,
             };
-            if event.expired(now) {
-                self.expire(vec![event]);
+            if entry.head().expired(now) {
+                self.expire(entry.into_events());
                 continue;
             }
-            self.my_stats()
-                .queue_wait_us
-                .record_duration(now.saturating_duration_since(event.enqueued_at));
-            return Some(event);
+            let waited = now.saturating_duration_since(entry.head().enqueued_at);
+            self.my_stats().queue_wait_us.record_duration(waited);
+            return Some(entry);
         }
     }
 
-    /// Fills `batch`. Returns false once stopping and nothing is left.
+    /// Fills `batch`. Returns false once stopping and nothing is left. A group (one batch
+    /// request) is never split, so a batch may pass `rows_max` by less than a group.
     fn gather(&mut self, batch: &mut Vec<Event>) -> bool {
         let limits = self.shared.limits.clone();
         let hub = self.shared.hub.clone();
-        // Wait for a first event.
+        // Wait for a first entry.
         loop {
             if let Some(e) = self.take(Instant::now()) {
-                batch.push(e);
+                batch.extend(e.into_events());
                 break;
             }
             if self.shared.stop.get().is_some() && hub.is_empty() {
@@ -297,12 +297,12 @@ impl Persister {
         // Fill up until rows, bytes or age say flush. Waiting for more rows sleeps (a core's
         // push wakes it): spinning would take the CPU the cores need.
         let first = Instant::now();
-        let mut bytes = batch[0].payload.len();
+        let mut bytes: usize = batch.iter().map(|e| e.payload.len()).sum();
         while batch.len() < limits.rows_max && bytes < limits.bytes_max {
             let now = Instant::now();
             if let Some(e) = self.take(now) {
-                bytes += e.payload.len();
-                batch.push(e);
+                bytes += e.payload_bytes();
+                batch.extend(e.into_events());
                 continue;
             }
             let waited = now.duration_since(first);
@@ -394,9 +394,9 @@ impl Persister {
         let now = Instant::now();
         if self.shared.stop.get().is_some_and(|by| now >= *by) {
             let mut dropped = std::mem::take(batch);
-            dropped.extend(self.backlog.drain(..));
+            dropped.extend(self.backlog.drain(..).flat_map(Entry::into_events));
             for ring in &self.shared.hub.rings {
-                dropped.extend(std::iter::from_fn(|| ring.pop()));
+                dropped.extend(std::iter::from_fn(|| ring.pop()).flat_map(Entry::into_events));
             }
             tracing::error!(
                 persister = self.index,
@@ -418,11 +418,11 @@ impl Persister {
                 self.backlog.push_back(e);
             }
         }
-        let (expired, kept): (VecDeque<Event>, VecDeque<Event>) = std::mem::take(&mut self.backlog)
+        let (expired, kept): (VecDeque<Entry>, VecDeque<Entry>) = std::mem::take(&mut self.backlog)
             .into_iter()
-            .partition(|e| e.expired(now));
+            .partition(|e| e.head().expired(now));
         self.backlog = kept;
-        self.expire(expired.into());
+        self.expire(expired.into_iter().flat_map(Entry::into_events).collect());
     }
 
     fn expire(&self, events: Vec<Event>) {

@@ -1,14 +1,14 @@
 //! queue: the seam between the cores and the persisters.
 //!
-//! Each core pushes accepted events into its own bounded lock-free ring (`ArrayQueue`); every
-//! persister drains every ring. Outcomes travel back as one message per committed batch per core
+//! Each core pushes accepted events into its own lock-free ring (`ArrayQueue`), bounded in slots
+//! and in payload bytes; every persister drains every ring. Outcomes travel back as one message per committed batch per core
 //! into that core's `Mailbox`, whose task wakes the waiting requests. Nothing here blocks: a full
 //! ring is refused at once (the caller answers 503), and a parked persister is woken only when it
 //! said it was going to sleep.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::task::{Poll, Waker};
 use std::thread::Thread;
@@ -42,6 +42,104 @@ pub struct Event {
 impl Event {
     pub fn expired(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| d <= now)
+    }
+}
+
+/// What a ring slot holds: one event, or the events of one batch request, which persisters
+/// never split across transactions. A group's events share their enqueue time and deadline.
+#[derive(Debug)]
+pub enum Entry {
+    One(Event),
+    Group(Vec<Event>),
+}
+
+impl Entry {
+    /// The event whose times stand for the whole entry.
+    pub fn head(&self) -> &Event {
+        match self {
+            Entry::One(e) => e,
+            Entry::Group(g) => &g[0],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Entry::One(_) => 1,
+            Entry::Group(g) => g.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Entry::One(e) => e.payload.len(),
+            Entry::Group(g) => g.iter().map(|e| e.payload.len()).sum(),
+        }
+    }
+
+    pub fn into_events(self) -> Vec<Event> {
+        match self {
+            Entry::One(e) => vec![e],
+            Entry::Group(g) => g,
+        }
+    }
+}
+
+/// Payload bytes one core's ring may hold: with 256 KiB events or 5 MiB batches, the slot
+/// count alone would not bound memory.
+pub const RING_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// A core's bounded ring: slots and payload bytes both have a limit.
+pub struct Ring {
+    slots: ArrayQueue<Entry>,
+    bytes: AtomicUsize,
+}
+
+impl Ring {
+    fn new(slots: usize) -> Ring {
+        Ring {
+            slots: ArrayQueue::new(slots),
+            bytes: AtomicUsize::new(0),
+        }
+    }
+
+    fn push(&self, entry: Entry) -> Result<(), RingFull> {
+        debug_assert!(!entry.is_empty(), "an entry holds at least one event");
+        let b = entry.payload_bytes();
+        if self.bytes.fetch_add(b, Ordering::AcqRel) + b > RING_BYTES_MAX {
+            self.bytes.fetch_sub(b, Ordering::AcqRel);
+            return Err(RingFull);
+        }
+        self.slots.push(entry).map_err(|_| {
+            self.bytes.fetch_sub(b, Ordering::AcqRel);
+            RingFull
+        })
+    }
+
+    pub fn pop(&self) -> Option<Entry> {
+        let entry = self.slots.pop()?;
+        self.bytes
+            .fetch_sub(entry.payload_bytes(), Ordering::AcqRel);
+        Some(entry)
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.capacity()
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -172,7 +270,7 @@ pub struct RingFull;
 
 /// Every queue shared between cores and persisters.
 pub struct Hub {
-    pub rings: Vec<ArrayQueue<Event>>,
+    pub rings: Vec<Ring>,
     pub mailboxes: Vec<Mailbox>,
     pub doorbell: Doorbell,
 }
@@ -180,16 +278,16 @@ pub struct Hub {
 impl Hub {
     pub fn new(cores: usize, ring_slots: usize, persisters: usize) -> Hub {
         Hub {
-            rings: (0..cores).map(|_| ArrayQueue::new(ring_slots)).collect(),
+            rings: (0..cores).map(|_| Ring::new(ring_slots)).collect(),
             mailboxes: (0..cores).map(|_| Mailbox::default()).collect(),
             doorbell: Doorbell::new(persisters),
         }
     }
 
-    /// Queues an event on `core`'s ring; a full ring refuses it.
-    pub fn push(&self, core: usize, event: Event) -> Result<(), RingFull> {
-        debug_assert!(event.waiter.is_none_or(|w| w.core as usize == core));
-        self.rings[core].push(event).map_err(|_| RingFull)?;
+    /// Queues an entry on `core`'s ring; a full ring refuses it.
+    pub fn push(&self, core: usize, entry: Entry) -> Result<(), RingFull> {
+        debug_assert!(entry.head().waiter.is_none_or(|w| w.core as usize == core));
+        self.rings[core].push(entry)?;
         self.doorbell.ring();
         Ok(())
     }
