@@ -94,6 +94,12 @@ pub struct Settings {
     /// private networks)
     #[arg(long, env = "TRIGGERS_WEBHOOK_ALLOW_PRIVATE")]
     pub webhook_allow_private: Option<bool>,
+    /// Keys one client address may create per minute through self-serve generation
+    #[arg(long, env = "TRIGGERS_KEYGEN_PER_MINUTE")]
+    pub keygen_per_minute: Option<u64>,
+    /// When set, key generation and the stats routes require `Authorization: Bearer <token>`
+    #[arg(long, env = "TRIGGERS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Rate-limit tiers (config file only): name = events per minute, 0 = unlimited
     #[arg(skip)]
     pub tiers: Option<BTreeMap<String, u64>>,
@@ -121,6 +127,8 @@ impl Settings {
             idle_timeout_ms: self.idle_timeout_ms.or(lower.idle_timeout_ms),
             shutdown_timeout_ms: self.shutdown_timeout_ms.or(lower.shutdown_timeout_ms),
             webhook_allow_private: self.webhook_allow_private.or(lower.webhook_allow_private),
+            keygen_per_minute: self.keygen_per_minute.or(lower.keygen_per_minute),
+            admin_token: self.admin_token.or(lower.admin_token),
             tiers: self.tiers.or(lower.tiers),
         }
     }
@@ -153,6 +161,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub webhook_allow_private: bool,
+    pub keygen_per_minute: u64,
+    pub admin_token: Option<String>,
     pub tiers: Vec<Tier>,
 }
 
@@ -257,6 +267,13 @@ impl Config {
             idle_timeout: ms(s.idle_timeout_ms, "idle_timeout_ms", 10, 3_600_000)?,
             shutdown_timeout: ms(s.shutdown_timeout_ms, "shutdown_timeout_ms", 100, 600_000)?,
             webhook_allow_private: need(s.webhook_allow_private, "webhook_allow_private")?,
+            keygen_per_minute: range(
+                need(s.keygen_per_minute, "keygen_per_minute")?,
+                "keygen_per_minute",
+                1,
+                1_000_000,
+            )?,
+            admin_token: s.admin_token.filter(|t| !t.is_empty()),
             tiers,
         })
     }

@@ -128,11 +128,12 @@ async fn accept_loop(core: &Rc<Core>, listener: &TcpListener) {
             return;
         }
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
+                let ip = peer.ip().to_canonical();
                 if core.connections.get() >= core.shared.config.connections_max {
-                    monoio::spawn(http::conn::refuse(core.clone(), stream));
+                    monoio::spawn(http::conn::refuse(core.clone(), stream, ip));
                 } else {
-                    monoio::spawn(http::conn::serve(core.clone(), stream));
+                    monoio::spawn(http::conn::serve(core.clone(), stream, ip));
                 }
             }
             Err(e) => {

@@ -26,6 +26,7 @@ pub mod ids;
 pub mod persist;
 pub mod pg;
 pub mod queue;
+pub mod ratelimit;
 pub mod server;
 pub mod stats;
 
@@ -38,6 +39,10 @@ pub struct Shared {
     pub hub: Arc<queue::Hub>,
     pub stats: Arc<stats::Stats>,
     pub keys: Arc<auth::KeyCache>,
+    /// Ingest tokens per organization, by tier.
+    pub org_limits: ratelimit::Limiter<ids::OrgId>,
+    /// Self-serve key generation per client address.
+    pub keygen_limits: ratelimit::Limiter<std::net::IpAddr>,
     pub queries: db::QueryPool,
     pub persist: Arc<persist::PersistShared>,
     pub started: Instant,

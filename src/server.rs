@@ -125,6 +125,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         hub: hub.clone(),
         stats,
         keys,
+        org_limits: Default::default(),
+        keygen_limits: Default::default(),
         queries,
         persist: persist.clone(),
         started,

@@ -12,7 +12,10 @@ keys="$(mktemp)"
 trap 'rm -f "$keys"' EXIT
 for i in $(seq 1 "$orgs"); do
   created=$(curl -sf -XPOST "$url/api/keys/generate" \
-    -d "{\"organization_name\":\"sweep-$i\",\"tier\":\"unlimited\"}")
+    -d "{\"organization_name\":\"sweep-$i\",\"tier\":\"unlimited\"}") || {
+    echo "creating organization $i failed; for many organizations start the server with --keygen-per-minute 100000 (self-serve signup is limited per address)" >&2
+    exit 1
+  }
   printf '%s\n' "$created" | sed -E 's/.*"api_key":"([^"]+)".*/\1/' >>"$keys"
 done
 printf '%-6s %10s %8s %8s %8s %8s %8s %8s\n' conns req/s p50_us p90_us p99_us p99.9_us max_us non2xx

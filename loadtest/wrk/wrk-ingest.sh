@@ -13,7 +13,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 keys="$(mktemp)"
 for i in $(seq 1 "$orgs"); do
   created=$(curl -sf -XPOST "$url/api/keys/generate" \
-    -d "{\"organization_name\":\"bench-$i\",\"tier\":\"unlimited\"}")
+    -d "{\"organization_name\":\"bench-$i\",\"tier\":\"unlimited\"}") || {
+    echo "creating organization $i failed; for many organizations start the server with --keygen-per-minute 100000 (self-serve signup is limited per address)" >&2
+    exit 1
+  }
   printf '%s\n' "$created" | sed -E 's/.*"api_key":"([^"]+)".*/\1/' >>"$keys"
 done
 TRIGGERS_KEYS="$keys" wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$here/wrk-ingest.lua" "$url"

@@ -32,6 +32,10 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     NotFound,
     MethodNotAllowed(&'static str),
+    /// Over the organization's (or the client address's) rate: retry after this many seconds.
+    RateLimited(u64),
+    /// The route needs the operator's admin token.
+    AdminTokenRequired,
     Overloaded,
     StorageUnavailable,
     HeadersTooLarge,
@@ -44,7 +48,8 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
-            ApiError::MissingApiKey | ApiError::InvalidApiKey => 401,
+            ApiError::MissingApiKey | ApiError::InvalidApiKey | ApiError::AdminTokenRequired => 401,
+            ApiError::RateLimited(_) => 429,
             ApiError::InvalidJson(_)
             | ApiError::InvalidEvent(_)
             | ApiError::InvalidTier(_)
@@ -82,6 +87,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::AdminTokenRequired => "admin_token_required",
             ApiError::Overloaded => "overloaded",
             ApiError::StorageUnavailable => "storage_unavailable",
             ApiError::HeadersTooLarge => "headers_too_large",
@@ -110,6 +117,10 @@ impl ApiError {
             ApiError::PayloadTooLarge(max) => format!("Request body exceeds {max} bytes"),
             ApiError::NotFound => "No such route".into(),
             ApiError::MethodNotAllowed(allow) => format!("Method not allowed; use {allow}"),
+            ApiError::RateLimited(s) => format!("Rate limit exceeded; retry in {s} s"),
+            ApiError::AdminTokenRequired => {
+                "This route needs the admin token: Authorization: Bearer <token>".into()
+            }
             ApiError::Overloaded => "Server is at capacity; retry shortly".into(),
             ApiError::StorageUnavailable => {
                 "Storage is unavailable; the event was not stored, retry later".into()
@@ -138,6 +149,7 @@ impl ApiError {
             ApiError::StorageUnavailable => {
                 resp.header("retry-after", RETRY_AFTER_STORAGE_S.to_string())
             }
+            ApiError::RateLimited(s) => resp.header("retry-after", s.to_string()),
             // The stream's framing is lost or the client is too slow: answer and close.
             ApiError::HeadersTooLarge
             | ApiError::BadFraming(_)

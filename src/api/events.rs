@@ -11,11 +11,13 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::{authenticate, parse_body, ApiError, Request};
+use crate::auth::Org;
 use crate::config::AckMode;
 use crate::core::Core;
 use crate::http::response::Response;
 use crate::ids::{now_micros, rfc3339, EventId, OrgId};
 use crate::queue::{Entry, Event, Outcome, Waiter};
+use crate::ratelimit::{self, Quota};
 
 /// Most events in one `POST /api/events/batch`.
 pub const BATCH_EVENTS_MAX: usize = 1000;
@@ -146,7 +148,8 @@ fn check_jsonb_text(json: &str) -> Result<(), ApiError> {
 }
 
 pub async fn post(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
-    let result = accept(core, req).await;
+    let mut quota = None;
+    let result = accept(core, req, &mut quota).await;
     let stats = &core.shared.stats.cores[core.id];
     match &result {
         Ok(_) => stats.accepted.add(1),
@@ -155,7 +158,45 @@ pub async fn post(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiErr
         Err(ApiError::StorageUnavailable) => stats.unavailable.add(1),
         Err(_) => stats.rejected.add(1),
     }
-    result
+    Ok(with_quota(result, quota))
+}
+
+/// The rate-limit state an ingest response reports: the tier's name and the quota.
+type QuotaHeaders = Option<(String, Quota)>;
+
+/// Every ingest response, error or not, carries the caller's rate-limit headers.
+fn with_quota(result: Result<Response, ApiError>, quota: QuotaHeaders) -> Response {
+    let mut resp = result.unwrap_or_else(ApiError::into_response);
+    if let Some((policy, q)) = quota {
+        resp.headers.extend(ratelimit::headers(&policy, &q));
+    }
+    resp
+}
+
+/// Takes `n` tokens from the organization's bucket (none for unlimited tiers).
+fn charge(core: &Core, org: &Org, n: u64, quota: &mut QuotaHeaders) -> Result<(), ApiError> {
+    let Some(per_minute) = core
+        .shared
+        .config
+        .tier(&org.tier)
+        .and_then(|t| t.per_minute)
+    else {
+        return Ok(());
+    };
+    match core
+        .shared
+        .org_limits
+        .take(org.id, per_minute, n, Instant::now())
+    {
+        Ok(q) => {
+            *quota = Some((org.tier.clone(), q));
+            Ok(())
+        }
+        Err(limited) => {
+            *quota = Some((org.tier.clone(), limited.quota));
+            Err(ApiError::RateLimited(limited.retry_after_s))
+        }
+    }
 }
 
 /// Turns a validated event into the queued form: id, creation time, and (durable mode) a
@@ -215,9 +256,15 @@ async fn outcomes(core: &Core, slots: &[u32]) -> Vec<Outcome> {
     }
 }
 
-async fn accept(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
+async fn accept(
+    core: &Rc<Core>,
+    req: &Request<'_>,
+    quota: &mut QuotaHeaders,
+) -> Result<Response, ApiError> {
     let org = authenticate(core, req).await?;
-    let event = queued(core, org.id, validate(req.body)?, Instant::now());
+    let valid = validate(req.body)?;
+    charge(core, &org, 1, quota)?;
+    let event = queued(core, org.id, valid, Instant::now());
     let mut body = Vec::with_capacity(160);
     let _ = write!(
         body,
@@ -249,7 +296,8 @@ struct BatchIn<'a> {
 /// valid ones committed in one transaction; results in request order.
 pub async fn post_batch(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
     let stats = &core.shared.stats.cores[core.id];
-    let result = accept_batch(core, req).await;
+    let mut quota = None;
+    let result = accept_batch(core, req, &mut quota).await;
     match &result {
         Ok((_, counts)) => {
             stats.accepted.add(counts[0]);
@@ -260,13 +308,14 @@ pub async fn post_batch(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, 
         Err(ApiError::StorageUnavailable) => stats.unavailable.add(1),
         Err(_) => stats.rejected.add(1),
     }
-    result.map(|(r, _)| r)
+    Ok(with_quota(result.map(|(r, _)| r), quota))
 }
 
 /// The response, and how many items were accepted, duplicates, and refused.
 async fn accept_batch(
     core: &Rc<Core>,
     req: &Request<'_>,
+    quota: &mut QuotaHeaders,
 ) -> Result<(Response, [u64; 3]), ApiError> {
     let org = authenticate(core, req).await?;
     let input: BatchIn = parse_body(req.body, |why| {
@@ -278,12 +327,19 @@ async fn accept_batch(
         .ok_or_else(|| {
             ApiError::InvalidRequest(format!("`events` must hold 1 to {BATCH_EVENTS_MAX} events"))
         })?;
+    let checked: Vec<Result<EventIn, ApiError>> =
+        raw.iter().map(|r| validate(r.get().as_bytes())).collect();
+    // One token per event that will be stored; all or none.
+    let valid = checked.iter().filter(|c| c.is_ok()).count() as u64;
+    if valid > 0 {
+        charge(core, &org, valid, quota)?;
+    }
     let now = Instant::now();
     // Each item: the event's position in `group` or why it was refused.
-    let mut items: Vec<Result<usize, ApiError>> = Vec::with_capacity(raw.len());
-    let mut group = Vec::with_capacity(raw.len());
-    for r in raw {
-        items.push(validate(r.get().as_bytes()).map(|e| {
+    let mut items: Vec<Result<usize, ApiError>> = Vec::with_capacity(checked.len());
+    let mut group = Vec::with_capacity(valid as usize);
+    for c in checked {
+        items.push(c.map(|e| {
             group.push(queued(core, org.id, e, now));
             group.len() - 1
         }));

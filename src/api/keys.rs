@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{authenticate, parse_body, ApiError, Request};
+use super::{authenticate, parse_body, require_admin, ApiError, Request};
 use crate::auth::{NewKey, Org};
 use crate::config::{Tier, DEFAULT_TIER};
 use crate::core::Core;
@@ -28,6 +28,16 @@ fn tier_limit(tier: Option<&Tier>) -> serde_json::Value {
 }
 
 pub async fn generate(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
+    let config = &core.shared.config;
+    require_admin(core, req)?;
+    if config.admin_token.is_none() {
+        // Open self-serve signup: limited per client address.
+        let now = std::time::Instant::now();
+        core.shared
+            .keygen_limits
+            .take(req.peer, config.keygen_per_minute, 1, now)
+            .map_err(|l| ApiError::RateLimited(l.retry_after_s))?;
+    }
     let input: GenerateIn = parse_body(req.body, |why| {
         ApiError::InvalidRequest(format!(
             "expected {{\"organization_name\": str, \"tier\"?: str}}: {why}"
@@ -42,7 +52,6 @@ pub async fn generate(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, Ap
             "`organization_name` must be 1..{ORG_NAME_CHARS_MAX} characters"
         )));
     }
-    let config = &core.shared.config;
     let tier_name = input.tier.unwrap_or_else(|| DEFAULT_TIER.to_string());
     let tier = config.tier(&tier_name).cloned().ok_or_else(|| {
         let known: Vec<&str> = config.tiers.iter().map(|t| t.name.as_str()).collect();

@@ -37,6 +37,8 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub query: &'a str,
     pub api_key: Option<&'a [u8]>,
+    pub bearer: Option<&'a [u8]>,
+    pub peer: std::net::IpAddr,
     pub body: &'a [u8],
 }
 
@@ -163,6 +165,20 @@ pub async fn authenticate(core: &Core, req: &Request<'_>) -> Result<Arc<Org>, Ap
         if keys.insert_if_current(org.clone(), generation) {
             return Ok(org);
         }
+    }
+}
+
+/// Admits the request if no admin token is configured or it carries the token as a bearer.
+pub fn require_admin(core: &Core, req: &Request<'_>) -> Result<(), ApiError> {
+    let Some(token) = &core.shared.config.admin_token else {
+        return Ok(());
+    };
+    let given = req.bearer.unwrap_or_default();
+    use subtle::ConstantTimeEq;
+    if bool::from(given.ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::AdminTokenRequired)
     }
 }
 

@@ -10,7 +10,7 @@ use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use super::{ApiError, Request};
+use super::{require_admin, ApiError, Request};
 use crate::config::AckMode;
 use crate::core::Core;
 use crate::http::response::Response;
@@ -70,6 +70,7 @@ fn hgrm(h: &Histogram<u64>) -> String {
 }
 
 pub fn show(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
+    require_admin(core, req)?;
     let shared = &core.shared;
     let stats: &Stats = &shared.stats;
     let ingest = Stats::merged(stats.cores.iter().map(|c| &c.ingest_us));

@@ -6,6 +6,7 @@
 //! their responses are flushed together when the next request is already buffered. Any framing
 //! error is answered and the connection closed, since the next request's start is unknown.
 
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,7 @@ enum ReadEnd {
 
 struct Conn {
     stream: TcpStream,
+    peer: IpAddr,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
 }
@@ -163,9 +165,10 @@ impl Drop for Open {
 
 /// Answers a connection over the per-core limit with 503 and closes it at once: lingering
 /// here would let a flood of connections hold resources past the limit.
-pub async fn refuse(core: Rc<Core>, stream: TcpStream) {
+pub async fn refuse(core: Rc<Core>, stream: TcpStream, peer: IpAddr) {
     let mut conn = Conn {
         stream,
+        peer,
         rbuf: Vec::new(),
         wbuf: Vec::with_capacity(256),
     };
@@ -173,12 +176,13 @@ pub async fn refuse(core: Rc<Core>, stream: TcpStream) {
     conn.flush().await;
 }
 
-pub async fn serve(core: Rc<Core>, stream: TcpStream) {
+pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: IpAddr) {
     core.connections.set(core.connections.get() + 1);
     let _open = Open(core.clone());
     let _ = stream.set_nodelay(true);
     let mut conn = Conn {
         stream,
+        peer,
         rbuf: Vec::with_capacity(READ_BUF_BYTES),
         wbuf: Vec::with_capacity(READ_BUF_BYTES),
     };
@@ -300,6 +304,8 @@ async fn one_request(core: &Rc<Core>, conn: &mut Conn) -> Option<()> {
             path: text(&conn.rbuf, &head.path),
             query: text(&conn.rbuf, &head.query),
             api_key: head.api_key.clone().map(|r| &conn.rbuf[r]),
+            bearer: head.bearer.clone().map(|r| &conn.rbuf[r]),
+            peer: conn.peer,
             body: if head.framing == BodyFraming::Chunked {
                 &chunked_body
             } else {

@@ -61,6 +61,8 @@ pub struct Head {
     pub keep_alive: bool,
     pub expect_continue: bool,
     pub api_key: Option<Range<usize>>,
+    /// The `Authorization: Bearer` token (also the API key when no `X-API-Key` is sent).
+    pub bearer: Option<Range<usize>>,
     pub request_id: Option<Range<usize>>,
     /// Bytes of the head, including the blank line.
     pub len: usize,
@@ -136,6 +138,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
         keep_alive: version == 1,
         expect_continue: false,
         api_key: None,
+        bearer: None,
         request_id: None,
         len,
     };
@@ -171,9 +174,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
             }
         } else if name.eq_ignore_ascii_case(b"x-api-key") {
             head.api_key = Some(range_of(buf, value));
-        } else if name.eq_ignore_ascii_case(b"authorization") && head.api_key.is_none() {
+        } else if name.eq_ignore_ascii_case(b"authorization") {
             if let Some(token) = value.strip_prefix(b"Bearer ") {
-                head.api_key = Some(range_of(buf, trim(token)));
+                head.bearer = Some(range_of(buf, trim(token)));
             }
         } else if name.eq_ignore_ascii_case(b"x-request-id") {
             if !value.is_empty()
@@ -185,6 +188,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
         } else if name.eq_ignore_ascii_case(b"expect") {
             head.expect_continue = value.eq_ignore_ascii_case(b"100-continue") && version == 1;
         }
+    }
+    if head.api_key.is_none() {
+        head.api_key = head.bearer.clone();
     }
     head.framing = match (length, chunked) {
         (Some(_), true) => return Err(FrameError::AmbiguousLength),

@@ -328,14 +328,18 @@ pub fn call(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body:
     c.request(method, path, &headers, body.as_bytes()).unwrap()
 }
 
-/// Creates an organization; returns (api_key, organization_id).
+/// Creates an organization on the `unlimited` tier; returns (api_key, organization_id).
 pub fn new_org(addr: SocketAddr, name: &str) -> (String, String) {
+    new_org_tier(addr, name, "unlimited")
+}
+
+pub fn new_org_tier(addr: SocketAddr, name: &str, tier: &str) -> (String, String) {
     let r = call(
         addr,
         "POST",
         "/api/keys/generate",
         None,
-        &format!(r#"{{"organization_name":"{name}","tier":"unlimited"}}"#),
+        &format!(r#"{{"organization_name":"{name}","tier":"{tier}"}}"#),
     );
     assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
     let j = r.json();
