@@ -410,3 +410,41 @@ fn a_second_server_on_a_taken_port_refuses_to_start() {
     // The first server still answers every request itself.
     assert_eq!(call(s.addr, "GET", "/health/live", None, "").status, 200);
 }
+
+#[test]
+fn metrics_expose_the_same_figures_for_prometheus() {
+    let s = server();
+    let (key, _) = new_org(s.addr, "metrics");
+    for _ in 0..5 {
+        assert_eq!(
+            post_event(s.addr, &key, r#"{"type":"t","payload":{}}"#).status,
+            202
+        );
+    }
+    let r = call(s.addr, "GET", "/metrics", None, "");
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8(r.body).unwrap();
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(value("triggers_events_total{outcome=\"accepted\"}") >= 5.0);
+    assert!(value("triggers_ingest_seconds_bucket{le=\"0.0001\"}") >= 0.0);
+    let count = value("triggers_ingest_seconds_count");
+    assert!(count >= 5.0);
+    assert_eq!(value("triggers_ingest_seconds_bucket{le=\"+Inf\"}"), count);
+    assert!(value("triggers_ingest_seconds_bucket{le=\"10\"}") <= count);
+    assert_eq!(value("triggers_durable_ack"), 1.0);
+    assert!(text.contains("# TYPE triggers_commit_seconds histogram"));
+    assert!(text.contains("triggers_queue_depth{core=\"1\"}"));
+}

@@ -57,6 +57,7 @@ pub enum Route {
     AckMany,
     WebhookConfig,
     QueueStats,
+    Metrics,
 }
 
 impl Route {
@@ -79,6 +80,7 @@ impl Route {
             p if p.starts_with("/api/ack/") => (Route::AckOne, WRITE),
             "/api/webhook/config" => (Route::WebhookConfig, CONFIG),
             "/api/queue/stats" => (Route::QueueStats, READ),
+            "/metrics" => (Route::Metrics, READ),
             _ => return Err(ApiError::NotFound),
         };
         if allowed.contains(&method) {
@@ -112,6 +114,7 @@ pub async fn dispatch(core: &Rc<Core>, route: Route, req: &Request<'_>) -> Respo
         Route::AckMany => ack::many(core, req).await,
         Route::WebhookConfig => webhook::config(core, req).await,
         Route::QueueStats => stats::show(core, req),
+        Route::Metrics => stats::metrics(core, req),
     };
     result.unwrap_or_else(ApiError::into_response)
 }

@@ -69,70 +69,203 @@ fn hgrm(h: &Histogram<u64>) -> String {
     out
 }
 
+/// Everything both stats views show, read once.
+struct Snapshot {
+    ingest: Histogram<u64>,
+    wait: Histogram<u64>,
+    commit: Histogram<u64>,
+    rows: Histogram<u64>,
+    /// (name, value) in a fixed order, shared by both views.
+    events: Vec<(&'static str, u64)>,
+    batches: u64,
+    retries: u64,
+    /// Per core: depth, capacity, queued payload bytes.
+    rings: Vec<(usize, usize, usize)>,
+}
+
+fn snapshot(core: &Core) -> Snapshot {
+    let stats: &Stats = &core.shared.stats;
+    let cores = |f: fn(&crate::stats::CoreStats) -> &Counter| -> u64 {
+        stats.cores.iter().map(|c| f(c).get()).sum()
+    };
+    let persisters = |f: fn(&crate::stats::PersistStats) -> &Counter| -> u64 {
+        stats.persisters.iter().map(|p| f(p).get()).sum()
+    };
+    Snapshot {
+        ingest: Stats::merged(stats.cores.iter().map(|c| &c.ingest_us)),
+        wait: Stats::merged(stats.persisters.iter().map(|p| &p.queue_wait_us)),
+        commit: Stats::merged(stats.persisters.iter().map(|p| &p.commit_us)),
+        rows: Stats::merged(stats.persisters.iter().map(|p| &p.batch_rows)),
+        events: vec![
+            ("accepted", cores(|c| &c.accepted)),
+            ("duplicates", cores(|c| &c.duplicates)),
+            ("rejected", cores(|c| &c.rejected)),
+            ("overloaded", cores(|c| &c.overloaded)),
+            ("storage_unavailable", cores(|c| &c.unavailable)),
+            ("committed", persisters(|p| &p.committed)),
+            ("refused_by_storage", persisters(|p| &p.refused)),
+            ("expired", persisters(|p| &p.expired)),
+        ],
+        batches: persisters(|p| &p.batches),
+        retries: persisters(|p| &p.retries),
+        rings: core
+            .shared
+            .hub
+            .rings
+            .iter()
+            .map(|r| (r.len(), r.capacity(), r.queued_bytes()))
+            .collect(),
+    }
+}
+
 pub fn show(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
     require_admin(core, req)?;
-    let shared = &core.shared;
-    let stats: &Stats = &shared.stats;
-    let ingest = Stats::merged(stats.cores.iter().map(|c| &c.ingest_us));
+    let snap = snapshot(core);
     if req.query.split('&').any(|p| p == "format=hgrm") {
         return Ok(Response::text(
             200,
             "text/plain; charset=utf-8",
-            hgrm(&ingest).into_bytes(),
+            hgrm(&snap.ingest).into_bytes(),
         ));
     }
-    let wait = Stats::merged(stats.persisters.iter().map(|p| &p.queue_wait_us));
-    let commit = Stats::merged(stats.persisters.iter().map(|p| &p.commit_us));
-    let rows = Stats::merged(stats.persisters.iter().map(|p| &p.batch_rows));
-    let sum_cores = |f: fn(&crate::stats::CoreStats) -> &Counter| -> u64 {
-        stats.cores.iter().map(|c| f(c).get()).sum()
-    };
-    let sum_persisters = |f: fn(&crate::stats::PersistStats) -> &Counter| -> u64 {
-        stats.persisters.iter().map(|p| f(p).get()).sum()
-    };
-    let rings: Vec<Value> = shared
-        .hub
+    let rings: Vec<Value> = snap
         .rings
         .iter()
         .enumerate()
-        .map(|(i, r)| json!({"core": i, "queue_depth": r.len(), "queue_capacity": r.capacity()}))
+        .map(|(i, (depth, capacity, bytes))| {
+            json!({"core": i, "queue_depth": depth, "queue_capacity": capacity, "queued_bytes": bytes})
+        })
         .collect();
-    let durability = match shared.config.ack_mode {
+    let ack_mode = core.shared.config.ack_mode;
+    let durability = match ack_mode {
         AckMode::Durable => "2xx is sent after the COMMIT that stores the event",
         AckMode::Enqueued => "2xx is sent once the event is queued; a crash loses queued events",
     };
+    let events: serde_json::Map<String, Value> = snap
+        .events
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
     Ok(Response::json_value(
         200,
         &json!({
-            "ack_mode": shared.config.ack_mode.as_str(),
+            "ack_mode": ack_mode.as_str(),
             "durability": durability,
             "cores": rings,
-            "queue_depth": shared.hub.queued(),
-            "queue_capacity": shared.hub.rings.iter().map(|r| r.capacity()).sum::<usize>(),
-            "events": {
-                "accepted": sum_cores(|c| &c.accepted),
-                "duplicates": sum_cores(|c| &c.duplicates),
-                "rejected": sum_cores(|c| &c.rejected),
-                "overloaded": sum_cores(|c| &c.overloaded),
-                "storage_unavailable": sum_cores(|c| &c.unavailable),
-                "committed": sum_persisters(|p| &p.committed),
-                "refused_by_storage": sum_persisters(|p| &p.refused),
-                "expired": sum_persisters(|p| &p.expired),
-            },
-            "batches_committed": sum_persisters(|p| &p.batches),
-            "batch_retries": sum_persisters(|p| &p.retries),
-            "batch_rows": summary(&rows),
+            "queue_depth": snap.rings.iter().map(|r| r.0).sum::<usize>(),
+            "queue_capacity": snap.rings.iter().map(|r| r.1).sum::<usize>(),
+            "events": events,
+            "batches_committed": snap.batches,
+            "batch_retries": snap.retries,
+            "batch_rows": summary(&snap.rows),
             "latency_us": {
-                "ingest": summary(&ingest),
-                "queue_wait": summary(&wait),
-                "commit": summary(&commit),
+                "ingest": summary(&snap.ingest),
+                "queue_wait": summary(&snap.wait),
+                "commit": summary(&snap.commit),
             },
             "histograms": {
                 "encoding": "HdrHistogram V2, base64",
-                "ingest_us": encoded(&ingest),
-                "queue_wait_us": encoded(&wait),
-                "commit_us": encoded(&commit),
+                "ingest_us": encoded(&snap.ingest),
+                "queue_wait_us": encoded(&snap.wait),
+                "commit_us": encoded(&snap.commit),
+                "batch_rows": encoded(&snap.rows),
             },
         }),
+    ))
+}
+
+/// Latency bucket bounds for Prometheus, in microseconds: fine around the 1 ms target.
+const LATENCY_BUCKETS_US: &[u64] = &[
+    100, 250, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 7_500, 10_000, 25_000, 50_000, 100_000,
+    250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+const ROW_BUCKETS: &[u64] = &[1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_000, 5_000];
+
+/// One Prometheus histogram from an HdrHistogram; recorded values divided by `divisor` are the
+/// exported unit (1e6: microseconds into seconds). Dividing keeps `le` labels exact.
+fn prom_histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    h: &Histogram<u64>,
+    bounds: &[u64],
+    divisor: f64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for &b in bounds {
+        let le = b as f64 / divisor;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{le}\"}} {}",
+            h.count_between(0, b)
+        );
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.len());
+    let _ = writeln!(out, "{name}_sum {}", h.mean() * h.len() as f64 / divisor);
+    let _ = writeln!(out, "{name}_count {}", h.len());
+}
+
+/// `GET /metrics`: the same figures in the Prometheus text exposition format.
+pub fn metrics(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
+    require_admin(core, req)?;
+    let snap = snapshot(core);
+    let mut out = String::with_capacity(8 * 1024);
+    let us = 1e6;
+    prom_histogram(
+        &mut out,
+        "triggers_ingest_seconds",
+        "POST /api/events: request read to response written.",
+        &snap.ingest,
+        LATENCY_BUCKETS_US,
+        us,
+    );
+    prom_histogram(
+        &mut out,
+        "triggers_queue_wait_seconds",
+        "Time events waited in a core's ring.",
+        &snap.wait,
+        LATENCY_BUCKETS_US,
+        us,
+    );
+    prom_histogram(
+        &mut out,
+        "triggers_commit_seconds",
+        "COPY through COMMIT of one batch.",
+        &snap.commit,
+        LATENCY_BUCKETS_US,
+        us,
+    );
+    prom_histogram(
+        &mut out,
+        "triggers_batch_rows",
+        "Events per committed batch.",
+        &snap.rows,
+        ROW_BUCKETS,
+        1.0,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP triggers_events_total Events by outcome.\n# TYPE triggers_events_total counter"
+    );
+    for (outcome, n) in &snap.events {
+        let _ = writeln!(out, "triggers_events_total{{outcome=\"{outcome}\"}} {n}");
+    }
+    let _ = writeln!(out, "# HELP triggers_batches_total Batches committed.\n# TYPE triggers_batches_total counter\ntriggers_batches_total {}", snap.batches);
+    let _ = writeln!(out, "# HELP triggers_batch_retries_total Batches retried after a lost connection or transient error.\n# TYPE triggers_batch_retries_total counter\ntriggers_batch_retries_total {}", snap.retries);
+    let _ = writeln!(out, "# HELP triggers_queue_depth Entries in each core's ring.\n# TYPE triggers_queue_depth gauge");
+    for (i, r) in snap.rings.iter().enumerate() {
+        let _ = writeln!(out, "triggers_queue_depth{{core=\"{i}\"}} {}", r.0);
+    }
+    let _ = writeln!(out, "# HELP triggers_queue_capacity Slots in each core's ring.\n# TYPE triggers_queue_capacity gauge");
+    for (i, r) in snap.rings.iter().enumerate() {
+        let _ = writeln!(out, "triggers_queue_capacity{{core=\"{i}\"}} {}", r.1);
+    }
+    let durable = u8::from(core.shared.config.ack_mode == AckMode::Durable);
+    let _ = writeln!(out, "# HELP triggers_durable_ack 1 when 2xx means committed, 0 in enqueued mode.\n# TYPE triggers_durable_ack gauge\ntriggers_durable_ack {durable}");
+    let _ = writeln!(out, "# HELP triggers_uptime_seconds Seconds since start.\n# TYPE triggers_uptime_seconds gauge\ntriggers_uptime_seconds {}", core.shared.started.elapsed().as_secs());
+    Ok(Response::text(
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        out.into_bytes(),
     ))
 }
