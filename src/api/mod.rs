@@ -24,6 +24,10 @@ use crate::http::request::Method;
 use crate::http::response::Response;
 use crate::ids::OrgId;
 
+/// The OpenAPI 3.1 description of every route, kept beside the API docs and held to `ROUTES`
+/// by a test.
+pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
+
 /// Largest `POST /api/events` body: the contract's 256 KiB.
 pub const EVENT_BODY_BYTES_MAX: usize = 256 * 1024;
 /// Largest `POST /api/events/batch` body: the contract's 5 MiB.
@@ -58,35 +62,68 @@ pub enum Route {
     WebhookConfig,
     QueueStats,
     Metrics,
+    OpenApi,
+}
+
+/// Methods a route answers, and the `Allow` header a wrong method gets.
+#[derive(Clone, Copy, Debug)]
+pub struct Methods {
+    pub list: &'static [Method],
+    pub allow: &'static str,
+}
+
+const READ: Methods = Methods {
+    list: &[Method::Get, Method::Head],
+    allow: "GET, HEAD",
+};
+const WRITE: Methods = Methods {
+    list: &[Method::Post],
+    allow: "POST",
+};
+const CONFIG: Methods = Methods {
+    list: &[Method::Get, Method::Head, Method::Post, Method::Delete],
+    allow: "GET, HEAD, POST, DELETE",
+};
+
+/// The route table: path (`{id}` stands for one path segment), route, methods. Routing, the
+/// `Allow` header and the test that holds `docs/openapi.json` to the router all read it.
+pub const ROUTES: &[(&str, Route, Methods)] = &[
+    ("/health", Route::Health, READ),
+    ("/health/live", Route::HealthLive, READ),
+    ("/health/ready", Route::HealthReady, READ),
+    ("/api/events", Route::Events, WRITE),
+    ("/api/events/batch", Route::EventsBatch, WRITE),
+    ("/api/keys/generate", Route::KeysGenerate, WRITE),
+    ("/api/keys/rotate", Route::KeysRotate, WRITE),
+    ("/api/keys", Route::Keys, READ),
+    ("/api/inbox", Route::Inbox, READ),
+    ("/api/ack", Route::AckMany, WRITE),
+    ("/api/ack/{id}", Route::AckOne, WRITE),
+    ("/api/webhook/config", Route::WebhookConfig, CONFIG),
+    ("/api/queue/stats", Route::QueueStats, READ),
+    ("/metrics", Route::Metrics, READ),
+    ("/openapi.json", Route::OpenApi, READ),
+];
+
+fn path_matches(pattern: &str, path: &str) -> bool {
+    match pattern.strip_suffix("{id}") {
+        Some(prefix) => path
+            .strip_prefix(prefix)
+            .is_some_and(|id| !id.is_empty() && !id.contains('/')),
+        None => pattern == path,
+    }
 }
 
 impl Route {
     pub fn resolve(method: Method, path: &str) -> Result<Route, ApiError> {
-        use Method::{Delete, Get, Head, Post};
-        const READ: (&[Method], &str) = (&[Get, Head], "GET, HEAD");
-        const WRITE: (&[Method], &str) = (&[Post], "POST");
-        const CONFIG: (&[Method], &str) = (&[Get, Head, Post, Delete], "GET, HEAD, POST, DELETE");
-        let (route, (allowed, allow)) = match path {
-            "/health" => (Route::Health, READ),
-            "/health/live" => (Route::HealthLive, READ),
-            "/health/ready" => (Route::HealthReady, READ),
-            "/api/events" => (Route::Events, WRITE),
-            "/api/events/batch" => (Route::EventsBatch, WRITE),
-            "/api/keys/generate" => (Route::KeysGenerate, WRITE),
-            "/api/keys/rotate" => (Route::KeysRotate, WRITE),
-            "/api/keys" => (Route::Keys, READ),
-            "/api/inbox" => (Route::Inbox, READ),
-            "/api/ack" => (Route::AckMany, WRITE),
-            p if p.starts_with("/api/ack/") => (Route::AckOne, WRITE),
-            "/api/webhook/config" => (Route::WebhookConfig, CONFIG),
-            "/api/queue/stats" => (Route::QueueStats, READ),
-            "/metrics" => (Route::Metrics, READ),
-            _ => return Err(ApiError::NotFound),
-        };
-        if allowed.contains(&method) {
-            Ok(route)
+        let (_, route, methods) = ROUTES
+            .iter()
+            .find(|(pattern, ..)| path_matches(pattern, path))
+            .ok_or(ApiError::NotFound)?;
+        if methods.list.contains(&method) {
+            Ok(*route)
         } else {
-            Err(ApiError::MethodNotAllowed(allow))
+            Err(ApiError::MethodNotAllowed(methods.allow))
         }
     }
 
@@ -115,6 +152,11 @@ pub async fn dispatch(core: &Rc<Core>, route: Route, req: &Request<'_>) -> Respo
         Route::WebhookConfig => webhook::config(core, req).await,
         Route::QueueStats => stats::show(core, req),
         Route::Metrics => stats::metrics(core, req),
+        Route::OpenApi => Ok(Response::text(
+            200,
+            "application/json",
+            OPENAPI_JSON.as_bytes().to_vec(),
+        )),
     };
     result.unwrap_or_else(ApiError::into_response)
 }
