@@ -1,0 +1,142 @@
+//! client: a minimal HTTP/1.1 keep-alive client, enough for the contract's JSON requests. It
+//! writes requests by hand and frames responses with httparse by `Content-Length`, so what it
+//! measures is the server, not a client library's pooling or retries.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Longest wait for one response before the request counts as failed.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// `Retry-After` in seconds, when given.
+    pub retry_after: Option<u64>,
+}
+
+/// A target: where to connect and what to put in `Host`.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub url: String,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> anyhow::Result<Target> {
+        let rest = url
+            .strip_prefix("http://")
+            .context("only http:// targets are supported")?;
+        let host = rest.split('/').next().unwrap_or(rest).to_string();
+        let with_port = if host.contains(':') {
+            host.clone()
+        } else {
+            format!("{host}:80")
+        };
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&with_port)?
+            .next()
+            .with_context(|| format!("cannot resolve {host}"))?;
+        Ok(Target {
+            addr,
+            host,
+            url: url.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+pub struct Conn {
+    stream: TcpStream,
+    host: String,
+    buf: Vec<u8>,
+    req: Vec<u8>,
+}
+
+impl Conn {
+    pub async fn connect(target: &Target) -> anyhow::Result<Conn> {
+        let stream = TcpStream::connect(target.addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            host: target.host.clone(),
+            buf: Vec::with_capacity(16 * 1024),
+            req: Vec::with_capacity(4 * 1024),
+        })
+    }
+
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: &[u8],
+    ) -> anyhow::Result<Response> {
+        self.req.clear();
+        self.req.extend_from_slice(
+            format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host).as_bytes(),
+        );
+        if let Some(k) = key {
+            self.req
+                .extend_from_slice(format!("X-API-Key: {k}\r\n").as_bytes());
+        }
+        if method != "GET" {
+            self.req.extend_from_slice(
+                format!(
+                    "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+        self.req.extend_from_slice(b"\r\n");
+        self.req.extend_from_slice(body);
+        self.stream.write_all(&self.req).await?;
+        tokio::time::timeout(RESPONSE_TIMEOUT, self.read_response())
+            .await
+            .context("response timed out")?
+    }
+
+    async fn read_response(&mut self) -> anyhow::Result<Response> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head) = resp.parse(&self.buf)? {
+                let status = resp.code.unwrap_or(0);
+                let header = |name: &str| {
+                    resp.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                };
+                let len = header("content-length").unwrap_or(0) as usize;
+                let retry_after = header("retry-after");
+                while self.buf.len() < head + len {
+                    self.fill().await?;
+                }
+                let body = self.buf[head..head + len].to_vec();
+                self.buf.drain(..head + len);
+                return Ok(Response {
+                    status,
+                    body,
+                    retry_after,
+                });
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> anyhow::Result<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("connection closed by the server");
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}

@@ -1,0 +1,179 @@
+//! report: the summary line, and the files `--out` writes: summary.json, one .hgrm percentile
+//! distribution per run, and an SVG plot of latency by percentile with one line per run.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::Outcome;
+
+const QUANTILES: [(f64, &str); 6] = [
+    (0.5, "p50"),
+    (0.9, "p90"),
+    (0.99, "p99"),
+    (0.999, "p99.9"),
+    (0.9999, "p99.99"),
+    (1.0, "max"),
+];
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+pub fn summary(o: &Outcome) -> String {
+    let secs = o.elapsed.as_secs_f64();
+    let achieved = o.requests() as f64 / secs;
+    let mut s = format!(
+        "{}\n  achieved {:.0} req/s ({:.0} events/s), asked {} req/s\n  status",
+        o.target,
+        achieved,
+        achieved * o.events_per_request as f64,
+        o.rate
+    );
+    for (code, n) in &o.statuses {
+        let _ = write!(s, " {code}={n}");
+    }
+    let _ = write!(
+        s,
+        " connection_errors={}\n  latency ms (from intended send time):",
+        o.errors
+    );
+    for (q, name) in QUANTILES {
+        let _ = write!(s, " {name} {:.2}", ms(o.latency.value_at_quantile(q)));
+    }
+    if let Some((acked, stored)) = o.verified {
+        let _ = write!(
+            s,
+            "\n  verify: {acked} acknowledged, {stored} stored, {} missing",
+            acked - stored
+        );
+    }
+    s
+}
+
+fn hgrm(h: &Histogram<u64>) -> String {
+    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    let mut total = 0;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let p = v.quantile_iterated_to();
+        let value = ms(v.value_iterated_to());
+        if p < 1.0 {
+            let _ = writeln!(
+                out,
+                "{value:12.3} {p:14.12} {total:10} {:14.2}",
+                1.0 / (1.0 - p)
+            );
+        } else {
+            let _ = writeln!(out, "{value:12.3} {p:14.12} {total:10}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]\n#[Max     = {:12.3}, Total count    = {:12}]",
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0,
+        ms(h.max()),
+        h.len()
+    );
+    out
+}
+
+/// Latency (ms) by percentile, x on the usual log scale of 1/(1-p), one polyline per run.
+fn svg(runs: &[&Outcome], title: &str) -> String {
+    const W: f64 = 760.0;
+    const H: f64 = 420.0;
+    const L: f64 = 70.0;
+    const R: f64 = 20.0;
+    const T: f64 = 40.0;
+    const B: f64 = 60.0;
+    const X_MAX: f64 = 5.0; // 99.999%
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+    ];
+    let y_max = runs
+        .iter()
+        .map(|o| ms(o.latency.value_at_quantile(0.99999)))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let x = |p: f64| L + (W - L - R) * ((1.0 / (1.0 - p.min(0.99999))).log10() / X_MAX);
+    let y = |v: f64| H - B - (H - T - B) * (v / y_max);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{L}\" y=\"24\" font-size=\"15\">{title}: latency by percentile (ms, from intended send time)</text>\n"
+    );
+    for (i, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
+        .iter()
+        .enumerate()
+    {
+        let px = L + (W - L - R) * (i as f64 / X_MAX);
+        let _ = writeln!(s, "<line x1=\"{px:.1}\" y1=\"{T}\" x2=\"{px:.1}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{px:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>", H - B, H - B + 18.0);
+    }
+    for k in 0..=4 {
+        let v = y_max * k as f64 / 4.0;
+        let py = y(v);
+        let _ = writeln!(s, "<line x1=\"{L}\" y1=\"{py:.1}\" x2=\"{}\" y2=\"{py:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>", W - R, L - 6.0, py + 4.0);
+    }
+    for (i, o) in runs.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let mut points = String::new();
+        for step in 0..=200 {
+            let p = 1.0 - 10f64.powf(-X_MAX * step as f64 / 200.0);
+            let _ = write!(
+                points,
+                "{:.1},{:.1} ",
+                x(p),
+                y(ms(o.latency.value_at_quantile(p)))
+            );
+        }
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{points}\"/>"
+        );
+        let label = format!("{} @ {} req/s", o.target, o.rate);
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{label}</text>",
+            L + 10.0,
+            T + 16.0 + 16.0 * i as f64
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+pub fn write(dir: &Path, runs: &[Outcome], title: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let summary: Vec<_> = runs
+        .iter()
+        .map(|o| {
+            let secs = o.elapsed.as_secs_f64();
+            let mut lat = serde_json::Map::new();
+            for (q, name) in QUANTILES {
+                lat.insert(name.to_string(), json!(ms(o.latency.value_at_quantile(q))));
+            }
+            json!({
+                "target": o.target,
+                "asked_rate": o.rate,
+                "achieved_rate": o.requests() as f64 / secs,
+                "events_per_request": o.events_per_request,
+                "seconds": secs,
+                "statuses": o.statuses,
+                "connection_errors": o.errors,
+                "latency_ms": lat,
+                "verify": o.verified.map(|(a, s)| json!({"acknowledged": a, "stored": s})),
+            })
+        })
+        .collect();
+    std::fs::write(
+        dir.join("summary.json"),
+        serde_json::to_string_pretty(&summary)? + "\n",
+    )?;
+    for (i, o) in runs.iter().enumerate() {
+        std::fs::write(dir.join(format!("latency-{i}.hgrm")), hgrm(&o.latency))?;
+    }
+    let all: Vec<&Outcome> = runs.iter().collect();
+    std::fs::write(dir.join("latency.svg"), svg(&all, title))?;
+    Ok(())
+}
