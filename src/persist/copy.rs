@@ -5,7 +5,7 @@ use std::error::Error;
 use bytes::{BufMut, BytesMut};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use postgres::Transaction;
+use postgres::Client;
 
 use crate::queue::Event;
 
@@ -38,8 +38,8 @@ impl ToSql for RawJsonb<'_> {
 }
 
 /// Copies `batch` into `staging`; returns the rows PostgreSQL took.
-pub fn write_staging(tx: &mut Transaction<'_>, batch: &[Event]) -> Result<u64, postgres::Error> {
-    let sink = tx.copy_in(
+pub fn write_staging(client: &mut Client, batch: &[Event]) -> Result<u64, postgres::Error> {
+    let sink = client.copy_in(
         "COPY staging (org_id, id, type, payload, dedup_id, created_at) FROM STDIN (FORMAT binary)",
     )?;
     let mut writer = BinaryCopyInWriter::new(sink, &COLUMNS);

@@ -2,11 +2,12 @@
 //! returns, and never drops an event without answering it.
 //!
 //! Each persister thread drains every core's ring into a batch, flushed on rows, bytes or age
-//! (the age clock starts with the batch's first row). A batch is one transaction: binary COPY
-//! into a per-connection staging table, then one `INSERT … SELECT … ON CONFLICT DO NOTHING
-//! RETURNING id` into `events`. Ids are made before the event is queued, so replaying a batch
-//! whose COMMIT outcome is unknown is safe: rows already stored conflict with themselves and are
-//! reported committed. Outcomes go back as one message per batch per core.
+//! (the age clock starts with the batch's first row). A batch is binary COPY into a
+//! per-connection temp staging table, then one statement that moves the rows into `events`
+//! (`DELETE … RETURNING` feeding `INSERT … ON CONFLICT DO NOTHING RETURNING id`): that
+//! statement's transaction commits the whole batch. Ids are made before the event is queued, so
+//! replaying a batch whose COMMIT outcome is unknown is safe: rows already stored conflict with
+//! themselves and are reported committed. Outcomes go back as one message per batch per core.
 
 mod copy;
 
@@ -29,8 +30,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Staged rows between truncations of the staging table. Truncating costs a fixed handful of
 /// file operations (measured: ~10% of a backend's CPU when done at every commit, as
-/// `ON COMMIT DELETE ROWS` does); deleting is cheap but leaves dead rows that later batches
-/// scan. Truncating every ~1k rows keeps both small.
+/// `ON COMMIT DELETE ROWS` does); the DELETE that moves rows out is cheap but leaves dead rows
+/// that later batches scan. Truncating every ~1k rows keeps both small.
 const STAGING_TRUNCATE_ROWS: usize = 1024;
 /// Longest a persister sleeps with nothing to do before it looks around anyway (a safety net:
 /// cores wake it on every push).
@@ -60,11 +61,12 @@ pub struct PersistShared {
 /// A connection with its staging table and statements ready.
 struct Conn {
     client: Client,
-    /// Rows staged since the staging table was last truncated.
+    /// Dead rows left in the staging table since it was last truncated.
     staged_rows: usize,
+    /// A COPY landed rows in staging that no INSERT has moved (the attempt failed after it).
+    staging_dirty: bool,
     insert: Statement,
     lookup: Statement,
-    clear: Statement,
 }
 
 impl Conn {
@@ -76,70 +78,89 @@ impl Conn {
                  payload jsonb NOT NULL, dedup_id text, created_at timestamptz NOT NULL
              )",
         )?;
-        // Sorted so that concurrent batches take dedup-index locks in one order (no deadlock
-        // between persisters).
+        // One statement empties staging into events; its implicit transaction is the batch's
+        // commit. Sorted so that concurrent batches take dedup-index locks in one order (no
+        // deadlock between persisters).
         let insert = client.prepare(
-            "INSERT INTO events (org_id, id, type, payload, dedup_id, created_at)
-             SELECT org_id, id, type, payload, dedup_id, created_at FROM staging
+            "WITH moved AS (
+                 DELETE FROM staging
+                 RETURNING org_id, id, type, payload, dedup_id, created_at
+             )
+             INSERT INTO events (org_id, id, type, payload, dedup_id, created_at)
+             SELECT org_id, id, type, payload, dedup_id, created_at FROM moved
              ORDER BY org_id, dedup_id, id
              ON CONFLICT DO NOTHING
              RETURNING id",
         )?;
-        // For rows the INSERT skipped: the stored event holding their dedup_id (their own id
-        // when a replayed batch had in fact committed).
+        // For rows the INSERT skipped: the stored events holding their dedup_ids (their own
+        // ids when a replayed batch had in fact committed). Runs after the commit, on
+        // committed rows.
         let lookup = client.prepare(
-            "SELECT s.id, e.id FROM staging s
-             JOIN events e ON e.org_id = s.org_id AND e.dedup_id = s.dedup_id
-             WHERE s.dedup_id IS NOT NULL",
+            "SELECT e.org_id, e.dedup_id, e.id
+             FROM unnest($1::uuid[], $2::text[]) AS k(org_id, dedup_id)
+             JOIN events e ON e.org_id = k.org_id AND e.dedup_id = k.dedup_id",
         )?;
-        let clear = client.prepare("DELETE FROM staging")?;
         Ok(Conn {
             client,
             staged_rows: 0,
+            staging_dirty: false,
             insert,
             lookup,
-            clear,
         })
     }
 
-    /// One transaction for the whole batch; outcomes in batch order.
+    /// Stores the batch in one transaction; outcomes in batch order. Three round trips: COPY
+    /// into staging (a temp table: its own transaction writes no WAL and waits for no flush),
+    /// COPY's end, and the INSERT whose commit holds every row.
     fn commit(&mut self, batch: &[Event]) -> Result<Vec<Outcome>, postgres::Error> {
-        let mut tx = self.client.transaction()?;
-        let copied = copy::write_staging(&mut tx, batch)?;
+        if self.staging_dirty || self.staged_rows >= STAGING_TRUNCATE_ROWS {
+            self.client.batch_execute("TRUNCATE staging")?;
+            self.staging_dirty = false;
+            self.staged_rows = 0;
+        }
+        self.staging_dirty = true;
+        let copied = copy::write_staging(&mut self.client, batch)?;
         assert_eq!(
             copied as usize,
             batch.len(),
             "COPY must take every batched row"
         );
-        let inserted: HashSet<Uuid> = tx
+        let inserted: HashSet<Uuid> = self
+            .client
             .query(&self.insert, &[])?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let mut stored: HashMap<Uuid, Uuid> = HashMap::new();
-        if inserted.len() < batch.len() {
-            for row in tx.query(&self.lookup, &[])? {
-                stored.insert(row.get(0), row.get(1));
+        self.staging_dirty = false;
+        self.staged_rows += batch.len();
+        let mut holders: HashMap<(Uuid, String), Uuid> = HashMap::new();
+        let skipped: Vec<&Event> = batch
+            .iter()
+            .filter(|e| e.dedup_id.is_some() && !inserted.contains(&e.id.0))
+            .collect();
+        if !skipped.is_empty() {
+            let orgs: Vec<Uuid> = skipped.iter().map(|e| e.org.0).collect();
+            let dedups: Vec<&str> = skipped
+                .iter()
+                .filter_map(|e| e.dedup_id.as_deref())
+                .collect();
+            for row in self.client.query(&self.lookup, &[&orgs, &dedups])? {
+                holders.insert((row.get(0), row.get(1)), row.get(2));
             }
         }
-        // Empty the staging table for the next batch (a rollback empties it too).
-        self.staged_rows += batch.len();
-        if self.staged_rows >= STAGING_TRUNCATE_ROWS {
-            tx.batch_execute("TRUNCATE staging")?;
-            self.staged_rows = 0;
-        } else {
-            tx.execute(&self.clear, &[])?;
-        }
-        tx.commit()?;
         Ok(batch
             .iter()
             .map(|e| {
                 if inserted.contains(&e.id.0) {
                     return Outcome::Committed;
                 }
-                match stored.get(&e.id.0) {
+                let holder = e
+                    .dedup_id
+                    .as_deref()
+                    .and_then(|d| holders.get(&(e.org.0, d.to_string())));
+                match holder {
                     Some(&holder) if holder != e.id.0 => Outcome::Duplicate(EventId(holder)),
-                    // Skipped without a dedup holder: its own id was already stored, so an
+                    // Skipped and holding its own dedup_id, or skipped on its own id: an
                     // earlier attempt of this batch committed.
                     _ => Outcome::Committed,
                 }
