@@ -24,7 +24,8 @@ pub struct Response {
 pub struct Target {
     pub addr: SocketAddr,
     pub host: String,
-    pub url: String,
+    /// How the target is named in summaries and plots.
+    pub name: String,
 }
 
 impl Target {
@@ -44,7 +45,7 @@ impl Target {
         Ok(Target {
             addr,
             host,
-            url: url.trim_end_matches('/').to_string(),
+            name: url.trim_end_matches('/').to_string(),
         })
     }
 }

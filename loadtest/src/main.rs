@@ -72,6 +72,9 @@ struct RunArgs {
     /// Base URL of a target; repeat to compare several implementations side by side
     #[arg(long, required = true)]
     url: Vec<String>,
+    /// A name for each --url, in the same order, for the summary and the plot
+    #[arg(long)]
+    label: Vec<String>,
     #[arg(long, value_enum, default_value_t = Scenario::Ingest)]
     scenario: Scenario,
     /// Requests per second (open loop)
@@ -396,7 +399,7 @@ async fn run_once(target: &Target, args: &RunArgs, quiet: bool) -> anyhow::Resul
         None
     };
     Ok(Outcome {
-        target: target.url.clone(),
+        target: target.name.clone(),
         rate: args.rate,
         events_per_request: if args.scenario == Scenario::Batch {
             args.batch_size
@@ -417,8 +420,11 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let mut outcomes = Vec::new();
-            for url in &args.url {
-                let target = Target::parse(url)?;
+            for (i, url) in args.url.iter().enumerate() {
+                let mut target = Target::parse(url)?;
+                if let Some(label) = args.label.get(i) {
+                    target.name = format!("{label} ({url})");
+                }
                 eprintln!(
                     "{url}: {:?} at {} req/s for {} s over {} connections",
                     args.scenario, args.rate, args.duration, args.connections
@@ -500,7 +506,7 @@ mod tests {
     fn targets_parse_host_and_port() {
         let t = Target::parse("http://127.0.0.1:8090/").unwrap();
         assert_eq!(t.addr.port(), 8090);
-        assert_eq!(t.url, "http://127.0.0.1:8090");
+        assert_eq!(t.name, "http://127.0.0.1:8090");
         assert!(Target::parse("https://example.com").is_err());
     }
 
