@@ -9,7 +9,7 @@
 //! replaying a batch whose COMMIT outcome is unknown is safe: rows already stored conflict with
 //! themselves and are reported committed. Outcomes go back as one message per batch per core.
 
-mod copy;
+pub mod copy;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
