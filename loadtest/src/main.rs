@@ -7,6 +7,7 @@
 //! spoken, so the same command measures this server and the earlier implementations.
 
 mod client;
+mod copy_ceiling;
 mod report;
 
 use std::collections::{BTreeMap, HashSet};
@@ -52,6 +53,22 @@ enum Command {
         /// A step holds when its p99 is at or under this many milliseconds...
         #[arg(long, default_value_t = 10.0)]
         p99_ms: f64,
+    },
+    /// The bare-COPY ceiling: binary COPY of event-shaped rows straight into PostgreSQL
+    CopyCeiling {
+        /// PostgreSQL to measure, e.g. "host=/tmp/trg/run user=triggers dbname=triggers"
+        #[arg(long)]
+        database_url: String,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Rows per committed batch
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Parallel writers (the server runs 2 persisters by default)
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
+        #[arg(long, default_value_t = 300)]
+        payload_bytes: usize,
     },
 }
 
@@ -477,6 +494,19 @@ async fn main() -> anyhow::Result<()> {
             if let Some(dir) = &run.out {
                 report::write(dir, &rows, "sweep")?;
             }
+        }
+        Command::CopyCeiling {
+            database_url,
+            seconds,
+            batch,
+            connections,
+            payload_bytes,
+        } => {
+            let rate = tokio::task::spawn_blocking(move || {
+                copy_ceiling::run(&database_url, seconds, batch, connections, payload_bytes)
+            })
+            .await??;
+            println!("COPY ceiling: {rate:.0} rows/s ({connections} connections, {batch} rows per commit, ~{payload_bytes}-byte payloads)");
         }
     }
     Ok(())
