@@ -6,9 +6,8 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use postgres::binary_copy::BinaryCopyInWriter;
-use postgres::types::Type;
 use postgres::NoTls;
-use triggers::persist::copy::RawJsonb;
+use triggers::persist::copy::{RawJsonb, COLUMNS};
 use uuid::Uuid;
 
 const TABLE: &str = "loadtest_copy_ceiling";
@@ -40,15 +39,7 @@ pub fn run(
                 while Instant::now() < end {
                     let mut tx = client.transaction()?;
                     let sink = tx.copy_in(&format!("COPY {TABLE} FROM STDIN (FORMAT binary)"))?;
-                    let types = [
-                        Type::UUID,
-                        Type::UUID,
-                        Type::TEXT,
-                        Type::JSONB,
-                        Type::TEXT,
-                        Type::TIMESTAMPTZ,
-                    ];
-                    let mut writer = BinaryCopyInWriter::new(sink, &types);
+                    let mut writer = BinaryCopyInWriter::new(sink, &COLUMNS);
                     for k in 0..batch as u64 {
                         let payload =
                             crate::payload(rows + k + w as u64 * 1_000_000_000, payload_bytes);

@@ -4,7 +4,6 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use hdrhistogram::Histogram;
 use serde_json::json;
 
 use crate::Outcome;
@@ -51,34 +50,6 @@ pub fn summary(o: &Outcome) -> String {
         );
     }
     s
-}
-
-fn hgrm(h: &Histogram<u64>) -> String {
-    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
-    let mut total = 0;
-    for v in h.iter_quantiles(5) {
-        total += v.count_since_last_iteration();
-        let p = v.quantile_iterated_to();
-        let value = ms(v.value_iterated_to());
-        if p < 1.0 {
-            let _ = writeln!(
-                out,
-                "{value:12.3} {p:14.12} {total:10} {:14.2}",
-                1.0 / (1.0 - p)
-            );
-        } else {
-            let _ = writeln!(out, "{value:12.3} {p:14.12} {total:10}");
-        }
-    }
-    let _ = writeln!(
-        out,
-        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]\n#[Max     = {:12.3}, Total count    = {:12}]",
-        h.mean() / 1000.0,
-        h.stdev() / 1000.0,
-        ms(h.max()),
-        h.len()
-    );
-    out
 }
 
 /// Latency (ms) by percentile, x on the usual log scale of 1/(1-p), one polyline per run.
@@ -171,7 +142,10 @@ pub fn write(dir: &Path, runs: &[Outcome], title: &str) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&summary)? + "\n",
     )?;
     for (i, o) in runs.iter().enumerate() {
-        std::fs::write(dir.join(format!("latency-{i}.hgrm")), hgrm(&o.latency))?;
+        std::fs::write(
+            dir.join(format!("latency-{i}.hgrm")),
+            triggers::stats::percentile_distribution(&o.latency),
+        )?;
     }
     let all: Vec<&Outcome> = runs.iter().collect();
     std::fs::write(dir.join("latency.svg"), svg(&all, title))?;

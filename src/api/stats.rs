@@ -38,37 +38,6 @@ fn encoded(h: &Histogram<u64>) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// The percentile distribution as HdrHistogram's `outputPercentileDistribution` prints it.
-fn hgrm(h: &Histogram<u64>) -> String {
-    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
-    let mut total = 0u64;
-    for v in h.iter_quantiles(5) {
-        total += v.count_since_last_iteration();
-        let p = v.quantile_iterated_to();
-        let ms = v.value_iterated_to() as f64 / 1000.0;
-        if p < 1.0 {
-            let _ = writeln!(
-                out,
-                "{ms:12.3} {p:14.12} {total:10} {:14.2}",
-                1.0 / (1.0 - p)
-            );
-        } else {
-            let _ = writeln!(out, "{ms:12.3} {p:14.12} {total:10}");
-        }
-    }
-    let _ = writeln!(
-        out,
-        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]\n#[Max     = {:12.3}, Total count    = {:12}]\n#[Buckets = {:12}, SubBuckets     = {:12}]",
-        h.mean() / 1000.0,
-        h.stdev() / 1000.0,
-        h.max() as f64 / 1000.0,
-        h.len(),
-        h.buckets(),
-        h.distinct_values()
-    );
-    out
-}
-
 /// Everything both stats views show, read once.
 struct Snapshot {
     ingest: Histogram<u64>,
@@ -125,7 +94,7 @@ pub fn show(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
         return Ok(Response::text(
             200,
             "text/plain; charset=utf-8",
-            hgrm(&snap.ingest).into_bytes(),
+            crate::stats::percentile_distribution(&snap.ingest).into_bytes(),
         ));
     }
     let rings: Vec<Value> = snap

@@ -9,7 +9,8 @@ use postgres::Client;
 
 use crate::queue::Event;
 
-const COLUMNS: [Type; 6] = [
+/// Staging's columns in COPY order: org_id, id, type, payload, dedup_id, created_at.
+pub const COLUMNS: [Type; 6] = [
     Type::UUID,
     Type::UUID,
     Type::TEXT,

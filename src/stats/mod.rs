@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use std::fmt::Write as _;
+
 use hdrhistogram::Histogram;
 
 /// Largest latency a histogram tells apart: one minute.
@@ -141,6 +143,38 @@ impl Stats {
         }
         h
     }
+}
+
+/// The percentile distribution as HdrHistogram's `outputPercentileDistribution` prints it, for a
+/// histogram of microseconds shown in milliseconds (the `.hgrm` files plotters read).
+pub fn percentile_distribution(h: &Histogram<u64>) -> String {
+    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    let mut total = 0u64;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let p = v.quantile_iterated_to();
+        let ms = v.value_iterated_to() as f64 / 1000.0;
+        if p < 1.0 {
+            let _ = writeln!(
+                out,
+                "{ms:12.3} {p:14.12} {total:10} {:14.2}",
+                1.0 / (1.0 - p)
+            );
+        } else {
+            let _ = writeln!(out, "{ms:12.3} {p:14.12} {total:10}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]\n#[Max     = {:12.3}, Total count    = {:12}]\n#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0,
+        h.max() as f64 / 1000.0,
+        h.len(),
+        h.buckets(),
+        h.distinct_values()
+    );
+    out
 }
 
 #[cfg(test)]
