@@ -18,9 +18,12 @@ use uuid::Uuid;
 /// for a retry whose first attempt had in fact committed).
 type Acked = Arc<Mutex<HashMap<String, Uuid>>>;
 
-/// Posts events with unique dedup_ids on `clients` keep-alive connections until `stop`. A
-/// request whose connection breaks is retried with the same dedup_id, as a careful client does,
-/// against whatever `addr` holds by then.
+/// Posts events on `clients` keep-alive connections until `stop`, each with a unique dedup_id
+/// while `dedup` is set (the server's ON CONFLICT path) and without one otherwise (its plain
+/// COPY path, used only by batches with no dedup_id at all). A request with a dedup_id whose
+/// connection breaks is retried with the same dedup_id, as a careful client does, against
+/// whatever `addr` holds by then; one without is sent anew. Acknowledged events are keyed by
+/// dedup_id, or by `id:<id>` for those without.
 fn load(
     addr: Arc<Mutex<SocketAddr>>,
     key: String,
@@ -28,11 +31,13 @@ fn load(
     stop: Arc<AtomicBool>,
     acked: Acked,
     tag: &'static str,
+    dedup: Arc<AtomicBool>,
 ) -> Vec<std::thread::JoinHandle<()>> {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
     (0..clients)
         .map(|_| {
             let (addr, key, stop, acked) = (addr.clone(), key.clone(), stop.clone(), acked.clone());
+            let dedup_mode = dedup.clone();
             std::thread::spawn(move || {
                 let mut conn: Option<Client> = None;
                 let mut pending: Option<String> = None;
@@ -48,9 +53,14 @@ fn load(
                         std::thread::sleep(Duration::from_millis(20));
                         continue;
                     };
-                    let body = format!(
-                        r#"{{"type":"load.test","payload":{{"d":"{dedup}"}},"dedup_id":"{dedup}"}}"#
-                    );
+                    let with_dedup = dedup_mode.load(Ordering::Relaxed);
+                    let body = if with_dedup {
+                        format!(
+                            r#"{{"type":"load.test","payload":{{"d":"{dedup}"}},"dedup_id":"{dedup}"}}"#
+                        )
+                    } else {
+                        format!(r#"{{"type":"load.test","payload":{{"d":"{dedup}"}}}}"#)
+                    };
                     match c.request(
                         "POST",
                         "/api/events",
@@ -59,7 +69,8 @@ fn load(
                     ) {
                         Ok(r) if r.status == 202 || r.status == 409 => {
                             let id: Uuid = r.json()["id"].as_str().unwrap().parse().unwrap();
-                            acked.lock().unwrap().insert(dedup, id);
+                            let key = if with_dedup { dedup } else { format!("id:{id}") };
+                            acked.lock().unwrap().insert(key, id);
                         }
                         Ok(r) if r.status == 503 => {
                             pending = Some(dedup);
@@ -94,26 +105,32 @@ fn lost_and_duplicated(
     let rows = db
         .query("SELECT dedup_id, id FROM events WHERE org_id = $1", &[&org])
         .unwrap();
+    // Keyed as `acked` is: by dedup_id, or `id:<id>` for events without one.
     let mut stored: HashMap<String, Vec<Uuid>> = HashMap::new();
     for r in rows {
-        stored.entry(r.get(0)).or_default().push(r.get(1));
+        let id: Uuid = r.get(1);
+        let key = r
+            .get::<_, Option<String>>(0)
+            .unwrap_or_else(|| format!("id:{id}"));
+        stored.entry(key).or_default().push(id);
     }
     let lost = acked
         .iter()
-        .filter(|(d, id)| stored.get(*d).is_none_or(|ids| !ids.contains(id)))
+        .filter(|(k, id)| stored.get(*k).is_none_or(|ids| !ids.contains(id)))
         .count();
     let duplicated = stored.values().filter(|ids| ids.len() > 1).count();
     (lost, duplicated)
 }
 
 /// Posts under load, sends SIGTERM, and checks the exit and that every 2xx is stored.
-fn shutdown_under_load_loses_nothing(extra: &[&str], tag: &'static str) {
+fn shutdown_under_load_loses_nothing(extra: &[&str], tag: &'static str, dedup: bool) {
     let mut s = Server::start(extra);
     let (key, org) = new_org(s.addr, tag);
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Acked = Arc::default();
     let addr = Arc::new(Mutex::new(s.addr));
-    let threads = load(addr, key, 8, stop.clone(), acked.clone(), tag);
+    let mode = Arc::new(AtomicBool::new(dedup));
+    let threads = load(addr, key, 8, stop.clone(), acked.clone(), tag, mode);
     std::thread::sleep(Duration::from_millis(600));
     let status = s.terminate();
     stop.store(true, Ordering::Relaxed);
@@ -130,12 +147,12 @@ fn shutdown_under_load_loses_nothing(extra: &[&str], tag: &'static str) {
 
 #[test]
 fn graceful_shutdown_under_load_loses_nothing_answered_2xx() {
-    shutdown_under_load_loses_nothing(&[], "graceful");
+    shutdown_under_load_loses_nothing(&[], "graceful", false);
 }
 
 #[test]
 fn enqueued_mode_commits_every_queued_event_on_graceful_shutdown() {
-    shutdown_under_load_loses_nothing(&["--ack-mode", "enqueued"], "enqueued");
+    shutdown_under_load_loses_nothing(&["--ack-mode", "enqueued"], "enqueued", true);
 }
 
 fn kill_postmaster(data_dir: &std::path::Path) {
@@ -163,7 +180,18 @@ fn kill_9_at_random_moments_loses_no_acknowledged_event() {
     let addr = Arc::new(Mutex::new(server.addr));
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Acked = Arc::default();
-    let threads = load(addr.clone(), key, 6, stop.clone(), acked.clone(), "c");
+    // Cycles alternate between events with dedup_ids and without, so kills land in both
+    // write paths.
+    let dedup = Arc::new(AtomicBool::new(true));
+    let threads = load(
+        addr.clone(),
+        key,
+        6,
+        stop.clone(),
+        acked.clone(),
+        "c",
+        dedup.clone(),
+    );
     let mut rng_state = 0x9E37_79B9_7F4A_7C15u64 ^ std::process::id() as u64;
     let mut next = || {
         rng_state ^= rng_state << 13;
@@ -172,6 +200,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_event() {
         rng_state
     };
     for cycle in 1..=cycles {
+        dedup.store(cycle % 2 == 1, Ordering::Relaxed);
         let before = acked.lock().unwrap().len();
         std::thread::sleep(Duration::from_millis(150 + next() % 1200));
         server.kill();
@@ -185,7 +214,12 @@ fn kill_9_at_random_moments_loses_no_acknowledged_event() {
         server = Server::start_with(&args);
         *addr.lock().unwrap() = server.addr;
         eprintln!(
-            "cycle {cycle}/{cycles}: killed {} with {at_kill} acknowledged ({} this cycle)",
+            "cycle {cycle}/{cycles} ({}): killed {} with {at_kill} acknowledged ({} this cycle)",
+            if cycle % 2 == 1 {
+                "dedup_ids"
+            } else {
+                "no dedup_ids"
+            },
             if postmaster_too {
                 "server and postmaster"
             } else {

@@ -1,4 +1,4 @@
-//! persist::copy: binary COPY of a batch into the connection's staging table.
+//! persist::copy: binary COPY of a batch, into the connection's staging table or `events`.
 
 use std::error::Error;
 
@@ -38,11 +38,28 @@ impl ToSql for RawJsonb<'_> {
     to_sql_checked!();
 }
 
-/// Copies `batch` into `staging`; returns the rows PostgreSQL took.
-pub fn write_staging(client: &mut Client, batch: &[Event]) -> Result<u64, postgres::Error> {
-    let sink = client.copy_in(
-        "COPY staging (org_id, id, type, payload, dedup_id, created_at) FROM STDIN (FORMAT binary)",
-    )?;
+/// Where a batch's rows are copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    /// The connection's temp staging table, for the INSERT … ON CONFLICT that follows.
+    Staging,
+    /// `events` itself: only for rows that cannot conflict (no dedup_id, first attempt).
+    Events,
+}
+
+/// Copies `batch` in binary; returns the rows PostgreSQL took.
+pub fn write_rows(
+    client: &mut Client,
+    table: Table,
+    batch: &[Event],
+) -> Result<u64, postgres::Error> {
+    let name = match table {
+        Table::Staging => "staging",
+        Table::Events => "events",
+    };
+    let sink = client.copy_in(&format!(
+        "COPY {name} (org_id, id, type, payload, dedup_id, created_at) FROM STDIN (FORMAT binary)"
+    ))?;
     let mut writer = BinaryCopyInWriter::new(sink, &COLUMNS);
     for e in batch {
         writer.write(&[

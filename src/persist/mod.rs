@@ -5,7 +5,8 @@
 //! (the age clock starts with the batch's first row). A batch is binary COPY into a
 //! per-connection temp staging table, then one statement that moves the rows into `events`
 //! (`DELETE … RETURNING` feeding `INSERT … ON CONFLICT DO NOTHING RETURNING id`): that
-//! statement's transaction commits the whole batch. Ids are made before the event is queued, so
+//! statement's transaction commits the whole batch. A batch that cannot conflict (no dedup_ids,
+//! first attempt) is one COPY straight into `events`. Ids are made before the event is queued, so
 //! replaying a batch whose COMMIT outcome is unknown is safe: rows already stored conflict with
 //! themselves and are reported committed. Outcomes go back as one message per batch per core.
 
@@ -109,17 +110,30 @@ impl Conn {
         })
     }
 
-    /// Stores the batch in one transaction; outcomes in batch order. Three round trips: COPY
-    /// into staging (a temp table: its own transaction writes no WAL and waits for no flush),
-    /// COPY's end, and the INSERT whose commit holds every row.
-    fn commit(&mut self, batch: &[Event]) -> Result<Vec<Outcome>, postgres::Error> {
+    /// Stores the batch in one transaction; outcomes in batch order.
+    ///
+    /// A first attempt at a batch without dedup_ids cannot conflict (its ids are new), so it is
+    /// one COPY straight into `events`: two round trips, plain inserts. Everything else, and
+    /// every replay after a failure whose outcome is unknown, takes three: COPY into staging
+    /// (a temp table: its own transaction writes no WAL and waits for no flush), COPY's end,
+    /// and the INSERT … ON CONFLICT whose commit holds every row.
+    fn commit(&mut self, batch: &[Event], replay: bool) -> Result<Vec<Outcome>, postgres::Error> {
+        if !replay && batch.iter().all(|e| e.dedup_id.is_none()) {
+            let copied = copy::write_rows(&mut self.client, copy::Table::Events, batch)?;
+            assert_eq!(
+                copied as usize,
+                batch.len(),
+                "COPY must take every batched row"
+            );
+            return Ok(vec![Outcome::Committed; batch.len()]);
+        }
         if self.staging_dirty || self.staged_rows >= STAGING_TRUNCATE_ROWS {
             self.client.batch_execute("TRUNCATE staging")?;
             self.staging_dirty = false;
             self.staged_rows = 0;
         }
         self.staging_dirty = true;
-        let copied = copy::write_staging(&mut self.client, batch)?;
+        let copied = copy::write_rows(&mut self.client, copy::Table::Staging, batch)?;
         assert_eq!(
             copied as usize,
             batch.len(),
@@ -342,6 +356,9 @@ impl Persister {
     /// Commits `batch` and answers every event in it, however long PostgreSQL takes to come
     /// back; events whose deadline passes meanwhile are answered `Unavailable` and dropped.
     fn persist(&mut self, mut batch: Vec<Event>) {
+        // After a failure whose outcome is unknown, rows may already be stored: from then on
+        // only the ON CONFLICT path may write this batch.
+        let mut replay = false;
         loop {
             if batch.is_empty() {
                 return;
@@ -362,7 +379,7 @@ impl Persister {
             }
             let conn = self.conn.as_mut().expect("connected above");
             let started = Instant::now();
-            match conn.commit(&batch) {
+            match conn.commit(&batch, replay) {
                 Ok(outcomes) => {
                     self.backoff = BACKOFF_MIN;
                     self.record_commit(started.elapsed(), &outcomes);
@@ -390,12 +407,14 @@ impl Persister {
                             return;
                         }
                         Failure::Connection => {
+                            replay = true;
                             tracing::warn!(persister = self.index, error = %e, "lost the PostgreSQL connection; will replay the batch");
                             self.set_conn(None);
                             self.my_stats().retries.add(1);
                             self.pause(&mut batch);
                         }
                         Failure::Transient => {
+                            replay = true;
                             tracing::warn!(persister = self.index, error = %e, "batch failed; retrying");
                             self.my_stats().retries.add(1);
                             self.pause(&mut batch);
