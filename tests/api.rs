@@ -325,6 +325,8 @@ fn queue_stats_merge_every_core_and_serialize_histograms() {
     assert!(j["events"]["accepted"].as_u64().unwrap() >= 20);
     assert!(j["events"]["committed"].as_u64().unwrap() >= 20);
     assert!(j["batches_committed"].as_u64().unwrap() >= 1);
+    assert_eq!(j["persisters"]["running"], 2);
+    assert_eq!(j["persisters"]["connected"], 2);
     assert_eq!(j["cores"].as_array().unwrap().len(), 2);
     let ingest = &j["latency_us"]["ingest"];
     assert!(ingest["count"].as_u64().unwrap() >= 20);

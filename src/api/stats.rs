@@ -124,6 +124,10 @@ pub fn show(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
             "queue_depth": snap.rings.iter().map(|r| r.0).sum::<usize>(),
             "queue_capacity": snap.rings.iter().map(|r| r.1).sum::<usize>(),
             "events": events,
+            "persisters": {
+                "running": core.shared.persist.running.load(std::sync::atomic::Ordering::Relaxed),
+                "connected": core.shared.persist.connected.load(std::sync::atomic::Ordering::Relaxed),
+            },
             "batches_committed": snap.batches,
             "batch_retries": snap.retries,
             "batch_rows": summary(&snap.rows),

@@ -370,14 +370,6 @@ impl Waiters {
         })
         .await
     }
-
-    pub fn len(&self) -> usize {
-        self.slots.borrow().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 struct AbandonOnDrop<'a> {
