@@ -1,5 +1,6 @@
 //! api::error: every way a request can fail, mapped 1:1 to an HTTP status and a stable `code`.
-//! Internal failures are logged where they happen and leave as a bare 500 that leaks nothing.
+//! Database failures are logged where they happen and leave as 503 `storage_unavailable`,
+//! which leaks nothing.
 
 use serde_json::json;
 
@@ -42,7 +43,6 @@ pub enum ApiError {
     BadFraming(&'static str),
     UnsupportedCoding,
     RequestTimeout,
-    Internal,
 }
 
 impl ApiError {
@@ -67,7 +67,6 @@ impl ApiError {
             ApiError::HeadersTooLarge => 431,
             ApiError::UnsupportedCoding => 501,
             ApiError::RequestTimeout => 408,
-            ApiError::Internal => 500,
         }
     }
 
@@ -95,7 +94,6 @@ impl ApiError {
             ApiError::BadFraming(_) => "bad_request",
             ApiError::UnsupportedCoding => "unsupported_transfer_encoding",
             ApiError::RequestTimeout => "request_timeout",
-            ApiError::Internal => "internal_error",
         }
     }
 
@@ -129,7 +127,6 @@ impl ApiError {
             ApiError::BadFraming(why) => format!("Malformed request: {why}"),
             ApiError::UnsupportedCoding => "Only the chunked transfer coding is supported".into(),
             ApiError::RequestTimeout => "The request was not received in time".into(),
-            ApiError::Internal => "Internal error".into(),
         }
     }
 

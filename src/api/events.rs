@@ -219,14 +219,18 @@ fn queued(core: &Core, org: OrgId, event: EventIn<'_>, now: Instant) -> Event {
     }
 }
 
-/// Queues `entry` on this core's ring, giving the waiter slots back if the ring is full.
+/// Queues `entry` on this core's ring, giving the waiter slots back if the ring is full. (A
+/// single event's slot is kept without a Vec: this runs for every request.)
 fn push(core: &Core, entry: Entry) -> Result<(), ApiError> {
-    let slots: Vec<u32> = match &entry {
-        Entry::One(e) => e.waiter.iter().map(|w| w.slot).collect(),
-        Entry::Group(g) => g.iter().filter_map(|e| e.waiter.map(|w| w.slot)).collect(),
+    let (one, group): (Option<u32>, Vec<u32>) = match &entry {
+        Entry::One(e) => (e.waiter.map(|w| w.slot), Vec::new()),
+        Entry::Group(g) => (
+            None,
+            g.iter().filter_map(|e| e.waiter.map(|w| w.slot)).collect(),
+        ),
     };
     core.shared.hub.push(core.id, entry).map_err(|_| {
-        for slot in slots {
+        for slot in one.into_iter().chain(group) {
             core.waiters.cancel(slot);
         }
         ApiError::Overloaded

@@ -27,6 +27,18 @@ fn tier_limit(tier: Option<&Tier>) -> serde_json::Value {
     json!(tier.and_then(|t| t.per_minute))
 }
 
+/// Stores `org`'s current key (its hash and shown prefix), issued at `at`.
+fn store_key(
+    tx: &mut postgres::Transaction<'_>,
+    org: &Org,
+    at: std::time::SystemTime,
+) -> Result<u64, postgres::Error> {
+    tx.execute(
+        "INSERT INTO api_keys (org_id, key_hash, key_prefix, created_at) VALUES ($1, $2, $3, $4)",
+        &[&org.id.0, &org.key_hash.0.as_slice(), &org.key_prefix, &at],
+    )
+}
+
 pub async fn generate(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
     let config = &core.shared.config;
     require_admin(core, req)?;
@@ -79,10 +91,7 @@ pub async fn generate(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, Ap
                 "INSERT INTO organizations (org_id, name, tier, created_at) VALUES ($1, $2, $3, $4)",
                 &[&row.id.0, &row.name, &row.tier, &row.created_at],
             )?;
-            tx.execute(
-                "INSERT INTO api_keys (org_id, key_hash, key_prefix, created_at) VALUES ($1, $2, $3, $4)",
-                &[&row.id.0, &row.key_hash.0.as_slice(), &row.key_prefix, &row.created_at],
-            )?;
+            store_key(&mut tx, &row, row.created_at)?;
             tx.commit()
         })
         .await?;
@@ -158,10 +167,7 @@ pub async fn rotate(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiE
                 "UPDATE api_keys SET revoked_at = $2 WHERE org_id = $1 AND revoked_at IS NULL",
                 &[&row.id.0, &rotated_at],
             )?;
-            tx.execute(
-                "INSERT INTO api_keys (org_id, key_hash, key_prefix, created_at) VALUES ($1, $2, $3, $4)",
-                &[&row.id.0, &row.key_hash.0.as_slice(), &row.key_prefix, &rotated_at],
-            )?;
+            store_key(&mut tx, &row, rotated_at)?;
             tx.execute(
                 "SELECT pg_notify($1, $2)",
                 &[&crate::auth::ROTATION_CHANNEL, &row.id.to_string()],

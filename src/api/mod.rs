@@ -32,8 +32,8 @@ pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
 pub const EVENT_BODY_BYTES_MAX: usize = 256 * 1024;
 /// Largest `POST /api/events/batch` body: the contract's 5 MiB.
 pub const BATCH_BODY_BYTES_MAX: usize = 5 * 1024 * 1024;
-/// Largest body of the other routes (key generation and the like).
-const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Largest body of the other routes (key generation and the like), and of unknown routes.
+pub const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
 
 /// What a handler sees of a request; every field borrows the connection's buffer.
 pub struct Request<'a> {

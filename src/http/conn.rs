@@ -18,7 +18,7 @@ use super::request::{
     parse_head, BodyFraming, ChunkedDecoder, FrameError, Head, Method, CHUNK_OVERHEAD_BYTES_MAX,
 };
 use super::response;
-use crate::api::{self, ApiError, Request, Route};
+use crate::api::{self, ApiError, Request, Route, SMALL_BODY_BYTES_MAX};
 use crate::core::Core;
 
 /// Initial read buffer; it grows to hold a whole request (head and body) when needed.
@@ -32,9 +32,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bounds of the lingering close after an error answer (see `Conn::linger`).
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 const LINGER_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Body limit for routes without a body of their own (and unknown routes, whose body is read
-/// and discarded so the connection stays usable).
-const OTHER_BODY_BYTES_MAX: usize = 64 * 1024;
 
 enum ReadEnd {
     Eof,
@@ -230,68 +227,19 @@ async fn one_request(core: &Rc<Core>, conn: &mut Conn) -> Option<()> {
     let route = Route::resolve(head.method, text(&conn.rbuf, &head.path));
     let limit = route
         .as_ref()
-        .map_or(OTHER_BODY_BYTES_MAX, |r| r.body_bytes_max());
+        // An unknown route's body is read and discarded under the small limit, so the connection
+        // stays usable for the next request.
+        .map_or(SMALL_BODY_BYTES_MAX, |r| r.body_bytes_max());
 
     // The body: refused from its declared length before any of it is read.
-    let body_deadline = Instant::now() + config.body_timeout;
     let mut chunked_body = Vec::new();
-    let (body, consumed) = match head.framing {
-        BodyFraming::None => (head.len..head.len, head.len),
-        BodyFraming::Length(n) if n > limit => {
-            conn.fail(core, ApiError::PayloadTooLarge(limit)).await;
+    let (body, consumed) = match read_body(core, conn, &head, limit, &mut chunked_body).await {
+        Ok(read) => read,
+        Err(Some(answer)) => {
+            conn.fail(core, answer).await;
             return None;
         }
-        BodyFraming::Length(n) => {
-            let end = head.len + n;
-            if conn.rbuf.len() < end {
-                if head.expect_continue && !conn.write_now(b"HTTP/1.1 100 Continue\r\n\r\n").await {
-                    return None;
-                }
-                match conn.read_to(core, end, body_deadline).await {
-                    Ok(()) => {}
-                    Err(ReadEnd::Timeout) => {
-                        conn.fail(core, ApiError::RequestTimeout).await;
-                        return None;
-                    }
-                    Err(_) => return None,
-                }
-            }
-            (head.len..end, end)
-        }
-        BodyFraming::Chunked => {
-            if head.expect_continue && !conn.write_now(b"HTTP/1.1 100 Continue\r\n\r\n").await {
-                return None;
-            }
-            let mut decoder = ChunkedDecoder::new(head.len);
-            let end = loop {
-                match decoder.advance(&conn.rbuf, &mut chunked_body, limit) {
-                    Ok(Some(end)) => break end,
-                    Ok(None) if decoder.raw_len(head.len) > limit + CHUNK_OVERHEAD_BYTES_MAX => {
-                        conn.fail(core, ApiError::PayloadTooLarge(limit)).await;
-                        return None;
-                    }
-                    Ok(None) => {}
-                    Err(FrameError::BodyTooLarge) => {
-                        conn.fail(core, ApiError::PayloadTooLarge(limit)).await;
-                        return None;
-                    }
-                    Err(e) => {
-                        conn.fail(core, e.into()).await;
-                        return None;
-                    }
-                }
-                let within = body_deadline.saturating_duration_since(Instant::now());
-                match conn.read(core, within).await {
-                    Ok(_) => {}
-                    Err(ReadEnd::Timeout) => {
-                        conn.fail(core, ApiError::RequestTimeout).await;
-                        return None;
-                    }
-                    Err(_) => return None,
-                }
-            };
-            (0..0, end)
-        }
+        Err(None) => return None,
     };
 
     let request_id = match &head.request_id {
@@ -342,6 +290,49 @@ async fn one_request(core: &Rc<Core>, conn: &mut Conn) -> Option<()> {
             .record_duration(received.elapsed());
     }
     keep_alive.then_some(())
+}
+
+/// Reads the body `head` announces, refusing it from its declared length before reading any of
+/// it. Returns the body's place in `rbuf` (empty for a chunked body, decoded into `chunked`) and
+/// the bytes the request took. `Err(Some(e))`: answer `e` and close; `Err(None)`: just close.
+async fn read_body(
+    core: &Core,
+    conn: &mut Conn,
+    head: &Head,
+    limit: usize,
+    chunked: &mut Vec<u8>,
+) -> Result<(std::ops::Range<usize>, usize), Option<ApiError>> {
+    let timed_out = |e: ReadEnd| matches!(e, ReadEnd::Timeout).then_some(ApiError::RequestTimeout);
+    let deadline = Instant::now() + core.shared.config.body_timeout;
+    let end = match head.framing {
+        BodyFraming::None => return Ok((head.len..head.len, head.len)),
+        BodyFraming::Length(n) if n > limit => return Err(Some(ApiError::PayloadTooLarge(limit))),
+        BodyFraming::Length(n) => Some(head.len + n),
+        BodyFraming::Chunked => None,
+    };
+    if head.expect_continue
+        && end.is_none_or(|end| conn.rbuf.len() < end)
+        && !conn.write_now(b"HTTP/1.1 100 Continue\r\n\r\n").await
+    {
+        return Err(None);
+    }
+    if let Some(end) = end {
+        conn.read_to(core, end, deadline).await.map_err(timed_out)?;
+        return Ok((head.len..end, end));
+    }
+    let mut decoder = ChunkedDecoder::new(head.len);
+    loop {
+        match decoder.advance(&conn.rbuf, chunked, limit) {
+            Ok(Some(end)) => return Ok((0..0, end)),
+            Ok(None) if decoder.raw_len(head.len) <= limit + CHUNK_OVERHEAD_BYTES_MAX => {}
+            Ok(None) | Err(FrameError::BodyTooLarge) => {
+                return Err(Some(ApiError::PayloadTooLarge(limit)))
+            }
+            Err(e) => return Err(Some(e.into())),
+        }
+        let within = deadline.saturating_duration_since(Instant::now());
+        conn.read(core, within).await.map_err(timed_out)?;
+    }
 }
 
 /// httparse admits only visible ASCII in the request target, so this never loses anything.
