@@ -2,43 +2,66 @@
 //! encoder) into a table shaped like `events`, one synchronous commit per batch, on as many
 //! connections as the server has persisters: how many rows per second PostgreSQL itself takes on
 //! this machine, with no HTTP, no queues and no dedup.
+//!
+//! Two table shapes: `bare` (the event columns and a primary key: what PostgreSQL takes at
+//! best) and `events` (a copy of the server's `events` table with every index and default it
+//! has: the ceiling for this schema, which the server can approach but never pass).
 
 use std::time::{Duration, Instant, SystemTime};
 
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::NoTls;
-use triggers::persist::copy::{RawJsonb, COLUMNS};
+use triggers::persist::copy::{RawJsonb, COLUMNS, COLUMN_NAMES};
 use uuid::Uuid;
 
 const TABLE: &str = "loadtest_copy_ceiling";
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// The event columns with a primary key (org_id, id) and nothing else
+    Bare,
+    /// `LIKE events INCLUDING ALL`: the server's own table, indexes included (needs the
+    /// server's database)
+    Events,
+}
+
 /// Rows per second over `seconds`, with `connections` writers each committing `batch` rows.
 pub fn run(
     url: &str,
+    shape: Shape,
     seconds: u64,
     batch: usize,
     connections: usize,
     payload_bytes: usize,
 ) -> anyhow::Result<f64> {
     let mut admin = postgres::Client::connect(url, NoTls)?;
-    admin.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {TABLE};
-         CREATE TABLE {TABLE} (org_id uuid NOT NULL, id uuid NOT NULL, type text NOT NULL,
-             payload jsonb NOT NULL, dedup_id text, created_at timestamptz NOT NULL,
-             PRIMARY KEY (org_id, id))"
-    ))?;
+    let create = match shape {
+        Shape::Bare => format!(
+            "CREATE TABLE {TABLE} (org_id uuid NOT NULL, id uuid NOT NULL, type text NOT NULL,
+                 payload jsonb NOT NULL, dedup_id text, created_at timestamptz NOT NULL,
+                 PRIMARY KEY (org_id, id))"
+        ),
+        Shape::Events => format!("CREATE TABLE {TABLE} (LIKE events INCLUDING ALL)"),
+    };
+    admin.batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}; {create}"))?;
+    let copy = format!(
+        "COPY {TABLE} ({}) FROM STDIN (FORMAT binary)",
+        COLUMN_NAMES.join(", ")
+    );
     let end = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let workers: Vec<_> = (0..connections)
         .map(|w| {
             let url = url.to_string();
+            let copy = copy.clone();
             std::thread::spawn(move || -> anyhow::Result<u64> {
                 let mut client = postgres::Client::connect(&url, NoTls)?;
                 let orgs: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
                 let mut rows = 0u64;
                 while Instant::now() < end {
-                    let mut tx = client.transaction()?;
-                    let sink = tx.copy_in(&format!("COPY {TABLE} FROM STDIN (FORMAT binary)"))?;
+                    // A COPY outside a transaction block commits on its own: two round
+                    // trips, as the server's dedup-free batches take.
+                    let sink = client.copy_in(&copy)?;
                     let mut writer = BinaryCopyInWriter::new(sink, &COLUMNS);
                     for k in 0..batch as u64 {
                         let payload =
@@ -53,7 +76,6 @@ pub fn run(
                         ])?;
                     }
                     rows += writer.finish()?;
-                    tx.commit()?;
                 }
                 Ok(rows)
             })

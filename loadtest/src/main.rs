@@ -69,6 +69,9 @@ enum Command {
         connections: usize,
         #[arg(long, default_value_t = 300)]
         payload_bytes: usize,
+        /// Shape of the table the rows are copied into
+        #[arg(long, value_enum, default_value_t = copy_ceiling::Shape::Bare)]
+        table: copy_ceiling::Shape,
     },
 }
 
@@ -231,11 +234,10 @@ async fn connection_loop(
             break;
         }
         tokio::time::sleep_until(due.into()).await;
-        let org = match args.scenario {
+        let mut org = match args.scenario {
             Scenario::HotTenant => 0,
             _ => (i as usize / args.connections + c) % keys.len(),
         };
-        let key = keys[org].as_str();
         // Bodies are formatted, not built as JSON values: the generator shares the machine with
         // the server, so its own cost per request has to stay small.
         let event = |n: u64| {
@@ -255,13 +257,16 @@ async fn connection_loop(
             }
             Scenario::Mixed => match i % 10 {
                 0 if !own_ids.is_empty() => {
-                    let (_, id) = own_ids.swap_remove(0);
+                    // Acknowledged with its own organization's key: another's would be a 404.
+                    let (owner, id) = own_ids.swap_remove(0);
+                    org = owner;
                     ("POST", format!("/api/ack/{id}"), String::new())
                 }
                 1 | 2 => ("GET", "/api/inbox?limit=50".to_string(), String::new()),
                 _ => ("POST", "/api/events".to_string(), event(i)),
             },
         };
+        let key = keys[org].as_str();
         if conn.is_none() {
             conn = Conn::connect(&target).await.ok();
         }
@@ -453,6 +458,16 @@ async fn main() -> anyhow::Result<()> {
             if let Some(dir) = &args.out {
                 report::write(dir, &outcomes, &format!("{:?}", args.scenario))?;
             }
+            for o in &outcomes {
+                if let Some((acknowledged, stored)) = o.verified {
+                    anyhow::ensure!(
+                        stored == acknowledged,
+                        "{}: {} of {acknowledged} acknowledged events are not stored",
+                        o.target,
+                        acknowledged - stored
+                    );
+                }
+            }
         }
         Command::Sweep {
             run,
@@ -501,12 +516,20 @@ async fn main() -> anyhow::Result<()> {
             batch,
             connections,
             payload_bytes,
+            table,
         } => {
             let rate = tokio::task::spawn_blocking(move || {
-                copy_ceiling::run(&database_url, seconds, batch, connections, payload_bytes)
+                copy_ceiling::run(
+                    &database_url,
+                    table,
+                    seconds,
+                    batch,
+                    connections,
+                    payload_bytes,
+                )
             })
             .await??;
-            println!("COPY ceiling: {rate:.0} rows/s ({connections} connections, {batch} rows per commit, ~{payload_bytes}-byte payloads)");
+            println!("COPY ceiling: {rate:.0} rows/s ({connections} connections, {batch} rows per commit, ~{payload_bytes}-byte payloads, {table:?} table)");
         }
     }
     Ok(())

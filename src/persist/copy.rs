@@ -9,7 +9,10 @@ use postgres::Client;
 
 use crate::queue::Event;
 
-/// Staging's columns in COPY order: org_id, id, type, payload, dedup_id, created_at.
+/// The columns a batch fills, in COPY order.
+pub const COLUMN_NAMES: [&str; 6] = ["org_id", "id", "type", "payload", "dedup_id", "created_at"];
+
+/// Their types, in the same order.
 pub const COLUMNS: [Type; 6] = [
     Type::UUID,
     Type::UUID,
@@ -58,7 +61,8 @@ pub fn write_rows(
         Table::Events => "events",
     };
     let sink = client.copy_in(&format!(
-        "COPY {name} (org_id, id, type, payload, dedup_id, created_at) FROM STDIN (FORMAT binary)"
+        "COPY {name} ({}) FROM STDIN (FORMAT binary)",
+        COLUMN_NAMES.join(", ")
     ))?;
     let mut writer = BinaryCopyInWriter::new(sink, &COLUMNS);
     for e in batch {

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# A/B of two server configurations (or two binaries) on one machine, in alternating rounds so
+# that the noise of a shared host falls on both sides alike. Each round starts a fresh server
+# on its own data directory, runs one open-loop `loadtest run` against it, and stops it; the
+# summaries are printed side by side and kept under OUT.
+#
+# Usage: loadtest/ab.sh OUT ROUNDS "A server flags" "B server flags" [loadtest run flags...]
+#   e.g. loadtest/ab.sh /tmp/ab 2 "--persisters 2" "--persisters 1" --rate 12000 --duration 15
+# A side may name another binary with BIN=/path/to/triggers as its first word:
+#   loadtest/ab.sh /tmp/ab 2 "BIN=/tmp/old/triggers" "" --rate 12000
+# Needs release builds: cargo build --release --workspace
+set -euo pipefail
+out="$1" rounds="$2" a="$3" b="$4"
+shift 4
+root="$(cd "$(dirname "$0")/.." && pwd)"
+port=8091
+mkdir -p "$out"
+
+# CPU ticks (user + system) used so far by process $1 ("self") or by its descendants ("tree";
+# the embedded PostgreSQL's postmaster and backends).
+cpu_of() {
+  local root="$1" which="$2" ticks=0 f line rest
+  local -A parent=() used=()
+  for f in /proc/[0-9]*/stat; do
+    read -r line <"$f" 2>/dev/null || continue
+    rest="${line##*) }"
+    read -r -a fields <<<"$rest"
+    local pid="${f#/proc/}"
+    pid="${pid%/stat}"
+    parent[$pid]="${fields[1]}"
+    used[$pid]=$((fields[11] + fields[12]))
+  done
+  if [[ "$which" == self ]]; then
+    echo "${used[$root]:-0}"
+    return
+  fi
+  for pid in "${!parent[@]}"; do
+    local p="${parent[$pid]}"
+    while [[ -n "$p" && "$p" != 0 && "$p" != 1 ]]; do
+      if [[ "$p" == "$root" ]]; then
+        ticks=$((ticks + used[$pid]))
+        break
+      fi
+      p="${parent[$p]:-}"
+    done
+  done
+  echo "$ticks"
+}
+
+run_side() { # name flags round
+  local name="$1" flags="$2" round="$3" bin="$root/target/release/triggers"
+  shift 3
+  if [[ "$flags" == BIN=* ]]; then
+    bin="${flags%% *}" bin="${bin#BIN=}"
+    [[ "$flags" == *" "* ]] && flags="${flags#* }" || flags=""
+  fi
+  local dir="$out/$name-$round"
+  rm -rf "$dir" && mkdir -p "$dir"
+  # shellcheck disable=SC2086
+  "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" \
+    --keygen-per-minute 1000000 $flags >"$dir/server.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  local server0 pg0 server1 pg1
+  server0=$(cpu_of "$pid" self) pg0=$(cpu_of "$pid" tree)
+  /usr/bin/time -f "loadtest_cpu_s %U %S" \
+    "$root/target/release/loadtest" run --url "http://127.0.0.1:$port" --label "$name" \
+    --out "$dir" "$@" >"$dir/loadtest.txt" 2>&1 || true
+  server1=$(cpu_of "$pid" self) pg1=$(cpu_of "$pid" tree)
+  local events
+  events=$(grep -E '^ *status ' "$dir/loadtest.txt" | grep -oE ' 2[0-9]{2}=[0-9]+' | awk -F= '{s += $2} END {print s + 0}')
+  awk -v s=$((server1 - server0)) -v p=$((pg1 - pg0)) -v e="$events" \
+    -v l="$(grep loadtest_cpu_s "$dir/loadtest.txt" | awk '{print $2 + $3}')" \
+    'BEGIN { if (e == 0) e = 1; printf "cpu us per 2xx request: server %.1f postgres %.1f loadtest %.1f\n", s * 1e4 / e, p * 1e4 / e, l * 1e6 / e }' \
+    >>"$dir/loadtest.txt"
+  curl -sf "http://127.0.0.1:$port/api/queue/stats" >"$dir/stats.json" || true
+  kill "$pid" && wait "$pid" || true
+  printf '%-4s round %s  %s\n' "$name" "$round" \
+    "$(grep -E 'achieved|latency|cpu us' "$dir/loadtest.txt" | tr -s ' ' | tr '\n' ' ')"
+}
+
+for round in $(seq 1 "$rounds"); do
+  run_side A "$a" "$round" "$@"
+  run_side B "$b" "$round" "$@"
+done

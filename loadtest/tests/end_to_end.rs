@@ -1,0 +1,269 @@
+//! The load generator against the real server: a short open-loop run of each scenario over real
+//! sockets, with `--verify` reading every acknowledged event back, and the files `--out` writes.
+//! Rates are tiny: this checks that the instrument measures what it claims, not how fast
+//! anything is.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The server binary from the same build, built here when `cargo test -p loadtest` alone did
+/// not build it.
+fn server_binary() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_loadtest")).parent().unwrap();
+    let bin = dir.join("triggers");
+    if !bin.exists() {
+        let profile = if dir.ends_with("release") {
+            vec!["--release"]
+        } else {
+            vec![]
+        };
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "triggers", "--bin", "triggers"])
+            .args(profile)
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building the server failed");
+    }
+    bin
+}
+
+/// The server on its embedded PostgreSQL in a temporary directory, stopped with SIGTERM when
+/// dropped so that its cluster stops too.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("trg-loadtest-")
+            .tempdir()
+            .unwrap();
+        let mut child = Command::new(server_binary())
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--cores", "1"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("TRIGGERS_LOG", "info")
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning the server");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(a) = line.split("listening addr=").nth(1) {
+                    let a = a.split_whitespace().next().unwrap_or("");
+                    let _ = tx.send(a.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the server started listening");
+        Server {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+fn loadtest(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(args)
+        .output()
+        .expect("running loadtest");
+    assert!(
+        out.status.success(),
+        "loadtest {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn summary(dir: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    serde_json::from_str::<Value>(&text)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Requests answered with this status in one run's summary.
+fn status_count(run: &Value, status: &str) -> u64 {
+    run["statuses"][status].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn every_scenario_runs_and_every_acknowledged_event_is_read_back() {
+    let server = Server::start();
+    let url = server.url();
+    for (scenario, extra) in [
+        ("ingest", vec![]),
+        ("hot-tenant", vec![]),
+        ("batch", vec!["--batch-size", "20"]),
+        // Its acks must find their events: a 404 below would mean a wrong key or id.
+        ("mixed", vec![]),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "run",
+            "--url",
+            &url,
+            "--scenario",
+            scenario,
+            "--rate",
+            "200",
+            "--duration",
+            "2",
+            "--connections",
+            "4",
+            "--orgs",
+            "3",
+            "--verify",
+            "--out",
+            out.path().to_str().unwrap(),
+        ];
+        args.extend(extra.iter().copied());
+        loadtest(&args);
+        let runs = summary(out.path());
+        assert_eq!(runs.len(), 1, "{scenario}");
+        let run = &runs[0];
+        let (ok, failed) =
+            run["statuses"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .fold((0, 0), |(ok, failed), (code, n)| {
+                    match code.starts_with('2') {
+                        true => (ok + n.as_u64().unwrap(), failed),
+                        false => (ok, failed + n.as_u64().unwrap()),
+                    }
+                });
+        // Open loop: 200 req/s for 2 s is ~400 requests.
+        assert!(ok >= 300, "{scenario}: only {ok} answered 2xx: {run}");
+        assert_eq!(failed, 0, "{scenario}: failures: {run}");
+        assert_eq!(run["connection_errors"], 0, "{scenario}");
+        let verify = &run["verify"];
+        let acknowledged = verify["acknowledged"].as_u64().unwrap();
+        assert!(acknowledged > 0, "{scenario}: {run}");
+        assert_eq!(
+            verify["stored"], verify["acknowledged"],
+            "{scenario}: {run}"
+        );
+        let hgrm = std::fs::read_to_string(out.path().join("latency-0.hgrm")).unwrap();
+        assert!(hgrm.contains("Value") && hgrm.contains("#[Max"), "{hgrm}");
+        let svg = std::fs::read_to_string(out.path().join("latency.svg")).unwrap();
+        assert_eq!(svg.matches("<polyline").count(), 1, "{scenario}");
+    }
+}
+
+#[test]
+fn a_comparison_of_two_targets_writes_one_plot_with_a_line_each() {
+    let a = Server::start();
+    let b = Server::start();
+    let out = tempfile::tempdir().unwrap();
+    let (a_url, b_url) = (a.url(), b.url());
+    let stdout = loadtest(&[
+        "run",
+        "--url",
+        &a_url,
+        "--url",
+        &b_url,
+        "--label",
+        "first",
+        "--label",
+        "second",
+        "--rate",
+        "100",
+        "--duration",
+        "1",
+        "--connections",
+        "2",
+        "--orgs",
+        "2",
+        "--out",
+        out.path().to_str().unwrap(),
+    ])
+    .stdout;
+    let stdout = String::from_utf8(stdout).unwrap();
+    assert!(
+        stdout.contains("first (") && stdout.contains("second ("),
+        "{stdout}"
+    );
+    let runs = summary(out.path());
+    assert_eq!(runs.len(), 2);
+    for run in &runs {
+        assert!(status_count(run, "202") >= 50, "{run}");
+    }
+    let svg = std::fs::read_to_string(out.path().join("latency.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 2);
+    assert!(svg.contains("first (") && svg.contains("second ("));
+}
+
+#[test]
+fn a_sweep_reports_the_highest_rate_that_held() {
+    let server = Server::start();
+    let out = loadtest(&[
+        "sweep",
+        "--url",
+        &server.url(),
+        "--start",
+        "100",
+        "--step",
+        "100",
+        "--max",
+        "200",
+        "--duration",
+        "1",
+        "--connections",
+        "2",
+        "--orgs",
+        "2",
+        "--p99-ms",
+        "1000",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rate     100") && text.contains("rate     200"),
+        "{text}"
+    );
+    assert!(
+        text.contains("highest rate holding p99 <= 1000 ms: 200 req/s"),
+        "{text}"
+    );
+}
