@@ -216,7 +216,7 @@ async fn connection_loop(
     c: usize,
     start: Instant,
     end: Instant,
-    sent: Arc<AtomicU64>,
+    progress: Arc<Progress>,
 ) -> Tally {
     let mut t = Tally {
         latency: new_histogram(),
@@ -277,7 +277,10 @@ async fn connection_loop(
         let took = due.elapsed();
         t.latency
             .saturating_record((took.as_micros() as u64).max(1));
-        sent.fetch_add(1, Ordering::Relaxed);
+        progress.sent.fetch_add(1, Ordering::Relaxed);
+        progress
+            .slowest_us
+            .fetch_max(took.as_micros() as u64, Ordering::Relaxed);
         match result {
             Ok(r) => {
                 *t.statuses.entry(r.status).or_default() += 1;
@@ -357,6 +360,14 @@ async fn verify(
     Ok((acked.len(), stored))
 }
 
+/// What the progress line shows each second: requests answered so far, and the slowest answer
+/// since the last line (so a stall shows when it happened, not only in the final tail).
+#[derive(Default)]
+struct Progress {
+    sent: AtomicU64,
+    slowest_us: AtomicU64,
+}
+
 async fn run_once(target: &Target, args: &RunArgs, quiet: bool) -> anyhow::Result<Outcome> {
     let orgs = if args.scenario == Scenario::HotTenant {
         1
@@ -364,7 +375,7 @@ async fn run_once(target: &Target, args: &RunArgs, quiet: bool) -> anyhow::Resul
         args.orgs.max(1)
     };
     let keys = Arc::new(create_orgs(target, orgs, &args.tier).await?);
-    let sent = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(Progress::default());
     let start = Instant::now() + Duration::from_millis(200);
     let end = start + Duration::from_secs(args.duration);
     let tasks: Vec<_> = (0..args.connections)
@@ -376,12 +387,12 @@ async fn run_once(target: &Target, args: &RunArgs, quiet: bool) -> anyhow::Resul
                 c,
                 start,
                 end,
-                sent.clone(),
+                progress.clone(),
             ))
         })
         .collect();
     if !quiet {
-        let sent = sent.clone();
+        let progress = progress.clone();
         tokio::spawn(async move {
             let mut last = 0;
             let mut tick = tokio::time::interval_at(
@@ -390,12 +401,14 @@ async fn run_once(target: &Target, args: &RunArgs, quiet: bool) -> anyhow::Resul
             );
             while Instant::now() < end {
                 tick.tick().await;
-                let now = sent.load(Ordering::Relaxed);
+                let now = progress.sent.load(Ordering::Relaxed);
+                let slowest = progress.slowest_us.swap(0, Ordering::Relaxed);
                 eprintln!(
-                    "  {:>4}s  {:>8} req/s  {:>10} sent",
+                    "  {:>4}s  {:>8} req/s  {:>10} sent  slowest {:>8.2} ms",
                     start.elapsed().as_secs(),
                     now - last,
-                    now
+                    now,
+                    slowest as f64 / 1000.0
                 );
                 last = now;
             }
