@@ -77,9 +77,11 @@ run_side() { # name flags round
     'BEGIN { if (e == 0) e = 1; printf "cpu us per 2xx request: server %.1f postgres %.1f loadtest %.1f\n", s * 1e4 / e, p * 1e4 / e, l * 1e6 / e }' \
     >>"$dir/loadtest.txt"
   curl -sf "http://127.0.0.1:$port/api/queue/stats" >"$dir/stats.json" || true
+  echo "server peak RSS $(awk '/^VmHWM/ {print $2 / 1024 " MB"}' "/proc/$pid/status")" \
+    >>"$dir/loadtest.txt"
   kill "$pid" && wait "$pid" || true
   printf '%-4s round %s  %s\n' "$name" "$round" \
-    "$(grep -E 'achieved|latency|cpu us' "$dir/loadtest.txt" | tr -s ' ' | tr '\n' ' ')"
+    "$(grep -E 'achieved|latency|cpu us|RSS' "$dir/loadtest.txt" | tr -s ' ' | tr '\n' ' ')"
 }
 
 for round in $(seq 1 "$rounds"); do
