@@ -1,7 +1,7 @@
-//! copy_ceiling: the bare-COPY ceiling. Binary COPY of event-shaped rows (the server's own row
-//! encoder) into a table shaped like `events`, one synchronous commit per batch, on as many
-//! connections as the server has persisters: how many rows per second PostgreSQL itself takes on
-//! this machine, with no HTTP, no queues and no dedup.
+//! copy_ceiling: the bare-COPY ceiling. Binary COPY of event rows (the server's own row
+//! encoder), one synchronous commit per batch, on as many connections as the server has
+//! persisters: how many rows per second PostgreSQL itself takes on this machine, with no HTTP,
+//! no queues and no dedup.
 //!
 //! Two table shapes: `bare` (the event columns and a primary key: what PostgreSQL takes at
 //! best) and `events` (a copy of the server's `events` table with every index and default it
