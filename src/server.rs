@@ -89,6 +89,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             _lock = Some(lock_data_dir(&config.data_dir)?);
             let mut c = pg::Cluster::new(&config.data_dir)?;
             c.start(false)?;
+            if let Some(warning) = pg::writeback_warning() {
+                tracing::warn!("{warning}");
+            }
             let db = c.client_config();
             cluster = Some(c);
             db
