@@ -21,8 +21,55 @@ pub struct TestCluster {
     commands: Mutex<mpsc::Sender<(bool, mpsc::Sender<()>)>>,
 }
 
+/// A test cluster directory this old, with no live postmaster, belongs to no running test.
+const STALE_CLUSTER_AGE: Duration = Duration::from_secs(600);
+
+/// Removes cluster directories earlier test runs left in the temp directory. The shared
+/// cluster lives in a static, which Rust never drops, so its directory outlives the process
+/// (~50 MB a test binary, every run). Directories younger than `STALE_CLUSTER_AGE` or whose
+/// postmaster is alive may be another test's and are left alone.
+fn sweep_stale_clusters() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_name().to_string_lossy().starts_with("trg-pg-") {
+                continue;
+            }
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_CLUSTER_AGE);
+            if old && !postmaster_alive(&entry.path().join("postgres")) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
+}
+
+/// Whether the postmaster named in `data/postmaster.pid` still runs.
+fn postmaster_alive(data: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(data.join("postmaster.pid")) else {
+        return false;
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    // EPERM means it exists under another account: alive.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) != Err(nix::errno::Errno::ESRCH)
+}
+
 impl TestCluster {
     pub fn start() -> TestCluster {
+        sweep_stale_clusters();
         let dir = tempfile::Builder::new()
             .prefix("trg-pg-")
             .tempdir()
