@@ -8,12 +8,14 @@
 #   e.g. loadtest/ab.sh /tmp/ab 2 "--persisters 2" "--persisters 1" --rate 12000 --duration 15
 # A side may name another binary with BIN=/path/to/triggers as its first word:
 #   loadtest/ab.sh /tmp/ab 2 "BIN=/tmp/old/triggers" "" --rate 12000
+# Each run's cluster (hundreds of MB to GBs) is deleted after it; KEEP_DATA=1 keeps it.
 # Needs release builds: cargo build --release --workspace
 set -euo pipefail
 out="$1" rounds="$2" a="$3" b="$4"
 shift 4
 root="$(cd "$(dirname "$0")/.." && pwd)"
 port=8091
+hz=$(getconf CLK_TCK)
 mkdir -p "$out"
 
 # CPU ticks (user + system) used so far by process $1 ("self") or by its descendants ("tree";
@@ -72,14 +74,15 @@ run_side() { # name flags round
   server1=$(cpu_of "$pid" self) pg1=$(cpu_of "$pid" tree)
   local events
   events=$(grep -E '^ *status ' "$dir/loadtest.txt" | grep -oE ' 2[0-9]{2}=[0-9]+' | awk -F= '{s += $2} END {print s + 0}')
-  awk -v s=$((server1 - server0)) -v p=$((pg1 - pg0)) -v e="$events" \
+  awk -v s=$((server1 - server0)) -v p=$((pg1 - pg0)) -v e="$events" -v hz="$hz" \
     -v l="$(grep loadtest_cpu_s "$dir/loadtest.txt" | awk '{print $2 + $3}')" \
-    'BEGIN { if (e == 0) e = 1; printf "cpu us per 2xx request: server %.1f postgres %.1f loadtest %.1f\n", s * 1e4 / e, p * 1e4 / e, l * 1e6 / e }' \
+    'BEGIN { if (e == 0) e = 1; printf "cpu us per 2xx request: server %.1f postgres %.1f loadtest %.1f\n", s * 1e6 / hz / e, p * 1e6 / hz / e, l * 1e6 / e }' \
     >>"$dir/loadtest.txt"
   curl -sf "http://127.0.0.1:$port/api/queue/stats" >"$dir/stats.json" || true
   echo "server peak RSS $(awk '/^VmHWM/ {print $2 / 1024 " MB"}' "/proc/$pid/status")" \
     >>"$dir/loadtest.txt"
   kill "$pid" && wait "$pid" || true
+  [[ "${KEEP_DATA:-0}" == 1 ]] || rm -rf "$dir/data"
   printf '%-4s round %s  %s\n' "$name" "$round" \
     "$(grep -E 'achieved|latency|cpu us|RSS' "$dir/loadtest.txt" | tr -s ' ' | tr '\n' ' ')"
 }

@@ -9,7 +9,8 @@
 # and prints the ratios. Every sweep's summary, .hgrm and SVG land under OUT.
 #
 # Usage: loadtest/ceilings.sh OUT        (needs: cargo build --release --workspace)
-# Knobs (environment): STEP_SECONDS (10), P99_MS (10), BATCH_P99_MS (100), SERVER_FLAGS ("").
+# Knobs (environment): STEP_SECONDS (10), P99_MS (10), BATCH_P99_MS (100), SERVER_FLAGS (""),
+# KEEP_DATA=1 to keep the cluster the sweeps filled (several GB; deleted by default).
 set -euo pipefail
 out="$1"
 secs="${STEP_SECONDS:-10}"
@@ -53,6 +54,7 @@ for table in bare events; do
     --connections 2 --table "$table" | tee "$out/copy-$table.txt"
 done
 kill "$server" && wait "$server" || true
+[[ "${KEEP_DATA:-0}" == 1 ]] || rm -rf "$out/data"
 
 "$bin/bare_http" "127.0.0.1:$port" 2>"$out/bare_http.log" &
 bare=$!
