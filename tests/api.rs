@@ -3,6 +3,7 @@
 mod support;
 
 use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::*;
@@ -328,10 +329,10 @@ fn queue_stats_merge_every_core_and_serialize_histograms() {
     assert_eq!(j["persisters"]["running"], 2);
     // Each persister connects from its own thread after start-up: under a loaded test run the
     // first can commit all 20 events before the second is through. Both must get there.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     let mut connected = j["persisters"]["connected"].clone();
-    while connected != 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    while connected != 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
         connected = call(s.addr, "GET", "/api/queue/stats", None, "").json()["persisters"]
             ["connected"]
             .clone();

@@ -112,6 +112,18 @@ fn is_live_postgres(pid: Pid) -> bool {
     &stat[open + 1..close] == "postgres" && !matches!(state, Some('Z' | 'X') | None)
 }
 
+/// The postmaster recorded in `cluster_dir/postmaster.pid`, if it is still alive.
+fn live_postmaster(cluster_dir: &Path) -> Option<Pid> {
+    let text = fs::read_to_string(cluster_dir.join("postmaster.pid")).ok()?;
+    let pid = Pid::from_raw(text.lines().next()?.trim().parse().ok()?);
+    is_live_postgres(pid).then_some(pid)
+}
+
+/// Whether a postmaster still runs the embedded cluster of server data directory `data_dir`.
+pub fn is_running(data_dir: &Path) -> bool {
+    live_postmaster(&data_dir.join("postgres")).is_some()
+}
+
 enum Running {
     /// Started by this process.
     Child(Child),
@@ -276,13 +288,6 @@ impl Cluster {
         Ok(())
     }
 
-    /// The postmaster recorded in `postmaster.pid`, if it is still alive.
-    fn live_postmaster(&self) -> Option<Pid> {
-        let text = fs::read_to_string(self.dir.join("postmaster.pid")).ok()?;
-        let pid = Pid::from_raw(text.lines().next()?.trim().parse().ok()?);
-        is_live_postgres(pid).then_some(pid)
-    }
-
     /// Initializes the cluster if needed, then starts it or adopts the one left running. With
     /// `die_with_parent` the postmaster is stopped by the kernel when the starting thread ends
     /// (test harnesses use it so that no cluster outlives them).
@@ -291,7 +296,7 @@ impl Cluster {
         fs::create_dir_all(&self.socket_dir)?;
         fs::set_permissions(&self.socket_dir, fs::Permissions::from_mode(0o700))?;
         self.give_to_owner(&self.socket_dir)?;
-        if let Some(pid) = self.live_postmaster() {
+        if let Some(pid) = live_postmaster(&self.dir) {
             tracing::warn!(
                 pid = pid.as_raw(),
                 "adopting the PostgreSQL cluster left running by an earlier server"

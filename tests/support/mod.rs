@@ -44,27 +44,11 @@ fn sweep_stale_clusters() {
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age > STALE_CLUSTER_AGE);
-            if old && !postmaster_alive(&entry.path().join("postgres")) {
+            if old && !triggers::pg::is_running(&entry.path()) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     });
-}
-
-/// Whether the postmaster named in `data/postmaster.pid` still runs.
-fn postmaster_alive(data: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(data.join("postmaster.pid")) else {
-        return false;
-    };
-    let Some(pid) = text
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse::<i32>().ok())
-    else {
-        return false;
-    };
-    // EPERM means it exists under another account: alive.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) != Err(nix::errno::Errno::ESRCH)
 }
 
 impl TestCluster {
