@@ -46,7 +46,7 @@ fn bench(c: &mut Criterion) {
                         .unwrap()
                         .payload
                         .len()
-                })
+                });
             },
         );
         group.bench_with_input(
@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
                     // only the refill is extra here (a memcpy of the body).
                     scratch.copy_from_slice(body);
                     simd_validate(black_box(&mut scratch)).unwrap().1.len()
-                })
+                });
             },
         );
     }

@@ -1,9 +1,14 @@
-//! config: the one `Config` the server runs with.
+//! config: the settings the server runs with, and the one place each is declared.
 //!
-//! Every setting is a flag, a `TRIGGERS_*` environment variable and a key of a TOML file. The
-//! defaults live in `triggers.default.toml`, compiled in, so the file users read is the file the
-//! server runs on. Precedence: flag, environment, `--config FILE`, defaults. `validate` rejects
-//! out-of-range values at start-up with a message naming the key; nothing later re-checks them.
+//! Every setting is a flag, a `TRIGGERS_*` environment variable and a key of a TOML file, all
+//! generated from one line in `keys!` below (name, type, variable, range, help). The defaults
+//! live in `triggers.default.toml`, compiled in, so the file users read is the file the server
+//! runs on. Precedence: flag, environment, `--config FILE`, defaults. Out-of-range values stop
+//! the server at start-up with a message naming the key; nothing later re-checks them.
+//!
+//! `Config` hands each subsystem its own settings (`http::Limits`, `persist::BatchLimits`,
+//! `api::Settings`), so a setting travels in a straight line to the one module that uses it,
+//! and no module below knows this one. Imports `http`, `api`, `persist` and `ratelimit`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,160 +18,157 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::api::{self, AckMode};
+use crate::http;
+use crate::persist::BatchLimits;
+use crate::ratelimit::Tiers;
+
 pub const DEFAULTS_TOML: &str = include_str!("../triggers.default.toml");
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum AckMode {
-    /// 2xx only after the COMMIT that holds the event.
-    Durable,
-    /// 2xx once the event is in the core's ring; a crash loses queued events.
-    Enqueued,
+fn required<T>(v: Option<T>, key: &str) -> anyhow::Result<T> {
+    v.with_context(|| format!("config key `{key}` has no value"))
 }
 
-impl AckMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AckMode::Durable => "durable",
-            AckMode::Enqueued => "enqueued",
-        }
+fn range<T: PartialOrd + std::fmt::Display>(v: T, key: &str, lo: T, hi: T) -> anyhow::Result<T> {
+    if v < lo || v > hi {
+        bail!("config key `{key}` = {v} is out of range {lo}..={hi}");
     }
+    Ok(v)
 }
 
-/// One layer of settings: the command line with its environment variables, a config file, or
-/// the compiled-in defaults. Every field is optional so that layers can be stacked.
-#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
+macro_rules! value_type {
+    (required $t:ty) => { $t };
+    (optional $t:ty) => { Option<$t> };
+}
+
+macro_rules! value {
+    (required $v:expr, $key:expr) => {
+        required($v, $key)?
+    };
+    (optional $v:expr, $key:expr) => {
+        $v
+    };
+}
+
+/// Declares every key once: `Settings` (one layer: flags with their variables, or a file, or the
+/// defaults; every key optional so layers stack) and `Values` (every required key present and
+/// in range).
+macro_rules! keys {
+    ($(
+        $(#[$attr:meta])*
+        $key:ident: $ty:ty = $kind:ident, env $env:literal $(, range $lo:literal ..= $hi:literal)?;
+    )*) => {
+        /// One layer of settings: the command line with its environment variables, a config
+        /// file, or the compiled-in defaults.
+        #[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            $( $(#[$attr])* #[arg(long, env = $env)] pub $key: Option<$ty>, )*
+            /// Rate-limit tiers (config file only): name = events per minute, 0 = unlimited
+            #[arg(skip)]
+            pub tiers: Option<BTreeMap<String, u64>>,
+        }
+
+        impl Settings {
+            /// Stacks `self` over `lower`: a key set here wins.
+            fn over(self, lower: Settings) -> Settings {
+                Settings {
+                    $( $key: self.$key.or(lower.$key), )*
+                    tiers: self.tiers.or(lower.tiers),
+                }
+            }
+        }
+
+        /// Every key resolved and checked.
+        struct Values {
+            $( $key: value_type!($kind $ty), )*
+            tiers: BTreeMap<String, u64>,
+        }
+
+        impl Values {
+            fn check(s: Settings) -> anyhow::Result<Values> {
+                Ok(Values {
+                    $( $key: {
+                        let v = value!($kind s.$key, stringify!($key));
+                        $( let v = range(v, stringify!($key), $lo, $hi)?; )?
+                        v
+                    }, )*
+                    tiers: required(s.tiers, "tiers")?,
+                })
+            }
+        }
+    };
+}
+
+keys! {
     /// Address every core listens on [default 0.0.0.0:8090]
-    #[arg(long, env = "TRIGGERS_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    listen: SocketAddr = required, env "TRIGGERS_LISTEN";
     /// Serving cores, one pinned runtime each; 0 = all CPUs
-    #[arg(long, env = "TRIGGERS_CORES")]
-    pub cores: Option<usize>,
+    cores: usize = required, env "TRIGGERS_CORES", range 0..=1024;
     /// Persister threads committing batches with COPY
-    #[arg(long, env = "TRIGGERS_PERSISTERS")]
-    pub persisters: Option<usize>,
+    persisters: usize = required, env "TRIGGERS_PERSISTERS", range 1..=64;
     /// Threads running key look-ups and other queries off the cores
-    #[arg(long, env = "TRIGGERS_QUERY_THREADS")]
-    pub query_threads: Option<usize>,
+    query_threads: usize = required, env "TRIGGERS_QUERY_THREADS", range 1..=64;
     /// Data directory: embedded PostgreSQL cluster and lock file [default ./data]
-    #[arg(long, env = "TRIGGERS_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    data_dir: PathBuf = required, env "TRIGGERS_DATA_DIR";
     /// PostgreSQL URL; without it the server runs its own cluster in the data directory.
     /// DATABASE_URL is read too
-    #[arg(long, env = "TRIGGERS_DATABASE_URL")]
-    pub database_url: Option<String>,
+    database_url: String = optional, env "TRIGGERS_DATABASE_URL";
     /// durable: 2xx after COMMIT (default); enqueued: 2xx once queued, a crash loses the queue
-    #[arg(long, env = "TRIGGERS_ACK_MODE", value_enum)]
-    pub ack_mode: Option<AckMode>,
+    ack_mode: AckMode = required, env "TRIGGERS_ACK_MODE";
     /// Slots in each core's ring; a full ring answers 503
-    #[arg(long, env = "TRIGGERS_RING_SLOTS")]
-    pub ring_slots: Option<usize>,
+    ring_slots: usize = required, env "TRIGGERS_RING_SLOTS", range 16..=4194304;
     /// Rows that make a batch commit at once
-    #[arg(long, env = "TRIGGERS_BATCH_ROWS_MAX")]
-    pub batch_rows_max: Option<usize>,
+    batch_rows_max: usize = required, env "TRIGGERS_BATCH_ROWS_MAX", range 1..=100000;
     /// Payload bytes that make a batch commit at once
-    #[arg(long, env = "TRIGGERS_BATCH_BYTES_MAX")]
-    pub batch_bytes_max: Option<usize>,
+    batch_bytes_max: usize = required, env "TRIGGERS_BATCH_BYTES_MAX", range 65536..=1073741824;
     /// Longest a batch waits for more rows after its first, in microseconds
-    #[arg(long, env = "TRIGGERS_BATCH_LINGER_US")]
-    pub batch_linger_us: Option<u64>,
+    batch_linger_us: u64 = required, env "TRIGGERS_BATCH_LINGER_US", range 0..=1000000;
     /// Longest an event waits for its commit while PostgreSQL is unreachable, then 503
-    #[arg(long, env = "TRIGGERS_STORAGE_WAIT_MS")]
-    pub storage_wait_ms: Option<u64>,
+    storage_wait_ms: u64 = required, env "TRIGGERS_STORAGE_WAIT_MS", range 10..=600000;
     /// Open connections per core
-    #[arg(long, env = "TRIGGERS_CONNECTIONS_MAX")]
-    pub connections_max: Option<usize>,
+    connections_max: usize = required, env "TRIGGERS_CONNECTIONS_MAX", range 1..=1000000;
     /// Time allowed for a request head once its first byte arrived
-    #[arg(long, env = "TRIGGERS_HEADER_TIMEOUT_MS")]
-    pub header_timeout_ms: Option<u64>,
+    header_timeout_ms: u64 = required, env "TRIGGERS_HEADER_TIMEOUT_MS", range 10..=600000;
     /// Time allowed for a request body
-    #[arg(long, env = "TRIGGERS_BODY_TIMEOUT_MS")]
-    pub body_timeout_ms: Option<u64>,
+    body_timeout_ms: u64 = required, env "TRIGGERS_BODY_TIMEOUT_MS", range 10..=600000;
     /// Idle keep-alive connections close after this long
-    #[arg(long, env = "TRIGGERS_IDLE_TIMEOUT_MS")]
-    pub idle_timeout_ms: Option<u64>,
+    idle_timeout_ms: u64 = required, env "TRIGGERS_IDLE_TIMEOUT_MS", range 10..=3600000;
     /// Budget for a graceful shutdown
-    #[arg(long, env = "TRIGGERS_SHUTDOWN_TIMEOUT_MS")]
-    pub shutdown_timeout_ms: Option<u64>,
+    shutdown_timeout_ms: u64 = required, env "TRIGGERS_SHUTDOWN_TIMEOUT_MS", range 100..=600000;
     /// Accept webhook URLs on private, loopback and link-local addresses (for tests and
     /// private networks)
-    #[arg(long, env = "TRIGGERS_WEBHOOK_ALLOW_PRIVATE")]
-    pub webhook_allow_private: Option<bool>,
+    webhook_allow_private: bool = required, env "TRIGGERS_WEBHOOK_ALLOW_PRIVATE";
     /// Keys one client address may create per minute through self-serve generation
-    #[arg(long, env = "TRIGGERS_KEYGEN_PER_MINUTE")]
-    pub keygen_per_minute: Option<u64>,
+    keygen_per_minute: u64 = required, env "TRIGGERS_KEYGEN_PER_MINUTE", range 1..=1000000;
     /// When set, key generation and the stats routes require `Authorization: Bearer <token>`
-    #[arg(long, env = "TRIGGERS_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-    /// Rate-limit tiers (config file only): name = events per minute, 0 = unlimited
-    #[arg(skip)]
-    pub tiers: Option<BTreeMap<String, u64>>,
+    #[arg(hide_env_values = true)]
+    admin_token: String = optional, env "TRIGGERS_ADMIN_TOKEN";
 }
 
-impl Settings {
-    /// Stacks `self` over `lower`: a field set here wins.
-    fn over(self, lower: Settings) -> Settings {
-        Settings {
-            listen: self.listen.or(lower.listen),
-            cores: self.cores.or(lower.cores),
-            persisters: self.persisters.or(lower.persisters),
-            query_threads: self.query_threads.or(lower.query_threads),
-            data_dir: self.data_dir.or(lower.data_dir),
-            database_url: self.database_url.or(lower.database_url),
-            ack_mode: self.ack_mode.or(lower.ack_mode),
-            ring_slots: self.ring_slots.or(lower.ring_slots),
-            batch_rows_max: self.batch_rows_max.or(lower.batch_rows_max),
-            batch_bytes_max: self.batch_bytes_max.or(lower.batch_bytes_max),
-            batch_linger_us: self.batch_linger_us.or(lower.batch_linger_us),
-            storage_wait_ms: self.storage_wait_ms.or(lower.storage_wait_ms),
-            connections_max: self.connections_max.or(lower.connections_max),
-            header_timeout_ms: self.header_timeout_ms.or(lower.header_timeout_ms),
-            body_timeout_ms: self.body_timeout_ms.or(lower.body_timeout_ms),
-            idle_timeout_ms: self.idle_timeout_ms.or(lower.idle_timeout_ms),
-            shutdown_timeout_ms: self.shutdown_timeout_ms.or(lower.shutdown_timeout_ms),
-            webhook_allow_private: self.webhook_allow_private.or(lower.webhook_allow_private),
-            keygen_per_minute: self.keygen_per_minute.or(lower.keygen_per_minute),
-            admin_token: self.admin_token.or(lower.admin_token),
-            tiers: self.tiers.or(lower.tiers),
-        }
-    }
-}
-
-/// A rate-limit tier: events per minute; `None` is unlimited.
+/// Where the events are stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tier {
-    pub name: String,
-    pub per_minute: Option<u64>,
+pub enum Database {
+    /// A private cluster the server runs in this data directory.
+    Embedded { data_dir: PathBuf },
+    /// A PostgreSQL someone else runs.
+    Url(String),
 }
 
+/// The server's settings, each subsystem's in its own struct.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
     pub cores: usize,
     pub persisters: usize,
     pub query_threads: usize,
-    pub data_dir: PathBuf,
-    pub database_url: Option<String>,
-    pub ack_mode: AckMode,
+    pub database: Database,
     pub ring_slots: usize,
-    pub batch_rows_max: usize,
-    pub batch_bytes_max: usize,
-    pub batch_linger: Duration,
-    pub storage_wait: Duration,
-    pub connections_max: usize,
-    pub header_timeout: Duration,
-    pub body_timeout: Duration,
-    pub idle_timeout: Duration,
+    pub batch: BatchLimits,
+    pub http: http::Limits,
+    pub api: api::Settings,
     pub shutdown_timeout: Duration,
-    pub webhook_allow_private: bool,
-    pub keygen_per_minute: u64,
-    pub admin_token: Option<String>,
-    pub tiers: Vec<Tier>,
 }
-
-pub const DEFAULT_TIER: &str = "free";
 
 impl Config {
     /// Resolves the layers: `cli` (flags and environment), the optional file, the defaults.
@@ -186,100 +188,47 @@ impl Config {
         if s.database_url.is_none() {
             s.database_url = std::env::var("DATABASE_URL").ok();
         }
-        Config::validate(s)
+        Config::build(Values::check(s)?)
     }
 
-    fn validate(s: Settings) -> anyhow::Result<Config> {
-        fn need<T>(v: Option<T>, key: &str) -> anyhow::Result<T> {
-            v.with_context(|| format!("config key `{key}` has no value"))
-        }
-        fn range<T: PartialOrd + std::fmt::Display + Copy>(
-            v: T,
-            key: &str,
-            lo: T,
-            hi: T,
-        ) -> anyhow::Result<T> {
-            if v < lo || v > hi {
-                bail!("config key `{key}` = {v} is out of range {lo}..={hi}");
-            }
-            Ok(v)
-        }
+    /// Hands each checked value to the subsystem that uses it.
+    fn build(v: Values) -> anyhow::Result<Config> {
+        let ms = Duration::from_millis;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let cores = match range(need(s.cores, "cores")?, "cores", 0, 1024)? {
-            0 => cpus,
-            n => n,
-        };
-        let ms = |v: Option<u64>, key: &str, lo: u64, hi: u64| -> anyhow::Result<Duration> {
-            Ok(Duration::from_millis(range(need(v, key)?, key, lo, hi)?))
-        };
-        let tiers: Vec<Tier> = need(s.tiers, "tiers")?
-            .into_iter()
-            .map(|(name, per_minute)| Tier {
-                name,
-                per_minute: (per_minute > 0).then_some(per_minute),
-            })
-            .collect();
-        if !tiers.iter().any(|t| t.name == DEFAULT_TIER) {
-            bail!("config key `tiers` must define the default tier `{DEFAULT_TIER}`");
-        }
-        let database_url = s.database_url.filter(|u| !u.trim().is_empty());
         Ok(Config {
-            listen: need(s.listen, "listen")?,
-            cores,
-            persisters: range(need(s.persisters, "persisters")?, "persisters", 1, 64)?,
-            query_threads: range(
-                need(s.query_threads, "query_threads")?,
-                "query_threads",
-                1,
-                64,
-            )?,
-            data_dir: need(s.data_dir, "data_dir")?,
-            database_url,
-            ack_mode: need(s.ack_mode, "ack_mode")?,
-            ring_slots: range(need(s.ring_slots, "ring_slots")?, "ring_slots", 16, 1 << 22)?,
-            batch_rows_max: range(
-                need(s.batch_rows_max, "batch_rows_max")?,
-                "batch_rows_max",
-                1,
-                100_000,
-            )?,
-            batch_bytes_max: range(
-                need(s.batch_bytes_max, "batch_bytes_max")?,
-                "batch_bytes_max",
-                1 << 16,
-                1 << 30,
-            )?,
-            batch_linger: Duration::from_micros(range(
-                need(s.batch_linger_us, "batch_linger_us")?,
-                "batch_linger_us",
-                0,
-                1_000_000,
-            )?),
-            storage_wait: ms(s.storage_wait_ms, "storage_wait_ms", 10, 600_000)?,
-            connections_max: range(
-                need(s.connections_max, "connections_max")?,
-                "connections_max",
-                1,
-                1_000_000,
-            )?,
-            header_timeout: ms(s.header_timeout_ms, "header_timeout_ms", 10, 600_000)?,
-            body_timeout: ms(s.body_timeout_ms, "body_timeout_ms", 10, 600_000)?,
-            idle_timeout: ms(s.idle_timeout_ms, "idle_timeout_ms", 10, 3_600_000)?,
-            shutdown_timeout: ms(s.shutdown_timeout_ms, "shutdown_timeout_ms", 100, 600_000)?,
-            webhook_allow_private: need(s.webhook_allow_private, "webhook_allow_private")?,
-            keygen_per_minute: range(
-                need(s.keygen_per_minute, "keygen_per_minute")?,
-                "keygen_per_minute",
-                1,
-                1_000_000,
-            )?,
-            admin_token: s.admin_token.filter(|t| !t.is_empty()),
-            tiers,
+            listen: v.listen,
+            cores: if v.cores == 0 { cpus } else { v.cores },
+            persisters: v.persisters,
+            query_threads: v.query_threads,
+            database: match v.database_url.filter(|u| !u.trim().is_empty()) {
+                Some(url) => Database::Url(url),
+                None => Database::Embedded {
+                    data_dir: v.data_dir,
+                },
+            },
+            ring_slots: v.ring_slots,
+            batch: BatchLimits {
+                rows_max: v.batch_rows_max,
+                bytes_max: v.batch_bytes_max,
+                linger: Duration::from_micros(v.batch_linger_us),
+            },
+            http: http::Limits {
+                header_timeout: ms(v.header_timeout_ms),
+                body_timeout: ms(v.body_timeout_ms),
+                idle_timeout: ms(v.idle_timeout_ms),
+                connections_max: v.connections_max,
+            },
+            api: api::Settings {
+                ack_mode: v.ack_mode,
+                storage_wait: ms(v.storage_wait_ms),
+                tiers: Tiers::new(v.tiers)
+                    .map_err(|e| anyhow::anyhow!("config key `tiers` {e}"))?,
+                keygen_per_minute: v.keygen_per_minute,
+                admin_token: v.admin_token.filter(|t| !t.is_empty()),
+                webhook_allow_private: v.webhook_allow_private,
+            },
+            shutdown_timeout: ms(v.shutdown_timeout_ms),
         })
-    }
-
-    pub fn tier(&self, name: &str) -> Option<&Tier> {
-        self.tiers.iter().find(|t| t.name == name)
     }
 }
 
@@ -291,9 +240,10 @@ mod tests {
     fn compiled_in_defaults_are_complete_and_valid() {
         let c = Config::load(Settings::default(), None).unwrap();
         assert_eq!(c.listen.port(), 8090);
-        assert_eq!(c.ack_mode, AckMode::Durable);
-        assert_eq!(c.tier("free").unwrap().per_minute, Some(100));
-        assert_eq!(c.tier("unlimited").unwrap().per_minute, None);
+        assert_eq!(c.api.ack_mode, AckMode::Durable);
+        assert_eq!(c.api.tiers.get("free").unwrap().per_minute, Some(100));
+        assert_eq!(c.api.tiers.get("unlimited").unwrap().per_minute, None);
+        assert_eq!(c.batch.linger, Duration::from_micros(200));
     }
 
     #[test]

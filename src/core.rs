@@ -1,86 +1,37 @@
-//! core: one serving core: a pinned monoio runtime with its own `SO_REUSEPORT` listener.
+//! core: one serving core: a pinned monoio runtime with its own `SO_REUSEPORT` listener, its
+//! accept loop, and its two background tasks (completions from the persisters; the drain).
+//! Imports `http`, `api`, `queue` and `shutdown`.
 //!
-//! Everything a core's connections share lives in `Core` and is touched by that thread alone;
-//! what crosses threads (rings, mailboxes, stats, the key cache) lives in `Shared`. The core's
-//! event loop never blocks: database work goes to persisters and query threads.
+//! What the core's connections share lives in its `http::Server` (connections, drain state) and
+//! its `api::Context` (what handlers use), both touched by this thread alone. The event loop
+//! never blocks: database work goes to persisters and query threads.
 
-use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use monoio::io::{CancelHandle, Canceller};
 use monoio::net::TcpListener;
 
-use crate::http;
-use crate::queue::{Mail, Waiters};
-use crate::Shared;
+use crate::queue::{deliver_mail, Hub};
+use crate::shutdown::Stop;
+use crate::{api, http};
 
 /// Pause after a failed accept (say, out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// How often a draining core looks whether its connections are done.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
 
-pub struct Core {
-    pub id: usize,
-    pub shared: Arc<Shared>,
-    pub waiters: Waiters,
-    /// Cancels the accept and every idle read at once when shutdown begins.
-    canceller: RefCell<Canceller>,
-    pub draining: Cell<bool>,
-    pub connections: Cell<usize>,
-    /// `Date` header value, rebuilt once a second.
-    date: RefCell<(u64, String)>,
-    request_ids: Cell<u64>,
+/// What every core is built from.
+#[derive(Clone)]
+pub struct Parts {
+    pub http: http::Limits,
+    pub api: Arc<api::Shared>,
+    pub hub: Arc<Hub>,
+    pub stop: Arc<Stop>,
 }
 
-impl Core {
-    fn new(id: usize, shared: Arc<Shared>) -> Core {
-        // Request ids: core, then a per-run random tag, then a counter; unique within a run and
-        // unlikely to repeat across runs.
-        let mut tag = [0u8; 4];
-        let _ = getrandom::fill(&mut tag);
-        Core {
-            id,
-            shared,
-            waiters: Waiters::default(),
-            canceller: RefCell::new(Canceller::new()),
-            draining: Cell::new(false),
-            connections: Cell::new(0),
-            date: RefCell::new((0, String::new())),
-            request_ids: Cell::new((u32::from_be_bytes(tag) as u64) << 24),
-        }
-    }
-
-    pub fn cancel_handle(&self) -> CancelHandle {
-        self.canceller.borrow().handle()
-    }
-
-    /// The current `Date` header value.
-    pub fn date(&self) -> std::cell::Ref<'_, str> {
-        let now = SystemTime::now();
-        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if self.date.borrow().0 != secs {
-            *self.date.borrow_mut() = (secs, httpdate::fmt_http_date(now));
-        }
-        std::cell::Ref::map(self.date.borrow(), |(_, s)| s.as_str())
-    }
-
-    pub fn next_request_id(&self) -> String {
-        let n = self.request_ids.get().wrapping_add(1);
-        self.request_ids.set(n);
-        format!("{:02x}{:014x}", self.id, n & 0x00ff_ffff_ffff_ffff)
-    }
-
-    fn begin_drain(&self) {
-        self.draining.set(true);
-        let old = self.canceller.replace(Canceller::new());
-        drop(old.cancel());
-    }
-}
-
-/// Runs core `id` on the calling thread until shutdown has drained its connections.
-pub fn run(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener) -> anyhow::Result<()> {
+/// Runs core `id` on the calling thread until the drain has finished its connections.
+pub fn run(id: usize, parts: Parts, listener: std::net::TcpListener) -> anyhow::Result<()> {
     if let Some(cpu) =
         core_affinity::get_core_ids().and_then(|ids| ids.get(id % ids.len()).copied())
     {
@@ -101,19 +52,31 @@ pub fn run(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener) -> a
         .build()?;
     rt.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
-        let core = Rc::new(Core::new(id, shared));
-        monoio::spawn(mail_loop(core.clone()));
-        accept_loop(&core, &listener).await;
-        tracing::debug!(core = id, "accept loop ended");
+        let server = Rc::new(http::Server::new(id, parts.http));
+        let api = Rc::new(api::Context::new(id, &parts.api));
+        {
+            let (hub, api) = (parts.hub.clone(), api.clone());
+            monoio::spawn(async move { deliver_mail(&hub.mailboxes[id], api.waiters()).await });
+        }
+        let drain_by = {
+            let (stop, server) = (parts.stop.clone(), server.clone());
+            monoio::spawn(async move {
+                let by = stop.drained(id).await;
+                tracing::debug!(core = id, "drain begins");
+                server.begin_drain();
+                by
+            })
+        };
+        accept_loop(&server, &api, &listener).await;
         drop(listener);
-        let deadline = Instant::now() + core.shared.config.shutdown_timeout;
-        while core.connections.get() > 0 && Instant::now() < deadline {
+        let deadline: Instant = drain_by.await;
+        while server.open_connections() > 0 && Instant::now() < deadline {
             monoio::time::sleep(DRAIN_POLL).await;
         }
-        if core.connections.get() > 0 {
+        if server.open_connections() > 0 {
             tracing::warn!(
                 core = id,
-                open = core.connections.get(),
+                open = server.open_connections(),
                 "shutdown budget spent with connections still open"
             );
         }
@@ -121,42 +84,25 @@ pub fn run(id: usize, shared: Arc<Shared>, listener: std::net::TcpListener) -> a
     })
 }
 
-async fn accept_loop(core: &Rc<Core>, listener: &TcpListener) {
+/// Accepts until the drain begins; each connection runs as its own task.
+async fn accept_loop(server: &Rc<http::Server>, api: &Rc<api::Context>, listener: &TcpListener) {
     loop {
-        let accepted = listener.cancelable_accept(core.cancel_handle()).await;
-        if core.draining.get() {
+        let accepted = listener.cancelable_accept(server.cancel_handle()).await;
+        if server.is_draining() {
             return;
         }
         match accepted {
             Ok((stream, peer)) => {
-                let ip = peer.ip().to_canonical();
-                if core.connections.get() >= core.shared.config.connections_max {
-                    monoio::spawn(http::conn::refuse(core.clone(), stream, ip));
+                let (server, api, ip) = (server.clone(), api.clone(), peer.ip().to_canonical());
+                if server.at_capacity() {
+                    monoio::spawn(http::conn::refuse(server, api, stream, ip));
                 } else {
-                    monoio::spawn(http::conn::serve(core.clone(), stream, ip));
+                    monoio::spawn(http::conn::serve(server, api, stream, ip));
                 }
             }
             Err(e) => {
-                tracing::warn!(core = core.id, error = %e, "accept failed");
+                tracing::warn!(error = %e, "accept failed");
                 monoio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-            }
-        }
-    }
-}
-
-/// Delivers completions from persisters to waiting requests, and starts the drain on shutdown.
-async fn mail_loop(core: Rc<Core>) {
-    let mailbox = &core.shared.hub.mailboxes[core.id];
-    loop {
-        match mailbox.next(core.draining.get()).await {
-            Mail::Completions(batch) => {
-                for c in batch {
-                    core.waiters.complete(c);
-                }
-            }
-            Mail::Shutdown => {
-                tracing::debug!(core = core.id, "drain begins");
-                core.begin_drain()
             }
         }
     }

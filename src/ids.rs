@@ -1,8 +1,10 @@
-//! ids: newtype identifiers, parsed and validated at the boundary so no raw strings cross modules.
+//! ids: newtype identifiers, parsed and validated at the boundary so no raw strings or bare
+//! UUIDs cross modules. Imports nothing of the crate.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// An organization (tenant). Every data-access function takes one first.
@@ -12,6 +14,11 @@ pub struct OrgId(pub Uuid);
 /// An event: a UUIDv7, so ids sort by creation time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventId(pub Uuid);
+
+/// SHA-256 of a whole API key: what the database stores and the key cache is keyed by. The
+/// plaintext key never leaves the request that carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyHash(pub [u8; 32]);
 
 impl OrgId {
     pub fn new() -> OrgId {
@@ -28,6 +35,12 @@ impl Default for OrgId {
 impl EventId {
     pub fn new_v7() -> EventId {
         EventId(Uuid::now_v7())
+    }
+}
+
+impl KeyHash {
+    pub fn of(key: &[u8]) -> KeyHash {
+        KeyHash(Sha256::digest(key).into())
     }
 }
 

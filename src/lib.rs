@@ -1,49 +1,57 @@
 //! Triggers: a thread-per-core event-ingestion server on io_uring that answers 2xx only after
 //! PostgreSQL has committed the event.
 //!
-//! How a request flows: a core (`core`) accepts on its own `SO_REUSEPORT` listener and runs the
-//! connection (`http::conn`): framing with limits (`http::request`), routing (`api`), key check
-//! against the shared cache (`auth`, misses go to the query threads in `db`), validation
-//! (`api::events`), then a push onto the core's bounded ring (`queue`). Persister threads
-//! (`persist`) drain every ring into batches, COPY each batch into PostgreSQL in one transaction,
-//! and send one completion message per batch back to each core, whose mail task wakes the
-//! waiting requests: 202 or 409. Latency and counters are recorded per core and per persister
-//! (`stats`) and merged when read. With no database URL the server runs its own cluster (`pg`).
+//! How a request flows: a core (`core`) accepts on its own `SO_REUSEPORT` listener and hands
+//! the connection to its `http::Server`, which frames requests with limits and calls the
+//! core's `api::Context`, an `http::Handler`. The API routes the request, checks its key
+//! (`auth`: the shared cache, misses on the query threads of `db`), validates the event, and
+//! pushes it onto the core's bounded ring (`queue`). Persister threads (`persist`) drain every
+//! ring into batches and store each in one transaction (`db::events`), then send one
+//! completion message per batch back to each core, whose mail task wakes the waiting requests:
+//! 202 or 409. Latency and counters are recorded per core and per persister (`stats`) and
+//! merged when read. With no database URL the server runs its own PostgreSQL (`cluster`).
 //!
-//! Module map:
-//! - `server`: start-up and shutdown order: cluster, migrations, persisters, cores, signals.
-//! - `config`: the one `Config`, from flags, `TRIGGERS_*` variables, a file and the defaults.
-//! - `core`, `http`, `api`: serving. `queue`, `persist`: the write path. `db`, `pg`: PostgreSQL.
-//! - `auth`, `ids`, `stats`: keys, identifiers, measurements.
+//! The modules stand on floors; each imports only from floors below its own (a test reads the
+//! imports and holds the code to this table):
+//!
+//! | floor | modules | what they are |
+//! |---|---|---|
+//! | 7 | `server` | start-up and shutdown order |
+//! | 6 | `config` | flags, environment, file, defaults → each subsystem's settings |
+//! | 5 | `core` | one pinned runtime per core: accept loop, mail and drain tasks |
+//! | 4 | `api`, `persist` | the routes; the only writer of events |
+//! | 3 | `auth`, `queue` | keys and the key cache; rings, doorbell, mailboxes, waiters |
+//! | 2 | `db` | connections, migrations, query threads, every SQL statement |
+//! | 1 | `http`, `cluster`, `ratelimit`, `shutdown`, `stats` | HTTP/1.1 for any handler; the embedded PostgreSQL; token buckets; the stop signal; histograms |
+//! | 0 | `ids` | identifiers |
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod db;
 pub mod http;
 pub mod ids;
 pub mod persist;
-pub mod pg;
 pub mod queue;
 pub mod ratelimit;
 pub mod server;
+pub mod shutdown;
 pub mod stats;
 
-use std::sync::Arc;
-use std::time::Instant;
+/// The floors of the table above, lowest first; `main.rs` stands above them all.
+#[cfg(test)]
+const FLOORS: &[&[&str]] = &[
+    &["ids"],
+    &["http", "cluster", "ratelimit", "shutdown", "stats"],
+    &["db"],
+    &["auth", "queue"],
+    &["api", "persist"],
+    &["core"],
+    &["config"],
+    &["server"],
+];
 
-/// What every core and thread shares. Built once at start-up.
-pub struct Shared {
-    pub config: config::Config,
-    pub hub: Arc<queue::Hub>,
-    pub stats: Arc<stats::Stats>,
-    pub keys: Arc<auth::KeyCache>,
-    /// Ingest tokens per organization, by tier.
-    pub org_limits: ratelimit::Limiter<ids::OrgId>,
-    /// Self-serve key generation per client address.
-    pub keygen_limits: ratelimit::Limiter<std::net::IpAddr>,
-    pub queries: db::QueryPool,
-    pub persist: Arc<persist::PersistShared>,
-    pub started: Instant,
-}
+#[cfg(test)]
+mod floors;

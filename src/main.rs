@@ -1,4 +1,5 @@
-//! The `triggers` binary: parse the command line, set up logging, run the server.
+//! The `triggers` binary: parse the command line, set up logging, run the server. Stands above
+//! every module of the library.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

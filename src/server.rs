@@ -1,28 +1,34 @@
-//! server: start-up and shutdown, in order.
+//! server: start-up and shutdown, in order. The top floor: the only module that sees every
+//! other.
 //!
-//! Start: database (embedded cluster or URL) → migrations → persisters and query threads →
-//! one listener per core → cores → wait for SIGTERM/SIGINT. Shutdown runs the same path
-//! backwards: cores stop accepting and finish their in-flight requests, persisters drain every
-//! ring and commit, the embedded cluster stops. Each step is bounded and the total is logged.
+//! Start: database (embedded cluster or URL) → migrations → persisters, query threads and the
+//! key listener → one listener per core → cores → wait for SIGTERM/SIGINT or a failed core.
+//! `Running::stop` is the whole shutdown, the same path backwards, each step bounded by the
+//! `shutdown::Stop` budget: cores drain, then persisters commit what the rings hold, then the
+//! query threads and the key listener end, then the embedded cluster stops.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::Config;
-use crate::persist::{BatchLimits, PersistShared, Persister};
-use crate::queue::Hub;
+use crate::auth::{self, KeyCache};
+use crate::cluster::{self, Cluster};
+use crate::config::{Config, Database};
+use crate::db::{self, QueryPool, QueryThreads};
+use crate::persist::{self, Persister};
+use crate::queue::{Hub, RING_BYTES_MAX};
+use crate::shutdown::Stop;
 use crate::stats::Stats;
-use crate::{auth, core, db, pg, Shared};
+use crate::{api, core};
 
 /// Pending connections the kernel queues per core (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 4096;
 
-enum Stop {
+enum Stopped {
     Signal(i32),
     CoreFailed(usize, String),
 }
@@ -76,71 +82,87 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     Ok(file)
 }
 
+/// The database the server stores into: the embedded cluster (started, with the data
+/// directory locked) or a URL.
+struct Storage {
+    db: postgres::Config,
+    cluster: Option<Cluster>,
+    _lock: Option<std::fs::File>,
+}
+
+fn storage(database: &Database) -> anyhow::Result<Storage> {
+    match database {
+        Database::Url(url) => Ok(Storage {
+            db: url.parse().context("parsing the database URL")?,
+            cluster: None,
+            _lock: None,
+        }),
+        Database::Embedded { data_dir } => {
+            let lock = lock_data_dir(data_dir)?;
+            let mut cluster = Cluster::new(data_dir)?;
+            cluster.start(false)?;
+            if let Some(warning) = cluster::writeback_warning() {
+                tracing::warn!("{warning}");
+            }
+            Ok(Storage {
+                db: cluster.client_config(),
+                cluster: Some(cluster),
+                _lock: Some(lock),
+            })
+        }
+    }
+}
+
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     // First, so that a port in use fails before any cluster starts. Connections that arrive
     // during start-up wait in the backlog.
     let listeners = bind(config.listen, config.cores)?;
-    let mut _lock = None;
-    let mut cluster = None;
-    let db_config: postgres::Config = match &config.database_url {
-        Some(url) => url.parse().context("parsing the database URL")?,
-        None => {
-            _lock = Some(lock_data_dir(&config.data_dir)?);
-            let mut c = pg::Cluster::new(&config.data_dir)?;
-            c.start(false)?;
-            if let Some(warning) = pg::writeback_warning() {
-                tracing::warn!("{warning}");
-            }
-            let db = c.client_config();
-            cluster = Some(c);
-            db
-        }
-    };
-    db::migrate(&db_config)?;
+    let storage = storage(&config.database)?;
+    db::migrate(&storage.db)?;
 
     let cores = config.cores;
-    let hub = Arc::new(Hub::new(cores, config.ring_slots, config.persisters));
-    let stats = Arc::new(Stats::new(cores, config.persisters));
-    let persist = Arc::new(PersistShared {
+    let hub = Arc::new(Hub::new(
+        cores,
+        config.ring_slots,
+        RING_BYTES_MAX,
+        config.persisters,
+    ));
+    let stats = Arc::new(Stats::new(cores, config.persisters, started));
+    let stop = Arc::new(Stop::new(cores, config.shutdown_timeout));
+    let persist = Arc::new(persist::Shared {
         hub: hub.clone(),
-        limits: BatchLimits {
-            rows_max: config.batch_rows_max,
-            bytes_max: config.batch_bytes_max,
-            linger: config.batch_linger,
-        },
-        db: db_config.clone(),
-        stop: OnceLock::new(),
-        connected: AtomicUsize::new(0),
-        running: AtomicUsize::new(0),
+        limits: config.batch.clone(),
+        db: storage.db.clone(),
+        stop: stop.clone(),
+        stats: stats.clone(),
     });
-    let persisters: Vec<_> = (0..config.persisters)
-        .map(|i| Persister::spawn(i, persist.clone(), stats.clone()))
+    let persisters = (0..config.persisters)
+        .map(|i| Persister::spawn(i, persist.clone()))
         .collect();
-    let (queries, query_threads) = db::QueryPool::spawn(config.query_threads, &db_config);
-    let keys = Arc::new(auth::KeyCache::default());
-    let listener_stop = Arc::new(AtomicBool::new(false));
+    let (queries, query_threads) = QueryPool::spawn(config.query_threads, &storage.db);
+    let keys = Arc::new(KeyCache::default());
     let key_listener =
-        auth::spawn_rotation_listener(db_config.clone(), keys.clone(), listener_stop.clone());
-    let addr = listeners[0].local_addr()?;
-    let shared = Arc::new(Shared {
-        config: config.clone(),
+        auth::spawn_rotation_listener(storage.db.clone(), keys.clone(), stop.clone());
+    let parts = core::Parts {
+        http: config.http.clone(),
+        api: Arc::new(api::Shared::new(
+            config.api.clone(),
+            hub.clone(),
+            queries,
+            keys,
+            stats,
+        )),
         hub: hub.clone(),
-        stats,
-        keys,
-        org_limits: Default::default(),
-        keygen_limits: Default::default(),
-        queries,
-        persist: persist.clone(),
-        started,
-    });
+        stop: stop.clone(),
+    };
 
-    let (stop_tx, stop_rx) = mpsc::channel::<Stop>();
+    let (stopped_tx, stopped_rx) = mpsc::channel::<Stopped>();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])?;
-    let signal_tx = stop_tx.clone();
+    let signal_tx = stopped_tx.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -154,74 +176,105 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                     );
                     std::process::exit(130);
                 }
-                let _ = signal_tx.send(Stop::Signal(sig));
+                let _ = signal_tx.send(Stopped::Signal(sig));
             }
         })?;
 
-    let core_threads: Vec<_> = listeners
+    let addr = listeners[0].local_addr()?;
+    let core_threads = listeners
         .into_iter()
         .enumerate()
         .map(|(id, listener)| {
-            let shared = shared.clone();
-            let tx = stop_tx.clone();
+            let parts = parts.clone();
+            let tx = stopped_tx.clone();
             std::thread::Builder::new()
                 .name(format!("core-{id}"))
                 .spawn(move || {
-                    if let Err(e) = core::run(id, shared, listener) {
-                        let _ = tx.send(Stop::CoreFailed(id, format!("{e:#}")));
+                    if let Err(e) = core::run(id, parts, listener) {
+                        let _ = tx.send(Stopped::CoreFailed(id, format!("{e:#}")));
                     }
                 })
                 .expect("spawning a core thread")
         })
         .collect();
+    drop(parts);
     tracing::info!(
         %addr,
         cores,
         persisters = config.persisters,
-        ack_mode = config.ack_mode.as_str(),
-        database = if cluster.is_some() { "embedded" } else { "url" },
+        ack_mode = config.api.ack_mode.as_str(),
+        database = if storage.cluster.is_some() { "embedded" } else { "url" },
         startup_ms = started.elapsed().as_millis() as u64,
         "listening"
     );
 
-    let mut failed = None;
-    match stop_rx.recv() {
-        Ok(Stop::Signal(sig)) => tracing::info!(signal = sig, "shutting down"),
-        Ok(Stop::CoreFailed(id, e)) => {
-            tracing::error!(core = id, error = %e, "a core failed; shutting down");
-            failed = Some(e);
+    let failed = match stopped_rx.recv() {
+        Ok(Stopped::Signal(sig)) => {
+            tracing::info!(signal = sig, "shutting down");
+            None
         }
-        Err(_) => {}
+        Ok(Stopped::CoreFailed(id, e)) => {
+            tracing::error!(core = id, error = %e, "a core failed; shutting down");
+            Some(e)
+        }
+        Err(_) => None,
+    };
+    Running {
+        stop,
+        hub,
+        core_threads,
+        persisters,
+        query_threads,
+        key_listener,
+        storage,
     }
-    let stopping = Instant::now();
-    for mailbox in &hub.mailboxes {
-        mailbox.shutdown();
-    }
-    for t in core_threads {
-        let _ = t.join();
-    }
-    let cores_done = stopping.elapsed();
-    let _ = persist.stop.set(Instant::now() + config.shutdown_timeout);
-    hub.doorbell.ring_all();
-    for t in persisters {
-        let _ = t.join();
-    }
-    let left = hub.queued();
-    drop(shared);
-    query_threads.join();
-    listener_stop.store(true, Ordering::Release);
-    let _ = key_listener.join();
-    if let Some(mut c) = cluster {
-        c.stop();
-    }
-    tracing::info!(
-        cores_ms = cores_done.as_millis() as u64,
-        total_ms = stopping.elapsed().as_millis() as u64,
-        left_in_rings = left,
-        "shutdown complete"
-    );
+    .stop();
     match failed {
         Some(e) => anyhow::bail!("core failed: {e}"),
         None => Ok(()),
+    }
+}
+
+/// Everything that runs, in the order it stops.
+struct Running {
+    stop: Arc<Stop>,
+    hub: Arc<Hub>,
+    core_threads: Vec<JoinHandle<()>>,
+    persisters: Vec<JoinHandle<()>>,
+    query_threads: QueryThreads,
+    key_listener: JoinHandle<()>,
+    storage: Storage,
+}
+
+impl Running {
+    /// The graceful shutdown, whole: each step waits for the one before.
+    fn stop(self) {
+        let stopping = Instant::now();
+        // 1. Cores stop accepting and finish their in-flight requests: nothing pushes after.
+        self.stop.drain();
+        for t in self.core_threads {
+            let _ = t.join();
+        }
+        let cores_done = stopping.elapsed();
+        // 2. Persisters commit whatever the rings hold, then exit; the key listener ends.
+        self.stop.finish();
+        self.hub.doorbell.ring_all();
+        for t in self.persisters {
+            let _ = t.join();
+        }
+        let left = self.hub.queued();
+        // 3. Nothing asks the query threads any more.
+        self.query_threads.join();
+        let _ = self.key_listener.join();
+        // 4. Last, the database the others wrote to.
+        if let Some(mut cluster) = self.storage.cluster {
+            cluster.stop();
+        }
+        tracing::info!(
+            cores_ms = cores_done.as_millis() as u64,
+            total_ms = stopping.elapsed().as_millis() as u64,
+            left_in_rings = left,
+            "shutdown complete"
+        );
     }
 }

@@ -11,6 +11,8 @@ use tokio::net::TcpStream;
 
 /// Longest wait for one response before the request counts as failed.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Room made in the read buffer before each read.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
 
 pub struct Response {
     pub status: u16,
@@ -131,13 +133,27 @@ impl Conn {
         }
     }
 
+    /// Reads more of the response into `buf` itself: a buffer on the stack would sit in every
+    /// connection's future.
     async fn fill(&mut self) -> anyhow::Result<()> {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut chunk).await?;
+        self.buf.reserve(READ_CHUNK_BYTES);
+        let n = self.stream.read_buf(&mut self.buf).await?;
         if n == 0 {
             bail!("connection closed by the server");
         }
-        self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_host_and_port() {
+        let t = Target::parse("http://127.0.0.1:8090/").unwrap();
+        assert_eq!(t.addr.port(), 8090);
+        assert_eq!(t.name, "http://127.0.0.1:8090");
+        assert!(Target::parse("https://example.com").is_err());
     }
 }

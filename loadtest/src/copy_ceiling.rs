@@ -9,10 +9,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::NoTls;
-use triggers::persist::copy::{RawJsonb, COLUMNS, COLUMN_NAMES};
-use uuid::Uuid;
+use triggers::db::events::{column_definitions, copy_rows, EventRow, JsonText};
+use triggers::ids::{EventId, OrgId};
 
 const TABLE: &str = "loadtest_copy_ceiling";
 
@@ -37,45 +36,43 @@ pub fn run(
     let mut admin = postgres::Client::connect(url, NoTls)?;
     let create = match shape {
         Shape::Bare => format!(
-            "CREATE TABLE {TABLE} (org_id uuid NOT NULL, id uuid NOT NULL, type text NOT NULL,
-                 payload jsonb NOT NULL, dedup_id text, created_at timestamptz NOT NULL,
-                 PRIMARY KEY (org_id, id))"
+            "CREATE TABLE {TABLE} ({}, PRIMARY KEY (org_id, id))",
+            column_definitions()
         ),
         Shape::Events => format!("CREATE TABLE {TABLE} (LIKE events INCLUDING ALL)"),
     };
     admin.batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}; {create}"))?;
-    let copy = format!(
-        "COPY {TABLE} ({}) FROM STDIN (FORMAT binary)",
-        COLUMN_NAMES.join(", ")
-    );
     let end = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let workers: Vec<_> = (0..connections)
         .map(|w| {
             let url = url.to_string();
-            let copy = copy.clone();
             std::thread::spawn(move || -> anyhow::Result<u64> {
                 let mut client = postgres::Client::connect(&url, NoTls)?;
-                let orgs: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
+                let orgs: Vec<OrgId> = (0..100).map(|_| OrgId::new()).collect();
                 let mut rows = 0u64;
                 while Instant::now() < end {
+                    // Built before the COPY starts, as the server's batches are.
+                    let batch_rows: Vec<EventRow> = (0..batch as u64)
+                        .map(|k| EventRow {
+                            org: orgs[(k % 100) as usize],
+                            id: EventId::new_v7(),
+                            created_at: SystemTime::now(),
+                            kind: "order.created".into(),
+                            dedup_id: None,
+                            payload: JsonText(
+                                crate::scenario::payload(
+                                    rows + k + w as u64 * 1_000_000_000,
+                                    payload_bytes,
+                                )
+                                .into_bytes()
+                                .into(),
+                            ),
+                        })
+                        .collect();
                     // A COPY outside a transaction block commits on its own: two round
                     // trips, as the server's dedup-free batches take.
-                    let sink = client.copy_in(&copy)?;
-                    let mut writer = BinaryCopyInWriter::new(sink, &COLUMNS);
-                    for k in 0..batch as u64 {
-                        let payload =
-                            crate::payload(rows + k + w as u64 * 1_000_000_000, payload_bytes);
-                        writer.write(&[
-                            &orgs[(k % 100) as usize],
-                            &Uuid::now_v7(),
-                            &"order.created",
-                            &RawJsonb(payload.as_bytes()),
-                            &None::<&str>,
-                            &SystemTime::now(),
-                        ])?;
-                    }
-                    rows += writer.finish()?;
+                    rows += copy_rows(&mut client, TABLE, &batch_rows)?;
                 }
                 Ok(rows)
             })

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::Outcome;
+use crate::run::Outcome;
 
 const QUANTILES: [(f64, &str); 6] = [
     (0.5, "p50"),

@@ -1,103 +1,18 @@
-//! The load generator against the real server: a short open-loop run of each scenario over real
-//! sockets, with `--verify` reading every acknowledged event back, and the files `--out` writes.
-//! Rates are tiny: this checks that the instrument measures what it claims, not how fast
-//! anything is.
+//! The load generator against the real server (started by `testkit`, the harness the server's
+//! own tests use): a short open-loop run of each scenario over real sockets, with `--verify`
+//! reading every acknowledged event back, and the files `--out` writes. Rates are tiny: this
+//! checks that the instrument measures what it claims, not how fast anything is.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output};
 
 use serde_json::Value;
+use testkit::Server;
 
-/// The server binary from the same build, built here when `cargo test -p loadtest` alone did
-/// not build it.
-fn server_binary() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_loadtest")).parent().unwrap();
-    let bin = dir.join("triggers");
-    if !bin.exists() {
-        let profile = if dir.ends_with("release") {
-            vec!["--release"]
-        } else {
-            vec![]
-        };
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "triggers", "--bin", "triggers"])
-            .args(profile)
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building the server failed");
-    }
-    bin
-}
-
-/// The server on its embedded PostgreSQL in a temporary directory, stopped with SIGTERM when
-/// dropped so that its cluster stops too.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::Builder::new()
-            .prefix("trg-loadtest-")
-            .tempdir()
-            .unwrap();
-        let mut child = Command::new(server_binary())
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--cores", "1"])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("TRIGGERS_LOG", "info")
-            .env_remove("DATABASE_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning the server");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(a) = line.split("listening addr=").nth(1) {
-                    let a = a.split_whitespace().next().unwrap_or("");
-                    let _ = tx.send(a.parse::<SocketAddr>().unwrap());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("the server started listening");
-        Server {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-    }
+/// A one-core server on the test run's shared cluster: rates here are tiny, and each
+/// scenario's organizations keep the runs apart.
+fn server() -> Server {
+    Server::start(&["--cores", "1"])
 }
 
 fn loadtest(args: &[&str]) -> Output {
@@ -130,7 +45,7 @@ fn status_count(run: &Value, status: &str) -> u64 {
 
 #[test]
 fn every_scenario_runs_and_every_acknowledged_event_is_read_back() {
-    let server = Server::start();
+    let server = server();
     let url = server.url();
     for (scenario, extra) in [
         ("ingest", vec![]),
@@ -194,8 +109,7 @@ fn every_scenario_runs_and_every_acknowledged_event_is_read_back() {
 
 #[test]
 fn a_comparison_of_two_targets_writes_one_plot_with_a_line_each() {
-    let a = Server::start();
-    let b = Server::start();
+    let (a, b) = (server(), server());
     let out = tempfile::tempdir().unwrap();
     let (a_url, b_url) = (a.url(), b.url());
     let stdout = loadtest(&[
@@ -237,7 +151,7 @@ fn a_comparison_of_two_targets_writes_one_plot_with_a_line_each() {
 
 #[test]
 fn a_sweep_reports_the_highest_rate_that_held() {
-    let server = Server::start();
+    let server = server();
     let out = loadtest(&[
         "sweep",
         "--url",

@@ -3,61 +3,42 @@
 //! malformed and other organizations' ids are the same 404 / `not_found`: nothing tells them
 //! apart.
 
-use std::rc::Rc;
-use std::time::SystemTime;
+use std::collections::HashSet;
 
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{authenticate, parse_body, ApiError, Request};
-use crate::core::Core;
-use crate::http::response::Response;
-use crate::ids::rfc3339;
+use super::context::Context;
+use super::error::{parse_body, ApiError};
+use crate::db::events;
+use crate::http::{Request, Response};
+use crate::ids::{rfc3339, EventId};
 
 const IDS_MAX: usize = 1000;
 
-/// Marks the caller's events delivered (once: later acks keep the first time) and returns the
-/// ids found with their delivery time. One statement: rows already delivered are read, not
-/// rewritten.
-fn acknowledge(
-    client: &mut postgres::Client,
-    org: Uuid,
-    ids: &[Uuid],
-) -> Result<Vec<(Uuid, SystemTime)>, postgres::Error> {
-    let rows = client.query(
-        "WITH marked AS (
-             UPDATE events SET status = 'delivered', delivered_at = now()
-             WHERE org_id = $1 AND id = ANY($2) AND status <> 'delivered'
-             RETURNING id, delivered_at
-         )
-         SELECT id, delivered_at FROM marked
-         UNION ALL
-         SELECT id, delivered_at FROM events
-         WHERE org_id = $1 AND id = ANY($2) AND status = 'delivered'",
-        &[&org, &ids],
-    )?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+/// An event id as a client wrote it; anything that is not a UUID cannot name an event.
+fn event_id(text: &str) -> Option<EventId> {
+    Uuid::parse_str(text).ok().map(EventId)
 }
 
-pub async fn one(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
-    let org = authenticate(core, req).await?;
+pub async fn one(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
+    let org = ctx.authenticate(req).await?;
     let id = req
         .path
         .strip_prefix("/api/ack/")
-        .and_then(|s| Uuid::parse_str(s).ok())
+        .and_then(event_id)
         .ok_or(ApiError::EventNotFound)?;
-    let org_id = org.id.0;
-    let found = core
-        .shared
+    let org_id = org.id;
+    let found = ctx
         .queries
-        .run("ack", move |c| acknowledge(c, org_id, &[id]))
+        .run("ack", move |c| events::acknowledge(c, org_id, &[id]))
         .await?;
     let (_, at) = found.first().ok_or(ApiError::EventNotFound)?;
     Ok(Response::json_value(
         200,
         &json!({
-            "id": id.hyphenated().to_string(),
+            "id": id.to_string(),
             "status": "delivered",
             "delivered_at": rfc3339(*at).to_string(),
         }),
@@ -69,8 +50,8 @@ struct AckIn {
     event_ids: Option<Vec<serde_json::Value>>,
 }
 
-pub async fn many(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
-    let org = authenticate(core, req).await?;
+pub async fn many(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
+    let org = ctx.authenticate(req).await?;
     let input: AckIn = parse_body(req.body, |why| {
         ApiError::InvalidRequest(format!("expected {{\"event_ids\": [id, ...]}}: {why}"))
     })?;
@@ -80,22 +61,18 @@ pub async fn many(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiErr
         .ok_or_else(|| {
             ApiError::InvalidRequest(format!("`event_ids` must hold 1 to {IDS_MAX} ids"))
         })?;
-    // Anything that is not a UUID string cannot name an event: it is simply not found.
-    let ids: Vec<Uuid> = requested
-        .iter()
-        .filter_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok()))
-        .collect();
-    let org_id = org.id.0;
-    let found = core
-        .shared
+    let parse = |v: &serde_json::Value| v.as_str().and_then(event_id);
+    let ids: Vec<EventId> = requested.iter().filter_map(parse).collect();
+    let org_id = org.id;
+    let found = ctx
         .queries
-        .run("ack batch", move |c| acknowledge(c, org_id, &ids))
+        .run("ack batch", move |c| events::acknowledge(c, org_id, &ids))
         .await?;
-    let found: std::collections::HashSet<Uuid> = found.into_iter().map(|(id, _)| id).collect();
+    let found: HashSet<EventId> = found.into_iter().map(|(id, _)| id).collect();
     let mut acknowledged = 0;
     let mut not_found = Vec::new();
     for v in requested {
-        match v.as_str().and_then(|s| Uuid::parse_str(s).ok()) {
+        match parse(&v) {
             Some(id) if found.contains(&id) => acknowledged += 1,
             _ => not_found.push(v),
         }

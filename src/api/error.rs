@@ -1,11 +1,13 @@
-//! api::error: every way a request can fail, mapped 1:1 to an HTTP status and a stable `code`.
-//! Database failures are logged where they happen and leave as 503 `storage_unavailable`,
-//! which leaks nothing.
+//! api::error: every way a request can fail, mapped 1:1 to an HTTP status and a stable `code`,
+//! and the one JSON shape every error body has: `{"error": "...", "code": "..."}`. Database
+//! failures are logged where they happen and leave as 503 `storage_unavailable`, which leaks
+//! nothing.
 
+use serde::Deserialize;
 use serde_json::json;
 
-use crate::http::request::FrameError;
-use crate::http::response::Response;
+use crate::db::QueryError;
+use crate::http::{Refusal, Response};
 use crate::ids::EventId;
 
 /// Seconds a client should wait before retrying a 503.
@@ -30,7 +32,6 @@ pub enum ApiError {
     /// A body field of a non-event request is missing or wrong.
     InvalidRequest(String),
     DuplicateEvent(EventId),
-    PayloadTooLarge(usize),
     NotFound,
     MethodNotAllowed(&'static str),
     /// Over the organization's (or the client address's) rate: retry after this many seconds.
@@ -39,10 +40,6 @@ pub enum ApiError {
     AdminTokenRequired,
     Overloaded,
     StorageUnavailable,
-    HeadersTooLarge,
-    BadFraming(&'static str),
-    UnsupportedCoding,
-    RequestTimeout,
 }
 
 impl ApiError {
@@ -56,17 +53,12 @@ impl ApiError {
             | ApiError::InvalidRequest(_)
             | ApiError::InvalidParameter(..)
             | ApiError::InvalidWebhookUrl(_)
-            | ApiError::WebhookUrlNotAllowed(_)
-            | ApiError::BadFraming(_) => 400,
+            | ApiError::WebhookUrlNotAllowed(_) => 400,
             ApiError::EventNotFound => 404,
             ApiError::DuplicateEvent(_) => 409,
-            ApiError::PayloadTooLarge(_) => 413,
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::Overloaded | ApiError::StorageUnavailable => 503,
-            ApiError::HeadersTooLarge => 431,
-            ApiError::UnsupportedCoding => 501,
-            ApiError::RequestTimeout => 408,
         }
     }
 
@@ -83,17 +75,12 @@ impl ApiError {
             ApiError::InvalidWebhookUrl(_) => "invalid_webhook_url",
             ApiError::WebhookUrlNotAllowed(_) => "webhook_url_not_allowed",
             ApiError::DuplicateEvent(_) => "duplicate_event",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::AdminTokenRequired => "admin_token_required",
             ApiError::Overloaded => "overloaded",
             ApiError::StorageUnavailable => "storage_unavailable",
-            ApiError::HeadersTooLarge => "headers_too_large",
-            ApiError::BadFraming(_) => "bad_request",
-            ApiError::UnsupportedCoding => "unsupported_transfer_encoding",
-            ApiError::RequestTimeout => "request_timeout",
         }
     }
 
@@ -112,7 +99,6 @@ impl ApiError {
             ApiError::DuplicateEvent(_) => {
                 "An event with this dedup_id was already accepted".into()
             }
-            ApiError::PayloadTooLarge(max) => format!("Request body exceeds {max} bytes"),
             ApiError::NotFound => "No such route".into(),
             ApiError::MethodNotAllowed(allow) => format!("Method not allowed; use {allow}"),
             ApiError::RateLimited(s) => format!("Rate limit exceeded; retry in {s} s"),
@@ -123,15 +109,11 @@ impl ApiError {
             ApiError::StorageUnavailable => {
                 "Storage is unavailable; the event was not stored, retry later".into()
             }
-            ApiError::HeadersTooLarge => "Request headers are too large".into(),
-            ApiError::BadFraming(why) => format!("Malformed request: {why}"),
-            ApiError::UnsupportedCoding => "Only the chunked transfer coding is supported".into(),
-            ApiError::RequestTimeout => "The request was not received in time".into(),
         }
     }
 
     pub fn into_response(self) -> Response {
-        let mut body = json!({"error": self.message(), "code": self.code()});
+        let mut body = body(self.code(), self.message());
         match &self {
             ApiError::DuplicateEvent(id) => body["id"] = json!(id.to_string()),
             ApiError::InvalidParameter(name, _) => body["parameter"] = json!(name),
@@ -147,29 +129,67 @@ impl ApiError {
                 resp.header("retry-after", RETRY_AFTER_STORAGE_S.to_string())
             }
             ApiError::RateLimited(s) => resp.header("retry-after", s.to_string()),
-            // The stream's framing is lost or the client is too slow: answer and close.
-            ApiError::HeadersTooLarge
-            | ApiError::BadFraming(_)
-            | ApiError::UnsupportedCoding
-            | ApiError::RequestTimeout
-            | ApiError::PayloadTooLarge(_) => resp.closing(),
             _ => resp,
+        }
+    }
+
+    /// The answer to a request the HTTP layer refused, in the same shape.
+    pub fn refusal_response(refusal: Refusal) -> Response {
+        match refusal {
+            Refusal::Overloaded => ApiError::Overloaded.into_response(),
+            r => Response::json_value(r.status(), &body(r.code(), r.message())),
         }
     }
 }
 
-impl From<FrameError> for ApiError {
-    fn from(e: FrameError) -> ApiError {
+fn body(code: &str, message: String) -> serde_json::Value {
+    json!({"error": message, "code": code})
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> ApiError {
         match e {
-            FrameError::HeadTooLarge => ApiError::HeadersTooLarge,
-            FrameError::Malformed => ApiError::BadFraming("unparseable request line or header"),
-            FrameError::AmbiguousLength => {
-                ApiError::BadFraming("conflicting or repeated Content-Length/Transfer-Encoding")
-            }
-            FrameError::BadLength => ApiError::BadFraming("invalid Content-Length"),
-            FrameError::UnsupportedCoding => ApiError::UnsupportedCoding,
-            // The caller knows the limit and builds PayloadTooLarge itself.
-            FrameError::BodyTooLarge => ApiError::PayloadTooLarge(0),
+            QueryError::Busy => ApiError::Overloaded,
+            QueryError::Unavailable => ApiError::StorageUnavailable,
         }
+    }
+}
+
+/// Parses a JSON body. Bytes that are not JSON are `invalid_json`; JSON of the wrong shape is
+/// handed to `shape` to name the field.
+pub fn parse_body<'a, T: Deserialize<'a>>(
+    body: &'a [u8],
+    shape: impl FnOnce(String) -> ApiError,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::InvalidJson("the body is empty".into()));
+    }
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => shape(e.to_string()),
+        _ => ApiError::InvalidJson(e.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::FrameError;
+
+    #[test]
+    fn refusals_and_errors_share_one_body_shape() {
+        for resp in [
+            ApiError::refusal_response(Refusal::Frame(FrameError::HeadTooLarge)),
+            ApiError::refusal_response(Refusal::Overloaded),
+            ApiError::InvalidApiKey.into_response(),
+        ] {
+            let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+            assert!(v["error"].is_string() && v["code"].is_string(), "{v}");
+        }
+        let overloaded = ApiError::refusal_response(Refusal::Overloaded);
+        assert_eq!(overloaded.status, 503);
+        assert!(overloaded
+            .headers
+            .iter()
+            .any(|(n, v)| *n == "retry-after" && v == "1"));
     }
 }

@@ -3,20 +3,19 @@
 
 use std::borrow::Cow;
 use std::io::Write;
-use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::{authenticate, parse_body, ApiError, Request};
-use crate::auth::Org;
-use crate::config::AckMode;
-use crate::core::Core;
-use crate::http::response::Response;
+use super::context::{AckMode, Context};
+use super::error::{parse_body, ApiError};
+use crate::db::events::{EventRow, JsonText};
+use crate::db::orgs::Org;
+use crate::http::{Request, Response};
 use crate::ids::{now_micros, rfc3339, EventId, OrgId};
-use crate::queue::{Entry, Event, Outcome, Waiter};
+use crate::queue::{Entry, Event, Outcome, RingFull};
 use crate::ratelimit::{self, Quota};
 
 /// Most events in one `POST /api/events/batch`.
@@ -24,10 +23,6 @@ pub const BATCH_EVENTS_MAX: usize = 1000;
 /// Longest `type` and `dedup_id`, in characters.
 const TYPE_CHARS_MAX: usize = 255;
 const DEDUP_ID_CHARS_MAX: usize = 255;
-/// Extra wait on top of the storage budget before a core stops waiting for a persister on its
-/// own. Persisters answer every event by its deadline; this only guards against a persister
-/// stuck inside one database call.
-const WAIT_GRACE: Duration = Duration::from_secs(5);
 
 /// An event as the client sent it, borrowed from the body.
 #[derive(Debug, PartialEq, Eq)]
@@ -147,10 +142,10 @@ fn check_jsonb_text(json: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub async fn post(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
+pub async fn post(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
     let mut quota = None;
-    let result = accept(core, req, &mut quota).await;
-    let stats = &core.shared.stats.cores[core.id];
+    let result = accept(ctx, req, &mut quota).await;
+    let stats = ctx.core_stats();
     match &result {
         Ok(_) => stats.accepted.add(1),
         Err(ApiError::DuplicateEvent(_)) => stats.duplicates.add(1),
@@ -174,20 +169,11 @@ fn with_quota(result: Result<Response, ApiError>, quota: QuotaHeaders) -> Respon
 }
 
 /// Takes `n` tokens from the organization's bucket (none for unlimited tiers).
-fn charge(core: &Core, org: &Org, n: u64, quota: &mut QuotaHeaders) -> Result<(), ApiError> {
-    let Some(per_minute) = core
-        .shared
-        .config
-        .tier(&org.tier)
-        .and_then(|t| t.per_minute)
-    else {
+fn charge(ctx: &Context, org: &Org, n: u64, quota: &mut QuotaHeaders) -> Result<(), ApiError> {
+    let Some(per_minute) = ctx.settings.tiers.get(&org.tier).and_then(|t| t.per_minute) else {
         return Ok(());
     };
-    match core
-        .shared
-        .org_limits
-        .take(org.id, per_minute, n, Instant::now())
-    {
+    match ctx.limits.orgs.take(org.id, per_minute, n, Instant::now()) {
         Ok(q) => {
             *quota = Some((org.tier.clone(), q));
             Ok(())
@@ -201,88 +187,61 @@ fn charge(core: &Core, org: &Org, n: u64, quota: &mut QuotaHeaders) -> Result<()
 
 /// Turns a validated event into the queued form: id, creation time, and (durable mode) a
 /// waiter slot and the storage deadline.
-fn queued(core: &Core, org: OrgId, event: EventIn<'_>, now: Instant) -> Event {
-    let durable = core.shared.config.ack_mode == AckMode::Durable;
+fn queued(ctx: &Context, org: OrgId, event: EventIn<'_>, now: Instant) -> Event {
+    let waiting = (ctx.settings.ack_mode == AckMode::Durable).then(|| ctx.waiters.register(now));
     Event {
-        org,
-        id: EventId::new_v7(),
-        created_at: now_micros(),
-        kind: event.kind.into(),
-        dedup_id: event.dedup_id.map(Into::into),
-        payload: event.payload.as_bytes().into(),
-        waiter: durable.then(|| Waiter {
-            core: core.id as u16,
-            slot: core.waiters.register(),
-        }),
+        row: EventRow {
+            org,
+            id: EventId::new_v7(),
+            created_at: now_micros(),
+            kind: event.kind.into(),
+            dedup_id: event.dedup_id.map(Into::into),
+            payload: JsonText(event.payload.as_bytes().into()),
+        },
+        waiter: waiting.map(|(waiter, _)| waiter),
         enqueued_at: now,
-        deadline: durable.then(|| now + core.shared.config.storage_wait),
+        deadline: waiting.map(|(_, deadline)| deadline),
     }
 }
 
-/// Queues `entry` on this core's ring, giving the waiter slots back if the ring is full. (A
-/// single event's slot is kept without a Vec: this runs for every request.)
-fn push(core: &Core, entry: Entry) -> Result<(), ApiError> {
-    let (one, group): (Option<u32>, Vec<u32>) = match &entry {
-        Entry::One(e) => (e.waiter.map(|w| w.slot), Vec::new()),
-        Entry::Group(g) => (
-            None,
-            g.iter().filter_map(|e| e.waiter.map(|w| w.slot)).collect(),
-        ),
-    };
-    core.shared.hub.push(core.id, entry).map_err(|_| {
-        for slot in one.into_iter().chain(group) {
-            core.waiters.cancel(slot);
+/// Queues `entry` on this core's ring; a full ring gives the entry back, and its waiter slots
+/// are freed.
+fn push(ctx: &Context, entry: Entry) -> Result<(), ApiError> {
+    ctx.hub.push(ctx.core, entry).map_err(|RingFull(refused)| {
+        let slots = match &refused {
+            Entry::One(e) => std::slice::from_ref(e),
+            Entry::Group(g) => g.as_slice(),
+        };
+        for w in slots.iter().filter_map(|e| e.waiter) {
+            ctx.waiters.cancel(w.slot);
         }
         ApiError::Overloaded
     })
 }
 
-/// Waits for the outcomes of `slots`, in order. Persisters answer every event by its deadline;
-/// the overall bound only guards against a persister stuck inside one database call.
-async fn outcomes(core: &Core, slots: &[u32]) -> Vec<Outcome> {
-    let budget = core.shared.config.storage_wait + WAIT_GRACE;
-    let all = async {
-        let mut out = Vec::with_capacity(slots.len());
-        for &slot in slots {
-            out.push(core.waiters.wait(slot).await);
-        }
-        out
-    };
-    match monoio::time::timeout(budget, all).await {
-        Ok(out) => out,
-        Err(_) => {
-            tracing::error!(
-                core = core.id,
-                "no outcome from the persisters within the storage budget"
-            );
-            vec![Outcome::Unavailable; slots.len()]
-        }
-    }
-}
-
 async fn accept(
-    core: &Rc<Core>,
+    ctx: &Context,
     req: &Request<'_>,
     quota: &mut QuotaHeaders,
 ) -> Result<Response, ApiError> {
-    let org = authenticate(core, req).await?;
+    let org = ctx.authenticate(req).await?;
     let valid = validate(req.body)?;
-    charge(core, &org, 1, quota)?;
-    let event = queued(core, org.id, valid, Instant::now());
+    charge(ctx, &org, 1, quota)?;
+    let event = queued(ctx, org.id, valid, Instant::now());
     let mut body = Vec::with_capacity(160);
     let _ = write!(
         body,
         r#"{{"id":"{}","status":"accepted","message":"Event accepted","type":"{}","created_at":"{}"}}"#,
-        event.id,
-        event.kind,
-        rfc3339(event.created_at)
+        event.row.id,
+        event.row.kind,
+        rfc3339(event.row.created_at)
     );
     let slot = event.waiter.map(|w| w.slot);
-    push(core, Entry::One(event))?;
+    push(ctx, Entry::One(event))?;
     let Some(slot) = slot else {
         return Ok(Response::json(202, body));
     };
-    match outcomes(core, &[slot]).await.remove(0) {
+    match ctx.waiters.outcomes(&[slot]).await.remove(0) {
         Outcome::Committed => Ok(Response::json(202, body)),
         Outcome::Duplicate(holder) => Err(ApiError::DuplicateEvent(holder)),
         Outcome::Rejected(why) => Err(invalid(format!("PostgreSQL refused the event: {why}"))),
@@ -298,10 +257,10 @@ struct BatchIn<'a> {
 
 /// `POST /api/events/batch`: up to `BATCH_EVENTS_MAX` events, each validated on its own, all
 /// valid ones committed in one transaction; results in request order.
-pub async fn post_batch(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
-    let stats = &core.shared.stats.cores[core.id];
+pub async fn post_batch(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
+    let stats = ctx.core_stats();
     let mut quota = None;
-    let result = accept_batch(core, req, &mut quota).await;
+    let result = accept_batch(ctx, req, &mut quota).await;
     match &result {
         Ok((_, counts)) => {
             stats.accepted.add(counts[0]);
@@ -317,11 +276,11 @@ pub async fn post_batch(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, 
 
 /// The response, and how many items were accepted, duplicates, and refused.
 async fn accept_batch(
-    core: &Rc<Core>,
+    ctx: &Context,
     req: &Request<'_>,
     quota: &mut QuotaHeaders,
 ) -> Result<(Response, [u64; 3]), ApiError> {
-    let org = authenticate(core, req).await?;
+    let org = ctx.authenticate(req).await?;
     let input: BatchIn = parse_body(req.body, |why| {
         ApiError::InvalidRequest(format!("expected {{\"events\": [event, ...]}}: {why}"))
     })?;
@@ -336,7 +295,7 @@ async fn accept_batch(
     // One token per event that will be stored; all or none.
     let valid = checked.iter().filter(|c| c.is_ok()).count() as u64;
     if valid > 0 {
-        charge(core, &org, valid, quota)?;
+        charge(ctx, &org, valid, quota)?;
     }
     let now = Instant::now();
     // Each item: the event's position in `group` or why it was refused.
@@ -344,20 +303,20 @@ async fn accept_batch(
     let mut group = Vec::with_capacity(valid as usize);
     for c in checked {
         items.push(c.map(|e| {
-            group.push(queued(core, org.id, e, now));
+            group.push(queued(ctx, org.id, e, now));
             group.len() - 1
         }));
     }
-    let ids: Vec<EventId> = group.iter().map(|e| e.id).collect();
+    let ids: Vec<EventId> = group.iter().map(|e| e.row.id).collect();
     let slots: Vec<u32> = group
         .iter()
         .filter_map(|e| e.waiter.map(|w| w.slot))
         .collect();
     let mut found = vec![Outcome::Committed; group.len()];
     if !group.is_empty() {
-        push(core, Entry::Group(group))?;
+        push(ctx, Entry::Group(group))?;
         if !slots.is_empty() {
-            found = outcomes(core, &slots).await;
+            found = ctx.waiters.outcomes(&slots).await;
         }
     }
     if found.contains(&Outcome::Unavailable) {

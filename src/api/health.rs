@@ -1,24 +1,20 @@
 //! api::health: liveness, readiness and a database check. No auth, no rate limit.
 
-use std::rc::Rc;
-use std::sync::atomic::Ordering;
-
 use serde_json::json;
 
-use super::ApiError;
-use crate::core::Core;
-use crate::http::response::Response;
+use super::context::Context;
+use super::error::ApiError;
+use crate::http::Response;
 
-async fn database_ok(core: &Core) -> bool {
-    core.shared
-        .queries
+async fn database_ok(ctx: &Context) -> bool {
+    ctx.queries
         .run("health check", |c| c.simple_query("SELECT 1").map(drop))
         .await
         .is_ok()
 }
 
-pub async fn health(core: &Rc<Core>) -> Result<Response, ApiError> {
-    let ok = database_ok(core).await;
+pub async fn health(ctx: &Context) -> Result<Response, ApiError> {
+    let ok = database_ok(ctx).await;
     let (status, state, db) = if ok {
         (200, "ok", "ok")
     } else {
@@ -30,7 +26,7 @@ pub async fn health(core: &Rc<Core>) -> Result<Response, ApiError> {
             "status": state,
             "database": db,
             "version": env!("CARGO_PKG_VERSION"),
-            "uptime_s": core.shared.started.elapsed().as_secs(),
+            "uptime_s": ctx.stats.started.elapsed().as_secs(),
         }),
     ))
 }
@@ -40,9 +36,9 @@ pub fn live() -> Response {
 }
 
 /// Ready when persister threads run and PostgreSQL answers.
-pub async fn ready(core: &Rc<Core>) -> Result<Response, ApiError> {
-    let persisting = core.shared.persist.running.load(Ordering::Relaxed) > 0;
-    if persisting && database_ok(core).await {
+pub async fn ready(ctx: &Context) -> Result<Response, ApiError> {
+    let persisting = ctx.stats.persisters_running.get() > 0;
+    if persisting && database_ok(ctx).await {
         Ok(Response::json_value(200, &json!({"status": "ready"})))
     } else {
         Ok(Response::json_value(503, &json!({"status": "not_ready"})))

@@ -2,18 +2,18 @@
 //! `GET /api/keys` describes the caller's organization; `POST /api/keys/rotate` replaces the key.
 //! A plaintext key appears once, in the response that creates it.
 
-use std::rc::Rc;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{authenticate, parse_body, require_admin, ApiError, Request};
-use crate::auth::{NewKey, Org};
-use crate::config::{Tier, DEFAULT_TIER};
-use crate::core::Core;
-use crate::http::response::Response;
+use super::context::Context;
+use super::error::{parse_body, ApiError};
+use crate::auth::NewKey;
+use crate::db::orgs::{self, Org};
+use crate::http::{Request, Response};
 use crate::ids::{now_micros, rfc3339, OrgId};
+use crate::ratelimit::{Tier, Tiers};
 
 const ORG_NAME_CHARS_MAX: usize = 255;
 
@@ -27,27 +27,15 @@ fn tier_limit(tier: Option<&Tier>) -> serde_json::Value {
     json!(tier.and_then(|t| t.per_minute))
 }
 
-/// Stores `org`'s current key (its hash and shown prefix), issued at `at`.
-fn store_key(
-    tx: &mut postgres::Transaction<'_>,
-    org: &Org,
-    at: std::time::SystemTime,
-) -> Result<u64, postgres::Error> {
-    tx.execute(
-        "INSERT INTO api_keys (org_id, key_hash, key_prefix, created_at) VALUES ($1, $2, $3, $4)",
-        &[&org.id.0, &org.key_hash.0.as_slice(), &org.key_prefix, &at],
-    )
-}
-
-pub async fn generate(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
-    let config = &core.shared.config;
-    require_admin(core, req)?;
-    if config.admin_token.is_none() {
+pub async fn generate(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
+    let settings = &ctx.settings;
+    ctx.require_admin(req)?;
+    if settings.admin_token.is_none() {
         // Open self-serve signup: limited per client address.
         let now = std::time::Instant::now();
-        core.shared
-            .keygen_limits
-            .take(req.peer, config.keygen_per_minute, 1, now)
+        ctx.limits
+            .keygen
+            .take(req.peer, settings.keygen_per_minute, 1, now)
             .map_err(|l| ApiError::RateLimited(l.retry_after_s))?;
     }
     let input: GenerateIn = parse_body(req.body, |why| {
@@ -64,16 +52,16 @@ pub async fn generate(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, Ap
             "`organization_name` must be 1..{ORG_NAME_CHARS_MAX} characters"
         )));
     }
-    let tier_name = input.tier.unwrap_or_else(|| DEFAULT_TIER.to_string());
-    let tier = config.tier(&tier_name).cloned().ok_or_else(|| {
-        let known: Vec<&str> = config.tiers.iter().map(|t| t.name.as_str()).collect();
+    let tier_name = input.tier.unwrap_or_else(|| Tiers::DEFAULT.to_string());
+    let tier = settings.tiers.get(&tier_name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = settings.tiers.names().collect();
         ApiError::InvalidTier(format!(
             "unknown tier `{tier_name}`; known tiers: {}",
             known.join(", ")
         ))
     })?;
     let key = NewKey::generate();
-    let generation = core.shared.keys.generation();
+    let generation = ctx.keys.generation();
     let org = Arc::new(Org {
         id: OrgId::new(),
         name,
@@ -83,19 +71,10 @@ pub async fn generate(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, Ap
         key_hash: key.hash,
     });
     let row = org.clone();
-    core.shared
-        .queries
-        .run("create organization", move |c| {
-            let mut tx = c.transaction()?;
-            tx.execute(
-                "INSERT INTO organizations (org_id, name, tier, created_at) VALUES ($1, $2, $3, $4)",
-                &[&row.id.0, &row.name, &row.tier, &row.created_at],
-            )?;
-            store_key(&mut tx, &row, row.created_at)?;
-            tx.commit()
-        })
+    ctx.queries
+        .run("create organization", move |c| orgs::create(c, &row))
         .await?;
-    core.shared.keys.insert_if_current(org.clone(), generation);
+    ctx.keys.insert_if_current(org.clone(), generation);
     tracing::info!(org = %org.id, tier = %org.tier, "organization created");
     Ok(Response::json_value(
         201,
@@ -110,19 +89,12 @@ pub async fn generate(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, Ap
     ))
 }
 
-pub async fn show(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
-    let org = authenticate(core, req).await?;
-    let org_id = org.id.0;
-    let webhook_url: Option<String> = core
-        .shared
+pub async fn show(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
+    let org = ctx.authenticate(req).await?;
+    let org_id = org.id;
+    let webhook = ctx
         .queries
-        .run("organization webhook", move |c| {
-            let row = c.query_opt(
-                "SELECT webhook_url FROM organizations WHERE org_id = $1",
-                &[&org_id],
-            )?;
-            Ok(row.and_then(|r| r.get(0)))
-        })
+        .run("organization webhook", move |c| orgs::webhook(c, org_id))
         .await?;
     Ok(Response::json_value(
         200,
@@ -130,8 +102,8 @@ pub async fn show(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiErr
             "organization_id": org.id.to_string(),
             "organization_name": org.name,
             "tier": org.tier,
-            "rate_limit_per_minute": tier_limit(core.shared.config.tier(&org.tier)),
-            "webhook_url": webhook_url,
+            "rate_limit_per_minute": tier_limit(ctx.settings.tiers.get(&org.tier)),
+            "webhook_url": webhook.url,
             "api_key_prefix": org.key_prefix,
             "created_at": rfc3339(org.created_at).to_string(),
         }),
@@ -141,8 +113,8 @@ pub async fn show(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiErr
 /// Replaces the caller's key. The old key is refused by every core of this node before the
 /// response leaves (the cache is shared, and look-ups racing with the rotation retry), and by
 /// other nodes once they hear the NOTIFY sent in the same transaction.
-pub async fn rotate(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
-    let old = authenticate(core, req).await?;
+pub async fn rotate(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
+    let old = ctx.authenticate(req).await?;
     let key = NewKey::generate();
     let rotated_at = now_micros();
     let org = Arc::new(Org {
@@ -154,30 +126,14 @@ pub async fn rotate(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiE
         key_hash: key.hash,
     });
     let row = org.clone();
-    core.shared
-        .queries
+    ctx.queries
         .run("rotate key", move |c| {
-            let mut tx = c.transaction()?;
-            // Concurrent rotations of one organization take turns, so exactly one key survives.
-            tx.execute(
-                "SELECT 1 FROM organizations WHERE org_id = $1 FOR UPDATE",
-                &[&row.id.0],
-            )?;
-            tx.execute(
-                "UPDATE api_keys SET revoked_at = $2 WHERE org_id = $1 AND revoked_at IS NULL",
-                &[&row.id.0, &rotated_at],
-            )?;
-            store_key(&mut tx, &row, rotated_at)?;
-            tx.execute(
-                "SELECT pg_notify($1, $2)",
-                &[&crate::auth::ROTATION_CHANNEL, &row.id.to_string()],
-            )?;
-            tx.commit()
+            orgs::rotate_key(c, row.id, &row.key_hash, &row.key_prefix, rotated_at)
         })
         .await?;
-    let keys = &core.shared.keys;
-    keys.forget_org(org.id);
-    keys.insert_if_current(org.clone(), keys.generation());
+    ctx.keys.forget_org(org.id);
+    ctx.keys
+        .insert_if_current(org.clone(), ctx.keys.generation());
     tracing::info!(org = %org.id, "API key rotated");
     Ok(Response::json_value(
         200,

@@ -1,8 +1,14 @@
-//! api: the routes. `Route::resolve` maps method and path to a route (or 404 / 405 with
-//! `Allow`), `dispatch` runs its handler, one file per resource. Handlers never block: database
-//! work goes to the persisters (events) or the query threads (everything else).
+//! api: the routes of the contract, behind the HTTP layer. `Route::resolve` maps method and
+//! path to a route (or 404 / 405 with `Allow`); `Context`, one per core, is the `http::Handler`
+//! that runs a route's handler, one file per resource. Handlers never block: database work goes
+//! to the persisters (events) or the query threads (everything else). Imports `http`, `auth`,
+//! `queue`, `db`, `ratelimit`, `stats` and `ids`.
+//!
+//! Inside: `mod.rs` routes and dispatches; the resource files use `context` (what a handler may
+//! touch) and `error` (every failure's status, code and body), never this file.
 
 mod ack;
+mod context;
 pub mod error;
 pub mod events;
 mod health;
@@ -11,18 +17,12 @@ mod keys;
 mod stats;
 pub mod webhook;
 
-use std::rc::Rc;
-use std::sync::Arc;
+use std::time::Duration;
 
+pub use context::{AckMode, Context, Settings, Shared};
 pub use error::ApiError;
-use serde::Deserialize;
 
-use crate::auth::{self, Org};
-use crate::core::Core;
-use crate::db::QueryError;
-use crate::http::request::Method;
-use crate::http::response::Response;
-use crate::ids::OrgId;
+use crate::http::{Handler, Method, Refusal, Request, Response};
 
 /// The OpenAPI 3.1 description of every route, kept beside the API docs and held to `ROUTES`
 /// by a test.
@@ -34,17 +34,6 @@ pub const EVENT_BODY_BYTES_MAX: usize = 256 * 1024;
 pub const BATCH_BODY_BYTES_MAX: usize = 5 * 1024 * 1024;
 /// Largest body of the other routes (key generation and the like), and of unknown routes.
 pub const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
-
-/// What a handler sees of a request; every field borrows the connection's buffer.
-pub struct Request<'a> {
-    pub method: Method,
-    pub path: &'a str,
-    pub query: &'a str,
-    pub api_key: Option<&'a [u8]>,
-    pub bearer: Option<&'a [u8]>,
-    pub peer: std::net::IpAddr,
-    pub body: &'a [u8],
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -136,110 +125,76 @@ impl Route {
     }
 }
 
-pub async fn dispatch(core: &Rc<Core>, route: Route, req: &Request<'_>) -> Response {
-    let result = match route {
-        Route::Health => health::health(core).await,
+/// A request's place in the route table, or why it has none. Unknown paths and wrong methods
+/// are answered like routes, after their body is read, so the connection stays usable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    Route(Route),
+    NotFound,
+    MethodNotAllowed(&'static str),
+}
+
+impl Handler for Context {
+    type Route = Resolved;
+
+    fn route(&self, method: Method, path: &str) -> Resolved {
+        match Route::resolve(method, path) {
+            Ok(route) => Resolved::Route(route),
+            Err(ApiError::MethodNotAllowed(allow)) => Resolved::MethodNotAllowed(allow),
+            Err(_) => Resolved::NotFound,
+        }
+    }
+
+    fn body_bytes_max(&self, resolved: Resolved) -> usize {
+        match resolved {
+            Resolved::Route(route) => route.body_bytes_max(),
+            // Read and discarded under the small limit, so the connection stays usable.
+            Resolved::NotFound | Resolved::MethodNotAllowed(_) => SMALL_BODY_BYTES_MAX,
+        }
+    }
+
+    async fn handle(&self, resolved: Resolved, req: &Request<'_>) -> Response {
+        let result = match resolved {
+            Resolved::Route(route) => dispatch(self, route, req).await,
+            Resolved::NotFound => Err(ApiError::NotFound),
+            Resolved::MethodNotAllowed(allow) => Err(ApiError::MethodNotAllowed(allow)),
+        };
+        result.unwrap_or_else(ApiError::into_response)
+    }
+
+    fn refused(&self, refusal: Refusal) -> Response {
+        ApiError::refusal_response(refusal)
+    }
+
+    fn responded(&self, resolved: Resolved, took: Duration) {
+        if resolved == Resolved::Route(Route::Events) {
+            self.core_stats().ingest_us.record_duration(took);
+        }
+    }
+}
+
+async fn dispatch(ctx: &Context, route: Route, req: &Request<'_>) -> Result<Response, ApiError> {
+    match route {
+        Route::Health => health::health(ctx).await,
         Route::HealthLive => Ok(health::live()),
-        Route::HealthReady => health::ready(core).await,
-        Route::Events => events::post(core, req).await,
-        Route::EventsBatch => events::post_batch(core, req).await,
-        Route::KeysGenerate => keys::generate(core, req).await,
-        Route::Keys => keys::show(core, req).await,
-        Route::KeysRotate => keys::rotate(core, req).await,
-        Route::Inbox => inbox::list(core, req).await,
-        Route::AckOne => ack::one(core, req).await,
-        Route::AckMany => ack::many(core, req).await,
-        Route::WebhookConfig => webhook::config(core, req).await,
-        Route::QueueStats => stats::show(core, req),
-        Route::Metrics => stats::metrics(core, req),
+        Route::HealthReady => health::ready(ctx).await,
+        Route::Events => events::post(ctx, req).await,
+        Route::EventsBatch => events::post_batch(ctx, req).await,
+        Route::KeysGenerate => keys::generate(ctx, req).await,
+        Route::Keys => keys::show(ctx, req).await,
+        Route::KeysRotate => keys::rotate(ctx, req).await,
+        Route::Inbox => inbox::list(ctx, req).await,
+        Route::AckOne => ack::one(ctx, req).await,
+        Route::AckMany => ack::many(ctx, req).await,
+        Route::WebhookConfig => webhook::config(ctx, req).await,
+        Route::QueueStats => stats::show(ctx, req),
+        Route::Metrics => stats::metrics(ctx, req),
         Route::OpenApi => Ok(Response::text(
             200,
             "application/json",
             OPENAPI_JSON.as_bytes().to_vec(),
         )),
-    };
-    result.unwrap_or_else(ApiError::into_response)
-}
-
-impl From<QueryError> for ApiError {
-    fn from(e: QueryError) -> ApiError {
-        match e {
-            QueryError::Busy => ApiError::Overloaded,
-            QueryError::Unavailable => ApiError::StorageUnavailable,
-        }
     }
-}
-
-/// The organization behind the request's key: from the shared cache, else from PostgreSQL on a
-/// query thread. A malformed key is refused here without any I/O.
-pub async fn authenticate(core: &Core, req: &Request<'_>) -> Result<Arc<Org>, ApiError> {
-    let key = req
-        .api_key
-        .filter(|k| !k.is_empty())
-        .ok_or(ApiError::MissingApiKey)?;
-    let hash = auth::check_format(key).ok_or(ApiError::InvalidApiKey)?;
-    let keys = &core.shared.keys;
-    loop {
-        if let Some(org) = keys.get(&hash) {
-            return Ok(org);
-        }
-        let generation = keys.generation();
-        let found = core
-            .shared
-            .queries
-            .run("key lookup", move |c| {
-                let row = c.query_opt(
-                    "SELECT o.org_id, o.name, o.tier, o.created_at, k.key_prefix
-                     FROM api_keys k JOIN organizations o USING (org_id)
-                     WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-                    &[&hash.0.as_slice()],
-                )?;
-                Ok(row.map(|r| Org {
-                    id: OrgId(r.get(0)),
-                    name: r.get(1),
-                    tier: r.get(2),
-                    created_at: r.get(3),
-                    key_prefix: r.get(4),
-                    key_hash: hash,
-                }))
-            })
-            .await?;
-        let org = Arc::new(found.ok_or(ApiError::InvalidApiKey)?);
-        // A rotation that landed while the query ran may have revoked this very key: look
-        // again rather than let a revoked key through.
-        if keys.insert_if_current(org.clone(), generation) {
-            return Ok(org);
-        }
-    }
-}
-
-/// Admits the request if no admin token is configured or it carries the token as a bearer.
-pub fn require_admin(core: &Core, req: &Request<'_>) -> Result<(), ApiError> {
-    let Some(token) = &core.shared.config.admin_token else {
-        return Ok(());
-    };
-    let given = req.bearer.unwrap_or_default();
-    use subtle::ConstantTimeEq;
-    if bool::from(given.ct_eq(token.as_bytes())) {
-        Ok(())
-    } else {
-        Err(ApiError::AdminTokenRequired)
-    }
-}
-
-/// Parses a JSON body. Bytes that are not JSON are `invalid_json`; JSON of the wrong shape is
-/// handed to `shape` to name the field.
-pub fn parse_body<'a, T: Deserialize<'a>>(
-    body: &'a [u8],
-    shape: impl FnOnce(String) -> ApiError,
-) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::InvalidJson("the body is empty".into()));
-    }
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => shape(e.to_string()),
-        _ => ApiError::InvalidJson(e.to_string()),
-    })
 }
 
 #[cfg(test)]
@@ -259,6 +214,10 @@ mod tests {
         );
         assert_eq!(
             Route::resolve(Method::Get, "/nope"),
+            Err(ApiError::NotFound)
+        );
+        assert_eq!(
+            Route::resolve(Method::Post, "/api/ack/x/y"),
             Err(ApiError::NotFound)
         );
     }

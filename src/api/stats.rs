@@ -3,18 +3,16 @@
 //! HdrHistogram percentile-distribution text (values in milliseconds).
 
 use std::fmt::Write;
-use std::rc::Rc;
 
 use base64::Engine;
 use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use super::{require_admin, ApiError, Request};
-use crate::config::AckMode;
-use crate::core::Core;
-use crate::http::response::Response;
-use crate::stats::{Counter, Stats};
+use super::context::{AckMode, Context};
+use super::error::ApiError;
+use crate::http::{Request, Response};
+use crate::stats::{CoreStats, Counter, PersistStats, Stats};
 
 fn summary(h: &Histogram<u64>) -> Value {
     let q = |p: f64| h.value_at_quantile(p);
@@ -52,12 +50,11 @@ struct Snapshot {
     rings: Vec<(usize, usize, usize)>,
 }
 
-fn snapshot(core: &Core) -> Snapshot {
-    let stats: &Stats = &core.shared.stats;
-    let cores = |f: fn(&crate::stats::CoreStats) -> &Counter| -> u64 {
-        stats.cores.iter().map(|c| f(c).get()).sum()
-    };
-    let persisters = |f: fn(&crate::stats::PersistStats) -> &Counter| -> u64 {
+fn snapshot(ctx: &Context) -> Snapshot {
+    let stats: &Stats = &ctx.stats;
+    let cores =
+        |f: fn(&CoreStats) -> &Counter| -> u64 { stats.cores.iter().map(|c| f(c).get()).sum() };
+    let persisters = |f: fn(&PersistStats) -> &Counter| -> u64 {
         stats.persisters.iter().map(|p| f(p).get()).sum()
     };
     Snapshot {
@@ -77,8 +74,7 @@ fn snapshot(core: &Core) -> Snapshot {
         ],
         batches: persisters(|p| &p.batches),
         retries: persisters(|p| &p.retries),
-        rings: core
-            .shared
+        rings: ctx
             .hub
             .rings
             .iter()
@@ -87,9 +83,9 @@ fn snapshot(core: &Core) -> Snapshot {
     }
 }
 
-pub fn show(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
-    require_admin(core, req)?;
-    let snap = snapshot(core);
+pub fn show(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
+    ctx.require_admin(req)?;
+    let snap = snapshot(ctx);
     if req.query.split('&').any(|p| p == "format=hgrm") {
         return Ok(Response::text(
             200,
@@ -105,7 +101,7 @@ pub fn show(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
             json!({"core": i, "queue_depth": depth, "queue_capacity": capacity, "queued_bytes": bytes})
         })
         .collect();
-    let ack_mode = core.shared.config.ack_mode;
+    let ack_mode = ctx.settings.ack_mode;
     let durability = match ack_mode {
         AckMode::Durable => "2xx is sent after the COMMIT that stores the event",
         AckMode::Enqueued => "2xx is sent once the event is queued; a crash loses queued events",
@@ -125,8 +121,8 @@ pub fn show(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
             "queue_capacity": snap.rings.iter().map(|r| r.1).sum::<usize>(),
             "events": events,
             "persisters": {
-                "running": core.shared.persist.running.load(std::sync::atomic::Ordering::Relaxed),
-                "connected": core.shared.persist.connected.load(std::sync::atomic::Ordering::Relaxed),
+                "running": ctx.stats.persisters_running.get(),
+                "connected": ctx.stats.persisters_connected.get(),
             },
             "batches_committed": snap.batches,
             "batch_retries": snap.retries,
@@ -179,9 +175,9 @@ fn prom_histogram(
 }
 
 /// `GET /metrics`: the same figures in the Prometheus text exposition format.
-pub fn metrics(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
-    require_admin(core, req)?;
-    let snap = snapshot(core);
+pub fn metrics(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
+    ctx.require_admin(req)?;
+    let snap = snapshot(ctx);
     let mut out = String::with_capacity(8 * 1024);
     let us = 1e6;
     prom_histogram(
@@ -233,9 +229,9 @@ pub fn metrics(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError>
     for (i, r) in snap.rings.iter().enumerate() {
         let _ = writeln!(out, "triggers_queue_capacity{{core=\"{i}\"}} {}", r.1);
     }
-    let durable = u8::from(core.shared.config.ack_mode == AckMode::Durable);
+    let durable = u8::from(ctx.settings.ack_mode == AckMode::Durable);
     let _ = writeln!(out, "# HELP triggers_durable_ack 1 when 2xx means committed, 0 in enqueued mode.\n# TYPE triggers_durable_ack gauge\ntriggers_durable_ack {durable}");
-    let _ = writeln!(out, "# HELP triggers_uptime_seconds Seconds since start.\n# TYPE triggers_uptime_seconds gauge\ntriggers_uptime_seconds {}", core.shared.started.elapsed().as_secs());
+    let _ = writeln!(out, "# HELP triggers_uptime_seconds Seconds since start.\n# TYPE triggers_uptime_seconds gauge\ntriggers_uptime_seconds {}", ctx.stats.started.elapsed().as_secs());
     Ok(Response::text(
         200,
         "text/plain; version=0.0.4; charset=utf-8",

@@ -5,17 +5,15 @@
 //! resolve anywhere, delivery checks the resolved address again when it connects.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::rc::Rc;
-use std::time::SystemTime;
 
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{authenticate, parse_body, ApiError, Request};
-use crate::core::Core;
-use crate::http::request::Method;
-use crate::http::response::Response;
+use super::context::Context;
+use super::error::{parse_body, ApiError};
+use crate::db::orgs;
+use crate::http::{Method, Request, Response};
 use crate::ids::{now_micros, rfc3339};
 
 const URL_BYTES_MAX: usize = 2048;
@@ -109,10 +107,10 @@ fn new_secret() -> String {
     )
 }
 
-pub async fn config(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiError> {
-    let org = authenticate(core, req).await?;
-    let org_id = org.id.0;
-    let queries = &core.shared.queries;
+pub async fn config(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
+    let org = ctx.authenticate(req).await?;
+    let org_id = org.id;
+    let queries = &ctx.queries;
     match req.method {
         Method::Post => {
             let input: ConfigIn = parse_body(req.body, |why| {
@@ -122,18 +120,13 @@ pub async fn config(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiE
                 .webhook_url
                 .or(input.url)
                 .ok_or_else(|| ApiError::InvalidWebhookUrl("`webhook_url` is required".into()))?;
-            let url = check_url(&raw, core.shared.config.webhook_allow_private)?;
+            let url = check_url(&raw, ctx.settings.webhook_allow_private)?;
             let secret = new_secret();
             let updated_at = now_micros();
             let (stored_url, stored_secret) = (url.to_string(), secret.clone());
             queries
                 .run("set webhook", move |c| {
-                    c.execute(
-                        "UPDATE organizations
-                         SET webhook_url = $2, webhook_secret = $3, webhook_updated_at = $4
-                         WHERE org_id = $1",
-                        &[&org_id, &stored_url, &stored_secret, &updated_at],
-                    )
+                    orgs::set_webhook(c, org_id, &stored_url, &stored_secret, updated_at)
                 })
                 .await?;
             Ok(Response::json_value(
@@ -147,39 +140,25 @@ pub async fn config(core: &Rc<Core>, req: &Request<'_>) -> Result<Response, ApiE
         }
         Method::Delete => {
             queries
-                .run("delete webhook", move |c| {
-                    c.execute(
-                        "UPDATE organizations
-                         SET webhook_url = NULL, webhook_secret = NULL, webhook_updated_at = now()
-                         WHERE org_id = $1",
-                        &[&org_id],
-                    )
-                })
+                .run("delete webhook", move |c| orgs::clear_webhook(c, org_id))
                 .await?;
             Ok(Response::json(204, Vec::new()))
         }
         _ => {
-            let row: Option<(Option<String>, Option<String>, Option<SystemTime>)> = queries
-                .run("get webhook", move |c| {
-                    let row = c.query_opt(
-                        "SELECT webhook_url, webhook_secret, webhook_updated_at
-                         FROM organizations WHERE org_id = $1",
-                        &[&org_id],
-                    )?;
-                    Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
-                })
+            let hook = queries
+                .run("get webhook", move |c| orgs::webhook(c, org_id))
                 .await?;
-            let (url, secret, updated_at) = row.unwrap_or((None, None, None));
-            let secret_prefix = url
+            let secret_prefix = hook
+                .url
                 .as_ref()
-                .and(secret)
+                .and(hook.secret)
                 .map(|s| s.chars().take(SECRET_SHOWN_LEN).collect::<String>());
             Ok(Response::json_value(
                 200,
                 &json!({
-                    "webhook_url": url,
+                    "webhook_url": hook.url,
                     "secret_prefix": secret_prefix,
-                    "updated_at": updated_at.filter(|_| url.is_some()).map(|t| rfc3339(t).to_string()),
+                    "updated_at": hook.updated_at.filter(|_| hook.url.is_some()).map(|t| rfc3339(t).to_string()),
                 }),
             ))
         }

@@ -3,17 +3,22 @@
 //! A key is `trg_` + 64 hex digits (256 random bits) + 8 hex digits (CRC-32 of those bits), so a
 //! mistyped or made-up key is refused without a database round trip. Only SHA-256 of the key is
 //! stored; the plaintext exists once, in the response that creates it. Never logs a key.
+//!
+//! `authenticate` is the one way a request's key becomes an organization: the shared cache,
+//! else `db::orgs` on a query thread. Imports `db`, `ids` and `shutdown`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::ids::OrgId;
+use crate::db::orgs::{self, Org, ROTATION_CHANNEL};
+use crate::db::{QueryError, QueryPool};
+use crate::ids::{KeyHash, OrgId};
+use crate::shutdown::Stop;
 
 pub const KEY_PREFIX: &str = "trg_";
 const RANDOM_BYTES: usize = 32;
@@ -25,16 +30,6 @@ pub const KEY_SHOWN_LEN: usize = KEY_PREFIX.len() + 8;
 /// Cached organizations. Past this the cache starts over: it is only a cache, and a bound keeps a
 /// flood of distinct valid keys from growing it without end.
 const CACHE_ENTRIES_MAX: usize = 100_000;
-
-/// SHA-256 of a whole key: what the database stores and the cache is keyed by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct KeyHash(pub [u8; 32]);
-
-impl KeyHash {
-    fn of(key: &[u8]) -> KeyHash {
-        KeyHash(Sha256::digest(key).into())
-    }
-}
 
 /// A new key: the plaintext (shown once) and its hash (stored).
 pub struct NewKey {
@@ -75,17 +70,6 @@ pub fn check_format(key: &[u8]) -> Option<KeyHash> {
         return None;
     }
     Some(KeyHash::of(key))
-}
-
-/// What a valid key unlocks.
-#[derive(Debug)]
-pub struct Org {
-    pub id: OrgId,
-    pub name: String,
-    pub tier: String,
-    pub key_prefix: String,
-    pub created_at: SystemTime,
-    pub key_hash: KeyHash,
 }
 
 /// Key hash → organization, shared by every core. Reads take a read lock for one map look-up and
@@ -137,8 +121,44 @@ impl KeyCache {
     }
 }
 
-/// The channel on which a node announces a rotation: the payload is the organization id.
-pub const ROTATION_CHANNEL: &str = "triggers_key_rotation";
+/// Why a request's key unlocks nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthError {
+    /// No key, or an empty one.
+    Missing,
+    /// A key that was never issued, or was revoked.
+    Invalid,
+    /// The database could not be asked.
+    Query(QueryError),
+}
+
+/// The organization behind `key`: from the shared cache, else from PostgreSQL on a query
+/// thread. A malformed key is refused here without any I/O.
+pub async fn authenticate(
+    cache: &KeyCache,
+    queries: &QueryPool,
+    key: Option<&[u8]>,
+) -> Result<Arc<Org>, AuthError> {
+    let key = key.filter(|k| !k.is_empty()).ok_or(AuthError::Missing)?;
+    let hash = check_format(key).ok_or(AuthError::Invalid)?;
+    loop {
+        if let Some(org) = cache.get(&hash) {
+            return Ok(org);
+        }
+        let generation = cache.generation();
+        let found = queries
+            .run("key lookup", move |c| orgs::find_by_key(c, &hash))
+            .await
+            .map_err(AuthError::Query)?;
+        let org = Arc::new(found.ok_or(AuthError::Invalid)?);
+        // A rotation that landed while the query ran may have revoked this very key: look
+        // again rather than let a revoked key through.
+        if cache.insert_if_current(org.clone(), generation) {
+            return Ok(org);
+        }
+    }
+}
+
 /// How often the listener looks at its stop flag while no notification arrives.
 const LISTEN_POLL: Duration = Duration::from_millis(250);
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
@@ -146,16 +166,17 @@ const LISTEN_RETRY: Duration = Duration::from_secs(1);
 /// Keeps this node's cache in step with rotations made on any node sharing the database:
 /// LISTENs on `ROTATION_CHANNEL` and forgets the organizations it hears of. After it reconnects
 /// it forgets everything, since notifications may have been missed meanwhile.
+/// It ends once the stop signal reaches its finishing phase.
 pub fn spawn_rotation_listener(
     db: postgres::Config,
     cache: Arc<KeyCache>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("key-listener".into())
         .spawn(move || {
             let mut connected_before = false;
-            while !stop.load(Ordering::Acquire) {
+            while !stop.is_finishing() {
                 let listen = crate::db::connect(&db).and_then(|mut c| {
                     c.batch_execute(&format!("LISTEN {ROTATION_CHANNEL}"))?;
                     Ok(c)
@@ -173,7 +194,7 @@ pub fn spawn_rotation_listener(
                     cache.forget_all();
                 }
                 connected_before = true;
-                'listen: while !stop.load(Ordering::Acquire) {
+                'listen: while !stop.is_finishing() {
                     let mut notes = client.notifications();
                     let mut iter = notes.timeout_iter(LISTEN_POLL);
                     loop {

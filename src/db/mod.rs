@@ -1,33 +1,35 @@
-//! db: connections to PostgreSQL, migrations, and the query threads.
+//! db: PostgreSQL: connections, migrations, the query threads, and every statement the
+//! server runs, one file per table. Imports only `ids`.
 //!
-//! The cores never touch a connection. Queries that are not event writes (key look-ups, key
-//! generation, health checks) run on a few query threads behind a bounded queue; the core awaits
-//! the answer on a oneshot channel, so its event loop keeps serving.
+//! - `events`: the COPY row layout, batch writes (persisters), inbox pages and acks.
+//! - `orgs`: organizations, their API keys and webhook configuration.
+//! - `pool`: the query threads that run everything but event writes off the cores.
+//! - `conn`: how every connection to PostgreSQL is opened.
+//!
+//! Every function that touches a tenant's rows takes its `OrgId` first, so another tenant's id
+//! behaves exactly like one that does not exist.
 
-use std::time::Duration;
+mod conn;
+pub mod events;
+pub mod orgs;
+mod pool;
+
+use std::error::Error;
 
 use anyhow::Context;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-use postgres::{Client, NoTls};
+use bytes::BytesMut;
+use postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 
-/// Longest wait for a TCP/unix connection to PostgreSQL.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Queries queued for the query threads; past this a request is answered 503 `overloaded`.
-const QUERY_QUEUE_MAX: usize = 1024;
-/// Longest a core waits for a query's answer before 503 `storage_unavailable`.
-pub const QUERY_WAIT: Duration = Duration::from_secs(10);
+pub use conn::{connect, CONNECT_TIMEOUT};
+pub use pool::{QueryError, QueryPool, QueryThreads};
+
+use crate::ids::{EventId, OrgId};
+
 /// Key of the advisory lock that serializes migrations between nodes starting together.
 const MIGRATION_LOCK_KEY: i64 = 0x7472_6967_6765_7273; // "triggers"
 
 mod embedded {
     refinery::embed_migrations!("migrations");
-}
-
-pub fn connect(config: &postgres::Config) -> Result<Client, postgres::Error> {
-    let mut config = config.clone();
-    config.connect_timeout(CONNECT_TIMEOUT);
-    config.application_name("triggers");
-    config.connect(NoTls)
 }
 
 /// Applies every migration not yet applied, holding an advisory lock so that nodes sharing a
@@ -44,97 +46,31 @@ pub fn migrate(config: &postgres::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueryError {
-    /// The query queue is full.
-    Busy,
-    /// PostgreSQL could not be reached, or the query failed; logged where it happened.
-    Unavailable,
-}
+/// The id newtypes go to and come from PostgreSQL as the `uuid`s they wrap.
+macro_rules! uuid_column {
+    ($($t:ident),*) => {$(
+        impl ToSql for $t {
+            fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+                self.0.to_sql(ty, out)
+            }
 
-type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
+            fn accepts(ty: &Type) -> bool {
+                <uuid::Uuid as ToSql>::accepts(ty)
+            }
 
-/// A few threads, each with its own connection, running queries handed over by the cores.
-pub struct QueryPool {
-    jobs: Sender<Job>,
-}
-
-impl QueryPool {
-    pub fn spawn(threads: usize, config: &postgres::Config) -> (QueryPool, QueryThreads) {
-        let (jobs, rx) = crossbeam_channel::bounded::<Job>(QUERY_QUEUE_MAX);
-        // Never sent on: dropping the sender (in `QueryThreads::join`) tells the threads to end,
-        // whoever still holds a `QueryPool`.
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-        let handles = (0..threads)
-            .map(|i| {
-                let rx: Receiver<Job> = rx.clone();
-                let stopped = stopped.clone();
-                let config = config.clone();
-                std::thread::Builder::new()
-                    .name(format!("query-{i}"))
-                    .spawn(move || {
-                        let mut client = None;
-                        loop {
-                            let job = crossbeam_channel::select! {
-                                recv(rx) -> job => match job { Ok(job) => job, Err(_) => return },
-                                recv(stopped) -> _ => return,
-                            };
-                            if client.as_ref().is_none_or(Client::is_closed) {
-                                client = connect(&config)
-                                    .inspect_err(|e| tracing::warn!(error = %e, "query thread cannot connect"))
-                                    .ok();
-                            }
-                            job(&mut client);
-                        }
-                    })
-                    .expect("spawning a query thread")
-            })
-            .collect();
-        (QueryPool { jobs }, QueryThreads { handles, stop })
-    }
-
-    /// Runs `f` on a query thread with a live connection and awaits its result without
-    /// blocking the calling core.
-    pub async fn run<T, F>(&self, what: &'static str, f: F) -> Result<T, QueryError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
-    {
-        let (tx, rx) = futures_channel::oneshot::channel();
-        let job: Job = Box::new(move |client: &mut Option<Client>| {
-            let result = match client.as_mut() {
-                None => Err(QueryError::Unavailable),
-                Some(c) => f(c).map_err(|e| {
-                    tracing::warn!(query = what, error = %e, "query failed");
-                    QueryError::Unavailable
-                }),
-            };
-            let _ = tx.send(result);
-        });
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(QueryError::Busy),
-            Err(TrySendError::Disconnected(_)) => return Err(QueryError::Unavailable),
+            to_sql_checked!();
         }
-        match monoio::time::timeout(QUERY_WAIT, rx).await {
-            Ok(Ok(result)) => result,
-            _ => Err(QueryError::Unavailable),
+
+        impl<'a> FromSql<'a> for $t {
+            fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<$t, Box<dyn Error + Sync + Send>> {
+                uuid::Uuid::from_sql(ty, raw).map($t)
+            }
+
+            fn accepts(ty: &Type) -> bool {
+                <uuid::Uuid as FromSql>::accepts(ty)
+            }
         }
-    }
+    )*};
 }
 
-/// The query threads; `join` ends them (queries still queued are dropped, and their callers
-/// see `Unavailable`).
-pub struct QueryThreads {
-    handles: Vec<std::thread::JoinHandle<()>>,
-    stop: Sender<()>,
-}
-
-impl QueryThreads {
-    pub fn join(self) {
-        drop(self.stop);
-        for h in self.handles {
-            let _ = h.join();
-        }
-    }
-}
+uuid_column!(OrgId, EventId);

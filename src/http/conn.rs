@@ -1,25 +1,29 @@
-//! http::conn: one client connection, from accept to close.
+//! http::conn: one core's HTTP state, and each client connection from accept to close.
 //!
 //! Reads a request head (bounded by `HEAD_BYTES_MAX` and the header timeout), then its body
 //! (bounded by the route's limit, decided from `Content-Length` before reading, and by the body
-//! timeout), dispatches it, and writes the response. Pipelined requests are answered in order;
-//! their responses are flushed together when the next request is already buffered. Any framing
-//! error is answered and the connection closed, since the next request's start is unknown.
+//! timeout), hands it to the handler, and writes the response. Pipelined requests are answered
+//! in order; their responses are flushed together when the next request is already buffered.
+//! Any framing error is answered and the connection closed, since the next request's start is
+//! unknown.
 
+use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent};
+use monoio::io::{
+    AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent, Canceller,
+};
 use monoio::net::TcpStream;
 
+use super::handler::{Handler, Refusal, Request};
 use super::request::{
-    parse_head, BodyFraming, ChunkedDecoder, FrameError, Head, Method, CHUNK_OVERHEAD_BYTES_MAX,
+    parse_head, BodyFraming, ChunkedDecoder, Field, FrameError, Head, Method,
+    CHUNK_OVERHEAD_BYTES_MAX,
 };
 use super::response;
-use crate::api::{self, ApiError, Request, Route, SMALL_BODY_BYTES_MAX};
-use crate::core::Core;
 
 /// Initial read buffer; it grows to hold a whole request (head and body) when needed.
 const READ_BUF_BYTES: usize = 8 * 1024;
@@ -33,6 +37,90 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 const LINGER_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// The HTTP settings of every core.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Time a client has to send a request's head once its first byte arrived.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body.
+    pub body_timeout: Duration,
+    /// An idle keep-alive connection closes after this long.
+    pub idle_timeout: Duration,
+    /// Open connections per core; more are answered 503 and closed.
+    pub connections_max: usize,
+}
+
+/// One core's HTTP state. Touched by that core's thread alone: no locks.
+pub struct Server {
+    core: usize,
+    limits: Limits,
+    /// Cancels the accept and every idle read at once when draining begins.
+    canceller: RefCell<Canceller>,
+    draining: Cell<bool>,
+    connections: Cell<usize>,
+    /// `Date` header value, rebuilt once a second.
+    date: RefCell<(u64, String)>,
+    request_ids: Cell<u64>,
+}
+
+impl Server {
+    pub fn new(core: usize, limits: Limits) -> Server {
+        // Request ids: core, then a per-run random tag, then a counter; unique within a run and
+        // unlikely to repeat across runs.
+        let mut tag = [0u8; 4];
+        let _ = getrandom::fill(&mut tag);
+        Server {
+            core,
+            limits,
+            canceller: RefCell::new(Canceller::new()),
+            draining: Cell::new(false),
+            connections: Cell::new(0),
+            date: RefCell::new((0, String::new())),
+            request_ids: Cell::new((u32::from_be_bytes(tag) as u64) << 24),
+        }
+    }
+
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.canceller.borrow().handle()
+    }
+
+    /// Stops taking requests: cancels the accept and every idle read; requests in flight finish
+    /// and their connections close after the response.
+    pub fn begin_drain(&self) {
+        self.draining.set(true);
+        let old = self.canceller.replace(Canceller::new());
+        drop(old.cancel());
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.connections.get()
+    }
+
+    pub fn at_capacity(&self) -> bool {
+        self.connections.get() >= self.limits.connections_max
+    }
+
+    /// The current `Date` header value.
+    fn date(&self) -> std::cell::Ref<'_, str> {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if self.date.borrow().0 != secs {
+            *self.date.borrow_mut() = (secs, httpdate::fmt_http_date(now));
+        }
+        std::cell::Ref::map(self.date.borrow(), |(_, s)| s.as_str())
+    }
+
+    fn next_request_id(&self) -> String {
+        let n = self.request_ids.get().wrapping_add(1);
+        self.request_ids.set(n);
+        format!("{:02x}{:014x}", self.core, n & 0x00ff_ffff_ffff_ffff)
+    }
+}
+
 enum ReadEnd {
     Eof,
     Timeout,
@@ -45,17 +133,29 @@ struct Conn {
     peer: IpAddr,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
+    /// The current request's header fields, reused from request to request.
+    fields: Vec<Field>,
 }
 
 impl Conn {
+    fn new(stream: TcpStream, peer: IpAddr, buf_bytes: usize) -> Conn {
+        Conn {
+            stream,
+            peer,
+            rbuf: Vec::with_capacity(buf_bytes),
+            wbuf: Vec::with_capacity(buf_bytes),
+            fields: Vec::new(),
+        }
+    }
+
     /// Reads more bytes onto the end of `rbuf`.
-    async fn read(&mut self, core: &Core, within: Duration) -> Result<usize, ReadEnd> {
+    async fn read(&mut self, server: &Server, within: Duration) -> Result<usize, ReadEnd> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK_MIN {
             self.rbuf.reserve(READ_CHUNK_MIN);
         }
         let (len, cap) = (self.rbuf.len(), self.rbuf.capacity());
         let buf = std::mem::take(&mut self.rbuf).slice_mut(len..cap);
-        let read = self.stream.cancelable_read(buf, core.cancel_handle());
+        let read = self.stream.cancelable_read(buf, server.cancel_handle());
         match monoio::time::timeout(within, read).await {
             // The buffer went with the dropped read; the connection closes anyway.
             Err(_) => Err(ReadEnd::Timeout),
@@ -73,7 +173,7 @@ impl Conn {
     /// Reads until `rbuf` holds at least `want` bytes.
     async fn read_to(
         &mut self,
-        core: &Core,
+        server: &Server,
         want: usize,
         deadline: Instant,
     ) -> Result<(), ReadEnd> {
@@ -81,7 +181,7 @@ impl Conn {
             self.rbuf.reserve(want - self.rbuf.len());
         }
         while self.rbuf.len() < want {
-            self.read(core, deadline.saturating_duration_since(Instant::now()))
+            self.read(server, deadline.saturating_duration_since(Instant::now()))
                 .await?;
         }
         Ok(())
@@ -109,24 +209,24 @@ impl Conn {
         )
     }
 
-    /// Appends an error response that closes the connection.
-    fn write_error(&mut self, core: &Core, err: ApiError) {
-        let id = core.next_request_id();
+    /// Appends the handler's answer to a refused request, which closes the connection.
+    fn write_refusal(&mut self, server: &Server, handler: &impl Handler, refusal: Refusal) {
+        let id = server.next_request_id();
         response::write(
             &mut self.wbuf,
-            &err.into_response(),
+            &handler.refused(refusal),
             id.as_bytes(),
-            core.date().as_bytes(),
+            server.date().as_bytes(),
             false,
             false,
         );
     }
 
     /// Answers a request that cannot be read to its end, then closes.
-    async fn fail(&mut self, core: &Core, err: ApiError) {
-        self.write_error(core, err);
+    async fn fail(&mut self, server: &Server, handler: &impl Handler, refusal: Refusal) {
+        self.write_refusal(server, handler, refusal);
         if self.flush().await {
-            self.linger(core).await;
+            self.linger(server).await;
         }
     }
 
@@ -134,14 +234,14 @@ impl Conn {
     /// response before the client reads it (a client still sending a refused 6 MiB body gets
     /// ECONNRESET instead of its 413). So: stop writing, then read and discard for a bounded
     /// time and amount before closing.
-    async fn linger(&mut self, core: &Core) {
+    async fn linger(&mut self, server: &Server) {
         let _ = self.stream.shutdown().await;
         let deadline = Instant::now() + LINGER_TIMEOUT;
         let mut discarded = 0;
         while discarded < LINGER_BYTES_MAX {
             self.rbuf.clear();
             match self
-                .read(core, deadline.saturating_duration_since(Instant::now()))
+                .read(server, deadline.saturating_duration_since(Instant::now()))
                 .await
             {
                 Ok(n) => discarded += n,
@@ -152,7 +252,14 @@ impl Conn {
 }
 
 /// Counts a connection for as long as it lives.
-struct Open(Rc<Core>);
+struct Open(Rc<Server>);
+
+impl Open {
+    fn new(server: Rc<Server>) -> Open {
+        server.connections.set(server.connections.get() + 1);
+        Open(server)
+    }
+}
 
 impl Drop for Open {
     fn drop(&mut self) {
@@ -160,83 +267,79 @@ impl Drop for Open {
     }
 }
 
-/// Answers a connection over the per-core limit with 503 and closes it at once: lingering
-/// here would let a flood of connections hold resources past the limit.
-pub async fn refuse(core: Rc<Core>, stream: TcpStream, peer: IpAddr) {
-    let mut conn = Conn {
-        stream,
-        peer,
-        rbuf: Vec::new(),
-        wbuf: Vec::with_capacity(256),
-    };
-    conn.write_error(&core, ApiError::Overloaded);
+/// Answers a connection over the core's limit with 503 and closes it at once: lingering here
+/// would let a flood of connections hold resources past the limit.
+pub async fn refuse<H: Handler>(
+    server: Rc<Server>,
+    handler: Rc<H>,
+    stream: TcpStream,
+    peer: IpAddr,
+) {
+    let mut conn = Conn::new(stream, peer, 0);
+    conn.write_refusal(&server, &*handler, Refusal::Overloaded);
     conn.flush().await;
 }
 
-pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: IpAddr) {
-    core.connections.set(core.connections.get() + 1);
-    let _open = Open(core.clone());
+/// Serves a connection until the client closes it, a refusal, a timeout or the drain.
+pub async fn serve<H: Handler>(
+    server: Rc<Server>,
+    handler: Rc<H>,
+    stream: TcpStream,
+    peer: IpAddr,
+) {
+    let _open = Open::new(server.clone());
     let _ = stream.set_nodelay(true);
-    let mut conn = Conn {
-        stream,
-        peer,
-        rbuf: Vec::with_capacity(READ_BUF_BYTES),
-        wbuf: Vec::with_capacity(READ_BUF_BYTES),
-    };
-    while let Some(()) = one_request(&core, &mut conn).await {}
+    let mut conn = Conn::new(stream, peer, READ_BUF_BYTES);
+    while let Some(()) = one_request(&server, &*handler, &mut conn).await {}
     conn.flush().await;
 }
 
 /// Serves one request; `None` closes the connection.
-async fn one_request(core: &Rc<Core>, conn: &mut Conn) -> Option<()> {
-    let config = &core.shared.config;
+async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) -> Option<()> {
+    let limits = &server.limits;
     // The head: wait for the first byte under the idle timeout, the rest under the header
     // timeout, which starts with that first byte.
-    let mut head_deadline = Instant::now() + config.header_timeout;
+    let mut head_deadline = Instant::now() + limits.header_timeout;
     let head: Head = loop {
         if !conn.rbuf.is_empty() {
-            match parse_head(&conn.rbuf) {
+            match parse_head(&conn.rbuf, &mut conn.fields) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(e) => {
-                    conn.fail(core, e.into()).await;
+                    conn.fail(server, handler, Refusal::Frame(e)).await;
                     return None;
                 }
             }
         }
-        if !conn.flush().await || core.draining.get() {
+        if !conn.flush().await || server.is_draining() {
             return None;
         }
         let idle = conn.rbuf.is_empty();
         let within = if idle {
-            config.idle_timeout
+            limits.idle_timeout
         } else {
             head_deadline.saturating_duration_since(Instant::now())
         };
-        match conn.read(core, within).await {
-            Ok(_) if idle => head_deadline = Instant::now() + config.header_timeout,
+        match conn.read(server, within).await {
+            Ok(_) if idle => head_deadline = Instant::now() + limits.header_timeout,
             Ok(_) => {}
             Err(ReadEnd::Timeout) if !idle => {
-                conn.fail(core, ApiError::RequestTimeout).await;
+                conn.fail(server, handler, Refusal::Timeout).await;
                 return None;
             }
             Err(_) => return None,
         }
     };
     let received = Instant::now();
-    let route = Route::resolve(head.method, text(&conn.rbuf, &head.path));
-    let limit = route
-        .as_ref()
-        // An unknown route's body is read and discarded under the small limit, so the connection
-        // stays usable for the next request.
-        .map_or(SMALL_BODY_BYTES_MAX, |r| r.body_bytes_max());
+    let route = handler.route(head.method, text(&conn.rbuf, &head.path));
+    let limit = handler.body_bytes_max(route);
 
     // The body: refused from its declared length before any of it is read.
     let mut chunked_body = Vec::new();
-    let (body, consumed) = match read_body(core, conn, &head, limit, &mut chunked_body).await {
+    let (body, consumed) = match read_body(server, conn, &head, limit, &mut chunked_body).await {
         Ok(read) => read,
-        Err(Some(answer)) => {
-            conn.fail(core, answer).await;
+        Err(Some(refusal)) => {
+            conn.fail(server, handler, refusal).await;
             return None;
         }
         Err(None) => return None,
@@ -244,33 +347,30 @@ async fn one_request(core: &Rc<Core>, conn: &mut Conn) -> Option<()> {
 
     let request_id = match &head.request_id {
         Some(r) => String::from_utf8_lossy(&conn.rbuf[r.clone()]).into_owned(),
-        None => core.next_request_id(),
+        None => server.next_request_id(),
     };
     let response = {
         let req = Request {
             method: head.method,
             path: text(&conn.rbuf, &head.path),
             query: text(&conn.rbuf, &head.query),
-            api_key: head.api_key.clone().map(|r| &conn.rbuf[r]),
-            bearer: head.bearer.clone().map(|r| &conn.rbuf[r]),
             peer: conn.peer,
             body: if head.framing == BodyFraming::Chunked {
                 &chunked_body
             } else {
                 &conn.rbuf[body]
             },
+            head: &conn.rbuf[..head.len],
+            fields: &conn.fields,
         };
-        match &route {
-            Ok(route) => api::dispatch(core, *route, &req).await,
-            Err(e) => e.clone().into_response(),
-        }
+        handler.handle(route, &req).await
     };
-    let keep_alive = head.keep_alive && !response.close && !core.draining.get();
+    let keep_alive = head.keep_alive && !server.is_draining();
     response::write(
         &mut conn.wbuf,
         &response,
         request_id.as_bytes(),
-        core.date().as_bytes(),
+        server.date().as_bytes(),
         keep_alive,
         head.method == Method::Head,
     );
@@ -284,29 +384,25 @@ async fn one_request(core: &Rc<Core>, conn: &mut Conn) -> Option<()> {
     if flush_now && !conn.flush().await {
         return None;
     }
-    if matches!(route, Ok(Route::Events)) {
-        core.shared.stats.cores[core.id]
-            .ingest_us
-            .record_duration(received.elapsed());
-    }
+    handler.responded(route, received.elapsed());
     keep_alive.then_some(())
 }
 
 /// Reads the body `head` announces, refusing it from its declared length before reading any of
 /// it. Returns the body's place in `rbuf` (empty for a chunked body, decoded into `chunked`) and
-/// the bytes the request took. `Err(Some(e))`: answer `e` and close; `Err(None)`: just close.
+/// the bytes the request took. `Err(Some(r))`: answer `r` and close; `Err(None)`: just close.
 async fn read_body(
-    core: &Core,
+    server: &Server,
     conn: &mut Conn,
     head: &Head,
     limit: usize,
     chunked: &mut Vec<u8>,
-) -> Result<(std::ops::Range<usize>, usize), Option<ApiError>> {
-    let timed_out = |e: ReadEnd| matches!(e, ReadEnd::Timeout).then_some(ApiError::RequestTimeout);
-    let deadline = Instant::now() + core.shared.config.body_timeout;
+) -> Result<(std::ops::Range<usize>, usize), Option<Refusal>> {
+    let timed_out = |e: ReadEnd| matches!(e, ReadEnd::Timeout).then_some(Refusal::Timeout);
+    let deadline = Instant::now() + server.limits.body_timeout;
     let end = match head.framing {
         BodyFraming::None => return Ok((head.len..head.len, head.len)),
-        BodyFraming::Length(n) if n > limit => return Err(Some(ApiError::PayloadTooLarge(limit))),
+        BodyFraming::Length(n) if n > limit => return Err(Some(Refusal::BodyTooLarge(limit))),
         BodyFraming::Length(n) => Some(head.len + n),
         BodyFraming::Chunked => None,
     };
@@ -317,7 +413,9 @@ async fn read_body(
         return Err(None);
     }
     if let Some(end) = end {
-        conn.read_to(core, end, deadline).await.map_err(timed_out)?;
+        conn.read_to(server, end, deadline)
+            .await
+            .map_err(timed_out)?;
         return Ok((head.len..end, end));
     }
     let mut decoder = ChunkedDecoder::new(head.len);
@@ -326,12 +424,12 @@ async fn read_body(
             Ok(Some(end)) => return Ok((0..0, end)),
             Ok(None) if decoder.raw_len(head.len) <= limit + CHUNK_OVERHEAD_BYTES_MAX => {}
             Ok(None) | Err(FrameError::BodyTooLarge) => {
-                return Err(Some(ApiError::PayloadTooLarge(limit)))
+                return Err(Some(Refusal::BodyTooLarge(limit)))
             }
-            Err(e) => return Err(Some(e.into())),
+            Err(e) => return Err(Some(Refusal::Frame(e))),
         }
         let within = deadline.saturating_duration_since(Instant::now());
-        conn.read(core, within).await.map_err(timed_out)?;
+        conn.read(server, within).await.map_err(timed_out)?;
     }
 }
 

@@ -1,6 +1,21 @@
-//! http: HTTP/1.1 on a core: the connection loop (limits, timeouts, keep-alive, pipelining),
-//! request framing, and response serialization.
+//! http: HTTP/1.1 on one core, for any `Handler`. Imports nothing of the crate: it knows
+//! requests, responses and framing, never routes, keys or the API's errors.
+//!
+//! - `request`: framing as pure functions over bytes (limits, RFC 9112 rules, chunked bodies).
+//! - `response`: a response and its serialization.
+//! - `handler`: what the application provides (`Handler`), what it sees of a request, and the
+//!   refusals the HTTP layer answers on its own.
+//! - `conn`: one core's HTTP state (`Server`: limits, open connections, drain, `Date`, request
+//!   ids) and each connection from accept to close (timeouts, keep-alive, pipelining).
+//!
+//! The handler is a type parameter, so dispatch is static: no boxing on the hot path.
 
 pub mod conn;
+pub mod handler;
 pub mod request;
 pub mod response;
+
+pub use conn::{Limits, Server};
+pub use handler::{Handler, Refusal, Request};
+pub use request::{Field, FrameError, Method};
+pub use response::Response;

@@ -63,6 +63,14 @@ pub enum BodyFraming {
     Chunked,
 }
 
+/// A header field's name and value (trimmed), as ranges into the buffer the head was parsed
+/// from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub name: Range<usize>,
+    pub value: Range<usize>,
+}
+
 /// A parsed request head. Text fields are byte ranges into the buffer the head was parsed from,
 /// so parsing allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,9 +81,7 @@ pub struct Head {
     pub framing: BodyFraming,
     pub keep_alive: bool,
     pub expect_continue: bool,
-    pub api_key: Option<Range<usize>>,
-    /// The `Authorization: Bearer` token (also the API key when no `X-API-Key` is sent).
-    pub bearer: Option<Range<usize>>,
+    /// A client's `X-Request-Id`, echoed in the response when it is short and printable.
     pub request_id: Option<Range<usize>>,
     /// Bytes of the head, including the blank line.
     pub len: usize,
@@ -116,8 +122,10 @@ fn trim(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
-/// Parses a request head from the start of `buf`. `Ok(None)`: incomplete, read more.
-pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
+/// Parses a request head from the start of `buf`, its header fields into `fields` (cleared
+/// first). `Ok(None)`: incomplete, read more.
+pub fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<Head>, FrameError> {
+    fields.clear();
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -150,8 +158,6 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
         framing: BodyFraming::None,
         keep_alive: version == 1,
         expect_continue: false,
-        api_key: None,
-        bearer: None,
         request_id: None,
         len,
     };
@@ -159,6 +165,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = trim(h.value);
+        fields.push(Field {
+            name: range_of(buf, name),
+            value: range_of(buf, value),
+        });
         if name.eq_ignore_ascii_case(b"content-length") {
             if length.is_some() {
                 return Err(FrameError::AmbiguousLength);
@@ -185,12 +195,6 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
                     head.keep_alive = true;
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"x-api-key") {
-            head.api_key = Some(range_of(buf, value));
-        } else if name.eq_ignore_ascii_case(b"authorization") {
-            if let Some(token) = value.strip_prefix(b"Bearer ") {
-                head.bearer = Some(range_of(buf, trim(token)));
-            }
         } else if name.eq_ignore_ascii_case(b"x-request-id") {
             if !value.is_empty()
                 && value.len() <= REQUEST_ID_BYTES_MAX
@@ -202,12 +206,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
             head.expect_continue = value.eq_ignore_ascii_case(b"100-continue") && version == 1;
         }
     }
-    if head.api_key.is_none() {
-        head.api_key = head.bearer.clone();
-    }
     head.framing = match (length, chunked) {
         (Some(_), true) => return Err(FrameError::AmbiguousLength),
-        (Some(0), false) | (None, false) => BodyFraming::None,
+        (Some(0) | None, false) => BodyFraming::None,
         (Some(n), false) => BodyFraming::Length(n),
         (None, true) => BodyFraming::Chunked,
     };
@@ -318,27 +319,34 @@ mod tests {
     use super::*;
 
     fn head(raw: &str) -> Result<Option<Head>, FrameError> {
-        parse_head(raw.as_bytes())
+        parse_head(raw.as_bytes(), &mut Vec::new())
     }
 
     #[test]
     fn a_complete_head_yields_its_parts_by_range() {
-        let raw = "POST /api/events?x=1 HTTP/1.1\r\nHost: a\r\nX-API-Key:  k1 \r\nContent-Length: 5\r\n\r\nhello";
-        let h = head(raw).unwrap().unwrap();
+        let raw = "POST /api/events?x=1 HTTP/1.1\r\nHost: a\r\nX-API-Key:  k1 \r\nX-Request-Id: r-7\r\nContent-Length: 5\r\n\r\nhello";
+        let mut fields = Vec::new();
+        let h = parse_head(raw.as_bytes(), &mut fields).unwrap().unwrap();
         assert_eq!(h.method, Method::Post);
         assert_eq!(&raw[h.path.clone()], "/api/events");
         assert_eq!(&raw[h.query.clone()], "x=1");
-        assert_eq!(&raw[h.api_key.clone().unwrap()], "k1");
+        assert_eq!(&raw[h.request_id.clone().unwrap()], "r-7");
         assert_eq!(h.framing, BodyFraming::Length(5));
         assert!(h.keep_alive);
         assert_eq!(&raw[h.len..], "hello");
-    }
-
-    #[test]
-    fn bearer_token_is_the_key_when_no_x_api_key() {
-        let raw = "GET / HTTP/1.1\r\nAuthorization: Bearer tok\r\n\r\n";
-        let h = head(raw).unwrap().unwrap();
-        assert_eq!(&raw[h.api_key.unwrap()], "tok");
+        let named: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|f| (&raw[f.name.clone()], &raw[f.value.clone()]))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("Host", "a"),
+                ("X-API-Key", "k1"),
+                ("X-Request-Id", "r-7"),
+                ("Content-Length", "5")
+            ]
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! http::response: a response and its serialization. Every response carries `Content-Length`,
-//! `Date` and `X-Request-Id`; bodies are JSON unless the route says otherwise.
+//! `Date` and `X-Request-Id`; bodies are JSON unless the handler says otherwise.
 
 use std::io::Write;
 
@@ -9,8 +9,6 @@ pub struct Response {
     pub content_type: &'static str,
     pub body: Vec<u8>,
     pub headers: Vec<(&'static str, String)>,
-    /// Close the connection after this response (the request stream can no longer be trusted).
-    pub close: bool,
 }
 
 impl Response {
@@ -20,7 +18,6 @@ impl Response {
             content_type: "application/json",
             body,
             headers: Vec::new(),
-            close: false,
         }
     }
 
@@ -40,11 +37,6 @@ impl Response {
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
-        self
-    }
-
-    pub fn closing(mut self) -> Response {
-        self.close = true;
         self
     }
 }
@@ -98,7 +90,7 @@ pub fn write(
     for (name, value) in &resp.headers {
         let _ = write!(out, "\r\n{name}: {value}");
     }
-    if !keep_alive || resp.close {
+    if !keep_alive {
         out.extend_from_slice(b"\r\nconnection: close");
     }
     out.extend_from_slice(b"\r\n\r\n");

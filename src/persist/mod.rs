@@ -1,186 +1,46 @@
 //! persist: the only code that writes events. Never reports an event committed before COMMIT
-//! returns, and never drops an event without answering it.
+//! returns, and never drops an event without answering it. Imports `queue`, `db`, `stats`,
+//! `shutdown` and `ids`.
 //!
-//! Each persister thread drains every core's ring into a batch, flushed on rows, bytes or age
-//! (the age clock starts with the batch's first row). A batch is binary COPY into a
-//! per-connection temp staging table, then one statement that moves the rows into `events`
-//! (`DELETE … RETURNING` feeding `INSERT … ON CONFLICT DO NOTHING RETURNING id`): that
-//! statement's transaction commits the whole batch. A batch that cannot conflict (no dedup_ids,
-//! first attempt) is one COPY straight into `events`. Ids are made before the event is queued, so
-//! replaying a batch whose COMMIT outcome is unknown is safe: rows already stored conflict with
-//! themselves and are reported committed. Outcomes go back as one message per batch per core.
+//! Each persister thread drains every core's ring into a `batch::Batch`, committed on rows,
+//! bytes or age. `db::events::Writer` stores a batch in one transaction; ids are made before an
+//! event is queued, so replaying a batch whose COMMIT outcome is unknown is safe (rows already
+//! stored conflict with themselves and are reported committed). `outcome` turns what was
+//! written into each client's answer, sent home as one message per batch per core. While
+//! PostgreSQL is away, events keep their deadlines: those that run out are answered
+//! `Unavailable` and never stored later.
 
-pub mod copy;
+pub mod batch;
+pub mod outcome;
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
-use postgres::{Client, Statement};
-use uuid::Uuid;
 
-use crate::db;
-use crate::ids::EventId;
+pub use batch::BatchLimits;
+
+use crate::db::events::Writer;
 use crate::queue::{Completion, Entry, Event, Hub, Outcome};
-use crate::stats::PersistStats;
+use crate::shutdown::Stop;
+use crate::stats::{PersistStats, Stats};
+use batch::Batch;
 
 /// First and longest pause between attempts while PostgreSQL is unreachable or refusing.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
-/// Staged rows between truncations of the staging table. Truncating costs a fixed handful of
-/// file operations (measured: ~10% of a backend's CPU when done at every commit, as
-/// `ON COMMIT DELETE ROWS` does); the DELETE that moves rows out is cheap but leaves dead rows
-/// that later batches scan. Truncating every ~1k rows keeps both small.
-const STAGING_TRUNCATE_ROWS: usize = 1024;
 /// Longest a persister sleeps with nothing to do before it looks around anyway (a safety net:
 /// cores wake it on every push).
 const IDLE_PARK: Duration = Duration::from_millis(100);
 
-#[derive(Clone, Debug)]
-pub struct BatchLimits {
-    pub rows_max: usize,
-    pub bytes_max: usize,
-    pub linger: Duration,
-}
-
-/// What persisters share with the rest of the server.
-pub struct PersistShared {
+/// What every persister shares with the rest of the server.
+pub struct Shared {
     pub hub: Arc<Hub>,
     pub limits: BatchLimits,
     pub db: postgres::Config,
-    /// Set once no core will push again: drain the rings, then exit. If PostgreSQL is still
-    /// unreachable at this instant, what is left is dropped (logged) so shutdown stays bounded.
-    pub stop: OnceLock<Instant>,
-    /// Persisters holding a working connection.
-    pub connected: AtomicUsize,
-    /// Persister threads alive (`/health/ready`).
-    pub running: AtomicUsize,
-}
-
-/// A connection with its staging table and statements ready.
-struct Conn {
-    client: Client,
-    /// Dead rows left in the staging table since it was last truncated.
-    staged_rows: usize,
-    /// A COPY landed rows in staging that no INSERT has moved (the attempt failed after it).
-    staging_dirty: bool,
-    insert: Statement,
-    lookup: Statement,
-}
-
-impl Conn {
-    fn open(config: &postgres::Config) -> Result<Conn, postgres::Error> {
-        let mut client = db::connect(config)?;
-        client.batch_execute(
-            "CREATE TEMP TABLE staging (
-                 org_id uuid NOT NULL, id uuid NOT NULL, type text NOT NULL,
-                 payload jsonb NOT NULL, dedup_id text, created_at timestamptz NOT NULL
-             )",
-        )?;
-        // One statement empties staging into events; its implicit transaction is the batch's
-        // commit. Sorted so that concurrent batches take dedup-index locks in one order (no
-        // deadlock between persisters).
-        let insert = client.prepare(
-            "WITH moved AS (
-                 DELETE FROM staging
-                 RETURNING org_id, id, type, payload, dedup_id, created_at
-             )
-             INSERT INTO events (org_id, id, type, payload, dedup_id, created_at)
-             SELECT org_id, id, type, payload, dedup_id, created_at FROM moved
-             ORDER BY org_id, dedup_id, id
-             ON CONFLICT DO NOTHING
-             RETURNING id",
-        )?;
-        // For rows the INSERT skipped: the stored events holding their dedup_ids (their own
-        // ids when a replayed batch had in fact committed). Runs after the commit, on
-        // committed rows.
-        let lookup = client.prepare(
-            "SELECT e.org_id, e.dedup_id, e.id
-             FROM unnest($1::uuid[], $2::text[]) AS k(org_id, dedup_id)
-             JOIN events e ON e.org_id = k.org_id AND e.dedup_id = k.dedup_id",
-        )?;
-        Ok(Conn {
-            client,
-            staged_rows: 0,
-            staging_dirty: false,
-            insert,
-            lookup,
-        })
-    }
-
-    /// Stores the batch in one transaction; outcomes in batch order.
-    ///
-    /// A first attempt at a batch without dedup_ids cannot conflict (its ids are new), so it is
-    /// one COPY straight into `events`: two round trips, plain inserts. Everything else, and
-    /// every replay after a failure whose outcome is unknown, takes three: COPY into staging
-    /// (a temp table: its own transaction writes no WAL and waits for no flush), COPY's end,
-    /// and the INSERT … ON CONFLICT whose commit holds every row.
-    fn commit(&mut self, batch: &[Event], replay: bool) -> Result<Vec<Outcome>, postgres::Error> {
-        if !replay && batch.iter().all(|e| e.dedup_id.is_none()) {
-            let copied = copy::write_rows(&mut self.client, copy::Table::Events, batch)?;
-            assert_eq!(
-                copied as usize,
-                batch.len(),
-                "COPY must take every batched row"
-            );
-            return Ok(vec![Outcome::Committed; batch.len()]);
-        }
-        if self.staging_dirty || self.staged_rows >= STAGING_TRUNCATE_ROWS {
-            self.client.batch_execute("TRUNCATE staging")?;
-            self.staging_dirty = false;
-            self.staged_rows = 0;
-        }
-        self.staging_dirty = true;
-        let copied = copy::write_rows(&mut self.client, copy::Table::Staging, batch)?;
-        assert_eq!(
-            copied as usize,
-            batch.len(),
-            "COPY must take every batched row"
-        );
-        let inserted: HashSet<Uuid> = self
-            .client
-            .query(&self.insert, &[])?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        self.staging_dirty = false;
-        self.staged_rows += batch.len();
-        let mut holders: HashMap<(Uuid, String), Uuid> = HashMap::new();
-        let skipped: Vec<&Event> = batch
-            .iter()
-            .filter(|e| e.dedup_id.is_some() && !inserted.contains(&e.id.0))
-            .collect();
-        if !skipped.is_empty() {
-            let orgs: Vec<Uuid> = skipped.iter().map(|e| e.org.0).collect();
-            let dedups: Vec<&str> = skipped
-                .iter()
-                .filter_map(|e| e.dedup_id.as_deref())
-                .collect();
-            for row in self.client.query(&self.lookup, &[&orgs, &dedups])? {
-                holders.insert((row.get(0), row.get(1)), row.get(2));
-            }
-        }
-        Ok(batch
-            .iter()
-            .map(|e| {
-                if inserted.contains(&e.id.0) {
-                    return Outcome::Committed;
-                }
-                let holder = e
-                    .dedup_id
-                    .as_deref()
-                    .and_then(|d| holders.get(&(e.org.0, d.to_string())));
-                match holder {
-                    Some(&holder) if holder != e.id.0 => Outcome::Duplicate(EventId(holder)),
-                    // Skipped and holding its own dedup_id, or skipped on its own id: an
-                    // earlier attempt of this batch committed.
-                    _ => Outcome::Committed,
-                }
-            })
-            .collect())
-    }
+    pub stop: Arc<Stop>,
+    pub stats: Arc<Stats>,
 }
 
 enum Failure {
@@ -213,19 +73,18 @@ fn classify(e: &postgres::Error, client_closed: bool) -> Failure {
 }
 
 /// Counts a persister thread as running until it ends, however it ends.
-struct Running(Arc<PersistShared>);
+struct Running(Arc<Stats>);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::Relaxed);
+        self.0.persisters_running.down();
     }
 }
 
 pub struct Persister {
     index: usize,
-    shared: Arc<PersistShared>,
-    stats: Arc<crate::stats::Stats>,
-    conn: Option<Conn>,
+    shared: Arc<Shared>,
+    writer: Option<Writer>,
     /// Entries taken off the rings while PostgreSQL was unreachable, oldest first. Holds at
     /// most as many entries as all rings together.
     backlog: VecDeque<Entry>,
@@ -233,61 +92,51 @@ pub struct Persister {
 }
 
 impl Persister {
-    pub fn spawn(
-        index: usize,
-        shared: Arc<PersistShared>,
-        stats: Arc<crate::stats::Stats>,
-    ) -> std::thread::JoinHandle<()> {
-        shared.running.fetch_add(1, Ordering::Relaxed);
+    pub fn spawn(index: usize, shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
+        shared.stats.persisters_running.up();
         std::thread::Builder::new()
             .name(format!("persister-{index}"))
             .spawn(move || {
-                let _running = Running(shared.clone());
+                let _running = Running(shared.stats.clone());
                 Persister {
                     index,
                     shared,
-                    stats,
-                    conn: None,
+                    writer: None,
                     backlog: VecDeque::new(),
                     backoff: BACKOFF_MIN,
                 }
-                .run()
+                .run();
             })
             .expect("spawning a persister thread")
     }
 
     fn my_stats(&self) -> &PersistStats {
-        &self.stats.persisters[self.index]
+        &self.shared.stats.persisters[self.index]
     }
 
     fn run(mut self) {
         self.shared.hub.doorbell.register(self.index);
         // Connect before the first event so that a misconfigured database shows at start-up.
-        match Conn::open(&self.shared.db) {
-            Ok(c) => self.set_conn(Some(c)),
+        match Writer::open(&self.shared.db) {
+            Ok(w) => self.set_writer(Some(w)),
             Err(e) => {
-                tracing::warn!(persister = self.index, error = %e, "persister cannot connect yet")
+                tracing::warn!(persister = self.index, error = %e, "persister cannot connect yet");
             }
         }
-        let mut batch = Vec::with_capacity(self.shared.limits.rows_max);
+        let mut batch = Batch::new(self.shared.limits.clone());
         while self.gather(&mut batch) {
-            self.persist(std::mem::take(&mut batch));
-            batch.reserve(self.shared.limits.rows_max);
+            self.persist(batch.take());
         }
-        self.set_conn(None);
+        self.set_writer(None);
         tracing::debug!(persister = self.index, "persister drained and stopped");
     }
 
-    fn set_conn(&mut self, conn: Option<Conn>) {
-        let before = self.conn.is_some();
-        self.conn = conn;
-        match (before, self.conn.is_some()) {
-            (false, true) => {
-                self.shared.connected.fetch_add(1, Ordering::Relaxed);
-            }
-            (true, false) => {
-                self.shared.connected.fetch_sub(1, Ordering::Relaxed);
-            }
+    fn set_writer(&mut self, writer: Option<Writer>) {
+        let before = self.writer.is_some();
+        self.writer = writer;
+        match (before, self.writer.is_some()) {
+            (false, true) => self.shared.stats.persisters_connected.up(),
+            (true, false) => self.shared.stats.persisters_connected.down(),
             _ => {}
         }
     }
@@ -309,43 +158,40 @@ impl Persister {
         }
     }
 
-    /// Fills `batch`. Returns false once stopping and nothing is left. A group (one batch
-    /// request) is never split, so a batch may pass `rows_max` by less than a group.
-    fn gather(&mut self, batch: &mut Vec<Event>) -> bool {
-        let limits = self.shared.limits.clone();
+    /// Fills `batch` until it is due. Returns false once finishing and nothing is left.
+    fn gather(&mut self, batch: &mut Batch) -> bool {
         let hub = self.shared.hub.clone();
+        let stop = self.shared.stop.clone();
         // Wait for a first entry.
         loop {
-            if let Some(e) = self.take(Instant::now()) {
-                batch.extend(e.into_events());
+            let now = Instant::now();
+            if let Some(e) = self.take(now) {
+                batch.add(e, now);
                 break;
             }
-            if self.shared.stop.get().is_some() && hub.is_empty() {
+            if stop.is_finishing() && hub.is_empty() {
                 return false;
             }
             hub.doorbell.will_sleep(self.index);
-            if hub.is_empty() && self.shared.stop.get().is_none() {
+            if hub.is_empty() && !stop.is_finishing() {
                 std::thread::park_timeout(IDLE_PARK);
             }
             hub.doorbell.awake(self.index);
         }
-        // Fill up until rows, bytes or age say flush. The rest of the linger is slept out
+        // Fill up until the batch is full or old enough. The rest of the linger is slept out
         // without ringing for the doorbell: a wake-up per push would cost each pushed event a
         // futex call and a context switch, and no ring fills within a linger.
-        let first = Instant::now();
-        let mut bytes: usize = batch.iter().map(|e| e.payload.len()).sum();
-        while batch.len() < limits.rows_max && bytes < limits.bytes_max {
+        while !batch.is_full() {
             let now = Instant::now();
             if let Some(e) = self.take(now) {
-                bytes += e.payload_bytes();
-                batch.extend(e.into_events());
+                batch.add(e, now);
                 continue;
             }
-            let waited = now.duration_since(first);
-            if waited >= limits.linger || self.shared.stop.get().is_some() {
+            let left = batch.linger_left(now);
+            if left.is_zero() || stop.is_finishing() {
                 break;
             }
-            std::thread::park_timeout(limits.linger - waited);
+            std::thread::park_timeout(left);
         }
         true
     }
@@ -360,11 +206,11 @@ impl Persister {
             if batch.is_empty() {
                 return;
             }
-            if self.conn.is_none() {
-                match Conn::open(&self.shared.db) {
-                    Ok(c) => {
+            if self.writer.is_none() {
+                match Writer::open(&self.shared.db) {
+                    Ok(w) => {
                         tracing::info!(persister = self.index, "persister connected");
-                        self.set_conn(Some(c));
+                        self.set_writer(Some(w));
                         self.backoff = BACKOFF_MIN;
                     }
                     Err(e) => {
@@ -374,17 +220,22 @@ impl Persister {
                     }
                 }
             }
-            let conn = self.conn.as_mut().expect("connected above");
+            let writer = self.writer.as_mut().expect("connected above");
             let started = Instant::now();
-            match conn.commit(&batch, replay) {
-                Ok(outcomes) => {
+            match writer.write(&batch, replay) {
+                Ok(written) => {
                     self.backoff = BACKOFF_MIN;
+                    let outcomes: Vec<Outcome> = batch
+                        .iter()
+                        .zip(written)
+                        .map(|(e, w)| outcome::of(&e.row, w))
+                        .collect();
                     self.record_commit(started.elapsed(), &outcomes);
                     self.answer(batch.into_iter().zip(outcomes));
                     return;
                 }
                 Err(e) => {
-                    let closed = conn.client.is_closed();
+                    let closed = writer.is_closed();
                     match classify(&e, closed) {
                         Failure::Data(why) if batch.len() == 1 => {
                             tracing::info!(persister = self.index, reason = %why, "PostgreSQL refused an event");
@@ -406,7 +257,7 @@ impl Persister {
                         Failure::Connection => {
                             replay = true;
                             tracing::warn!(persister = self.index, error = %e, "lost the PostgreSQL connection; will replay the batch");
-                            self.set_conn(None);
+                            self.set_writer(None);
                             self.my_stats().retries.add(1);
                             self.pause(&mut batch);
                         }
@@ -429,7 +280,7 @@ impl Persister {
         std::thread::sleep(self.backoff);
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         let now = Instant::now();
-        if self.shared.stop.get().is_some_and(|by| now >= *by) {
+        if self.shared.stop.finish_by().is_some_and(|by| now >= by) {
             let mut dropped = std::mem::take(batch);
             dropped.extend(self.backlog.drain(..).flat_map(Entry::into_events));
             for ring in &self.shared.hub.rings {
@@ -443,9 +294,7 @@ impl Persister {
             self.expire(dropped);
             return;
         }
-        let (expired, kept): (Vec<Event>, Vec<Event>) = std::mem::take(batch)
-            .into_iter()
-            .partition(|e| e.expired(now));
+        let (kept, expired) = outcome::split_expired(std::mem::take(batch), now);
         *batch = kept;
         self.expire(expired);
         let backlog_max: usize = self.shared.hub.rings.iter().map(|r| r.capacity()).sum();
@@ -455,11 +304,10 @@ impl Persister {
                 self.backlog.push_back(e);
             }
         }
-        let (expired, kept): (VecDeque<Entry>, VecDeque<Entry>) = std::mem::take(&mut self.backlog)
-            .into_iter()
-            .partition(|e| e.head().expired(now));
+        let (kept, expired) =
+            outcome::split_expired_entries(std::mem::take(&mut self.backlog), now);
         self.backlog = kept;
-        self.expire(expired.into_iter().flat_map(Entry::into_events).collect());
+        self.expire(expired);
     }
 
     fn expire(&self, events: Vec<Event>) {
@@ -485,9 +333,8 @@ impl Persister {
 
     /// Sends outcomes home: one message per core that has waiters in this batch.
     fn answer(&self, outcomes: impl Iterator<Item = (Event, Outcome)>) {
-        let mut per_core: Vec<Vec<Completion>> = (0..self.shared.hub.mailboxes.len())
-            .map(|_| Vec::new())
-            .collect();
+        let mailboxes = &self.shared.hub.mailboxes;
+        let mut per_core: Vec<Vec<Completion>> = (0..mailboxes.len()).map(|_| Vec::new()).collect();
         for (event, outcome) in outcomes {
             if let Some(w) = event.waiter {
                 per_core[w.core as usize].push(Completion {
@@ -498,7 +345,7 @@ impl Persister {
         }
         for (core, completions) in per_core.into_iter().enumerate() {
             if !completions.is_empty() {
-                self.shared.hub.mailboxes[core].deliver(completions);
+                mailboxes[core].deliver(completions);
             }
         }
     }

@@ -4,9 +4,10 @@
 //! Buckets live in a sharded map; taking tokens locks one shard for a few arithmetic
 //! operations and never across an `.await`. A bucket holds `burst` tokens and refills at
 //! `per_minute / 60` per second, so over any window an organization gets at most one burst more
-//! than its rate. Time is passed in, so the arithmetic is tested without sleeping.
+//! than its rate. Time is passed in, so the arithmetic is tested without sleeping. Imports
+//! nothing of the crate.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -15,6 +16,45 @@ use std::time::Instant;
 const SHARDS: usize = 64;
 /// Buckets per shard before idle ones are swept (a full bucket carries no state worth keeping).
 const SHARD_BUCKETS_MAX: usize = 16_384;
+
+/// A rate-limit tier: events per minute; `None` is unlimited.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tier {
+    pub name: String,
+    pub per_minute: Option<u64>,
+}
+
+/// The tiers an operator configured, by name. Always holds `Tiers::DEFAULT`.
+#[derive(Clone, Debug)]
+pub struct Tiers(Vec<Tier>);
+
+impl Tiers {
+    /// The tier of an organization created without naming one.
+    pub const DEFAULT: &'static str = "free";
+
+    /// From `name = events per minute` pairs, `0` meaning unlimited.
+    pub fn new(per_minute: BTreeMap<String, u64>) -> Result<Tiers, String> {
+        let tiers: Vec<Tier> = per_minute
+            .into_iter()
+            .map(|(name, n)| Tier {
+                name,
+                per_minute: (n > 0).then_some(n),
+            })
+            .collect();
+        if !tiers.iter().any(|t| t.name == Tiers::DEFAULT) {
+            return Err(format!("must define the default tier `{}`", Tiers::DEFAULT));
+        }
+        Ok(Tiers(tiers))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Tier> {
+        self.0.iter().find(|t| t.name == name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|t| t.name.as_str())
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Bucket {
@@ -142,6 +182,18 @@ mod tests {
         let r = l.take("a", 100, 10, t0).unwrap_err();
         assert_eq!(r.retry_after_s, 6); // 10 tokens at 100/min
         assert_eq!(l.take("b", 100, 1, t0).unwrap().remaining, 99);
+    }
+
+    #[test]
+    fn tiers_need_the_default_and_zero_is_unlimited() {
+        let mut m = BTreeMap::from([("pro".to_string(), 1000), ("unlimited".to_string(), 0)]);
+        assert!(Tiers::new(m.clone()).unwrap_err().contains("free"));
+        m.insert("free".into(), 100);
+        let t = Tiers::new(m).unwrap();
+        assert_eq!(t.get("free").unwrap().per_minute, Some(100));
+        assert_eq!(t.get("unlimited").unwrap().per_minute, None);
+        assert!(t.get("gold").is_none());
+        assert_eq!(t.names().collect::<Vec<_>>(), ["free", "pro", "unlimited"]);
     }
 
     #[test]

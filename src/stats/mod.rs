@@ -2,11 +2,12 @@
 //!
 //! Each core and each persister owns its recorders, so recording is an uncontended lock and an
 //! array increment; `GET /api/queue/stats` merges them. Values are microseconds unless named
-//! otherwise. Recording never fails: values past the top are clamped to it.
+//! otherwise. Recording never fails: values past the top are clamped to it. Imports nothing of
+//! the crate.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::fmt::Write as _;
 
@@ -65,6 +66,24 @@ impl Counter {
     }
 }
 
+/// A level readable from any thread: how many of something exist now.
+#[derive(Default)]
+pub struct Gauge(AtomicUsize);
+
+impl Gauge {
+    pub fn up(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn down(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Recorded by a serving core.
 pub struct CoreStats {
     /// Request head read → response written, for `POST /api/events`.
@@ -103,10 +122,17 @@ pub struct PersistStats {
 pub struct Stats {
     pub cores: Vec<CoreStats>,
     pub persisters: Vec<PersistStats>,
+    /// Persister threads alive (`/health/ready`).
+    pub persisters_running: Gauge,
+    /// Persisters holding a working connection.
+    pub persisters_connected: Gauge,
+    /// When the server started (`uptime_s`).
+    pub started: Instant,
 }
 
 impl Stats {
-    pub fn new(cores: usize, persisters: usize) -> Stats {
+    /// Recorders for `cores` cores and `persisters` persisters of a server started at `started`.
+    pub fn new(cores: usize, persisters: usize, started: Instant) -> Stats {
         Stats {
             cores: (0..cores)
                 .map(|_| CoreStats {
@@ -131,6 +157,9 @@ impl Stats {
                     retries: Counter::default(),
                 })
                 .collect(),
+            persisters_running: Gauge::default(),
+            persisters_connected: Gauge::default(),
+            started,
         }
     }
 
@@ -183,7 +212,7 @@ mod tests {
 
     #[test]
     fn merged_histograms_hold_every_core_s_values() {
-        let stats = Stats::new(2, 1);
+        let stats = Stats::new(2, 1, Instant::now());
         stats.cores[0].ingest_us.record(100);
         stats.cores[1].ingest_us.record(5_000);
         stats.cores[1].ingest_us.record(u64::MAX);

@@ -1,4 +1,4 @@
-//! pg: the embedded PostgreSQL cluster, run by the server when no database URL is given.
+//! cluster: the embedded PostgreSQL cluster, run by the server when no database URL is given.
 //!
 //! Finds the server binaries, runs `initdb` into `<data-dir>/postgres` on first start, starts the
 //! postmaster on a unix socket inside the data directory (no TCP port, so nothing collides),
@@ -306,7 +306,7 @@ impl Cluster {
                 Ok(()) => return self.ensure_database(),
                 // It died while we waited (say, it was being killed too): start our own.
                 Err(e) if self.running.is_none() => {
-                    tracing::warn!(error = %e, "the adopted cluster went away; starting it anew")
+                    tracing::warn!(error = %e, "the adopted cluster went away; starting it anew");
                 }
                 Err(e) => return Err(e),
             }

@@ -1,11 +1,9 @@
 //! HTTP/1.1 framing over raw sockets: keep-alive, pipelining, chunked bodies, limits, and the
 //! RFC 9112 rules for ambiguous lengths.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use testkit::*;
 
 const EVENT: &str = r#"{"type":"t","payload":{"k":"v"}}"#;
 

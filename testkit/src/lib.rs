@@ -1,6 +1,7 @@
-//! Test support: a real PostgreSQL cluster per test binary, the real server binary on a real
-//! socket, and a small HTTP/1.1 client that shows exactly what went over the wire.
-#![allow(dead_code)]
+//! testkit: the harness every integration test shares: the server's (`tests/server`) and the
+//! load generator's (`loadtest/tests`). Real parts only: a real PostgreSQL cluster per test
+//! process (shared by its tests, which isolate by organization), the real server binary on a
+//! real socket, and a small HTTP/1.1 client that shows exactly what went over the wire.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use triggers::pg::Cluster;
+use triggers::cluster::Cluster;
 
 /// A PostgreSQL cluster owned by a helper thread that lives as long as the test process: the
 /// postmaster is tied to that thread's life, so no cluster outlives the tests.
@@ -44,7 +45,7 @@ fn sweep_stale_clusters() {
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age > STALE_CLUSTER_AGE);
-            if old && !triggers::pg::is_running(&entry.path()) {
+            if old && !triggers::cluster::is_running(&entry.path()) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -106,11 +107,11 @@ impl TestCluster {
     }
 
     pub fn stop(&self) {
-        self.command(false)
+        self.command(false);
     }
 
     pub fn restart(&self) {
-        self.command(true)
+        self.command(true);
     }
 
     pub fn client(&self) -> postgres::Client {
@@ -118,10 +119,37 @@ impl TestCluster {
     }
 }
 
-/// One cluster shared by every test of a test binary; tests isolate by organization.
+/// One cluster shared by every test of a test process; tests isolate by organization.
 pub fn shared_cluster() -> &'static TestCluster {
     static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
     CLUSTER.get_or_init(TestCluster::start)
+}
+
+/// The `triggers` binary of this build, beside the test executable's `deps/` folder. Cargo
+/// builds it before the server's own integration tests run; a test run that did not build it
+/// (`cargo test -p loadtest` alone) builds it here.
+pub fn server_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("the test executable's path");
+            let mut dir = exe.parent().expect("a directory").to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            let bin = dir.join("triggers");
+            if !bin.exists() {
+                let mut build = Command::new(env!("CARGO"));
+                build.args(["build", "-p", "triggers", "--bin", "triggers"]);
+                if dir.ends_with("release") {
+                    build.arg("--release");
+                }
+                let status = build.status().expect("running cargo build");
+                assert!(status.success(), "building the server failed");
+            }
+            bin
+        })
+        .clone()
 }
 
 /// The real `triggers` binary, serving on 127.0.0.1 on a port the kernel picks.
@@ -147,7 +175,7 @@ impl Server {
 
     /// Starts a server with these flags and extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_triggers"))
+        let mut child = Command::new(server_binary())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -174,14 +202,15 @@ impl Server {
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = match addr_rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start:\n{}", log.lock().unwrap().join("\n"));
-            }
+        let Ok(addr) = addr_rx.recv_timeout(Duration::from_secs(120)) else {
+            let _ = child.kill();
+            panic!("server did not start:\n{}", log.lock().unwrap().join("\n"));
         };
         Server { addr, child, log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     pub fn pid(&self) -> i32 {

@@ -1,12 +1,10 @@
 //! Key rotation (on every core, and on other nodes sharing the database) and webhook
 //! configuration.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::*;
+use testkit::*;
 
 const EVENT: &str = r#"{"type":"t","payload":{}}"#;
 

@@ -1,14 +1,12 @@
 //! Inbox pages, cursors, acknowledgement and tenant isolation, over real sockets against a real
 //! PostgreSQL.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use support::*;
+use testkit::*;
 
 fn post_n(addr: std::net::SocketAddr, key: &str, n: usize, kind: &str) -> Vec<String> {
     let mut c = Client::connect(addr).unwrap();

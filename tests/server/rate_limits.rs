@@ -1,13 +1,11 @@
 //! Tiered rate limits: exact across cores, one token per event, headers on every ingest
 //! response; self-serve key generation limited per address; the optional admin token.
 
-mod support;
-
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use serde_json::json;
-use support::*;
+use testkit::*;
 
 const EVENT: &[u8] = br#"{"type":"t","payload":{}}"#;
 

@@ -1,11 +1,9 @@
 //! The OpenAPI document and the API docs match the router, both ways.
 
-mod support;
-
 use serde_json::Value;
-use support::*;
+use testkit::*;
 use triggers::api::{Route, ROUTES};
-use triggers::http::request::Method;
+use triggers::http::Method;
 
 fn method(name: &str) -> Method {
     match name {

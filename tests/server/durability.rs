@@ -3,15 +3,13 @@
 //!
 //! The crash test runs `CRASH_CYCLES` kill/restart cycles (default 3; `tests/crash.sh` runs 50).
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::*;
+use testkit::*;
 use uuid::Uuid;
 
 /// What clients were told, by dedup_id: the id of the stored event (from a 202, or from a 409

@@ -1,9 +1,7 @@
 //! `POST /api/events/batch`: per-item results in request order, one commit for the batch.
 
-mod support;
-
 use serde_json::{json, Value};
-use support::*;
+use testkit::*;
 
 #[test]
 fn a_mixed_batch_answers_each_item_in_order_and_commits_once() {

@@ -1,0 +1,352 @@
+//! run: one open-loop run against one target.
+//!
+//! Requests leave at a fixed arrival rate whatever the server does: request `i` is due at
+//! `start + i / rate`, and its latency is measured from that intended time, so a stalled server
+//! shows up in the tail instead of silently slowing the generator (no coordinated omission).
+//! Request `i` goes out on connection `i % connections`; each connection sends its requests in
+//! order, so a slow answer delays the ones behind it on that connection, and that delay counts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use crate::client::{Conn, Target};
+use crate::scenario::{Owned, Scenario, Shape};
+use crate::verify;
+
+/// Delay between the organizations' creation and the first request.
+const START_DELAY: Duration = Duration::from_millis(200);
+
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// Base URL of a target; repeat to compare several implementations side by side
+    #[arg(long, required = true)]
+    pub url: Vec<String>,
+    /// A name for each --url, in the same order, for the summary and the plot
+    #[arg(long)]
+    pub label: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Scenario::Ingest)]
+    pub scenario: Scenario,
+    /// Requests per second (open loop)
+    #[arg(long, default_value_t = 5000)]
+    pub rate: u64,
+    /// Seconds of load per run
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
+    /// Keep-alive connections the load is spread over
+    #[arg(long, default_value_t = 128)]
+    pub connections: usize,
+    /// Organizations to create (hot-tenant uses one)
+    #[arg(long, default_value_t = 100)]
+    pub orgs: usize,
+    /// Tier the organizations are created with
+    #[arg(long, default_value = "unlimited")]
+    pub tier: String,
+    /// Approximate size of each event's payload in bytes (at least ~110: the fixed fields)
+    #[arg(long, default_value_t = 300)]
+    pub payload_bytes: usize,
+    /// Events per request in the batch scenario
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// Write summary.json, latency.hgrm and latency.svg here
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Afterwards, read every organization's inbox and count the acknowledged events stored
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// What one run measured.
+pub struct Outcome {
+    pub target: String,
+    pub rate: u64,
+    pub events_per_request: usize,
+    pub elapsed: Duration,
+    pub latency: Histogram<u64>,
+    pub statuses: BTreeMap<u16, u64>,
+    pub errors: u64,
+    /// Events acknowledged, and how many of them the inbox holds (`--verify`).
+    pub verified: Option<(usize, usize)>,
+}
+
+impl Outcome {
+    pub fn requests(&self) -> u64 {
+        self.statuses.values().sum::<u64>() + self.errors
+    }
+
+    pub fn ok_fraction(&self) -> f64 {
+        let ok: u64 = self
+            .statuses
+            .iter()
+            .filter(|(s, _)| (200..300).contains(*s))
+            .map(|(_, n)| n)
+            .sum();
+        ok as f64 / self.requests().max(1) as f64
+    }
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds")
+}
+
+/// Creates `n` organizations; retries a 429 after its Retry-After.
+async fn create_orgs(target: &Target, n: usize, tier: &str) -> anyhow::Result<Vec<String>> {
+    let mut conn = Conn::connect(target).await?;
+    let mut keys = Vec::with_capacity(n);
+    while keys.len() < n {
+        let body = json!({"organization_name": format!("loadtest-{}", keys.len()), "tier": tier});
+        let r = conn
+            .request(
+                "POST",
+                "/api/keys/generate",
+                None,
+                body.to_string().as_bytes(),
+            )
+            .await?;
+        match r.status {
+            200 | 201 => {
+                let v: Value = serde_json::from_slice(&r.body)?;
+                keys.push(v["api_key"].as_str().context("no api_key")?.to_string());
+            }
+            429 => {
+                let wait = r.retry_after.unwrap_or(1);
+                eprintln!("key generation rate limited; waiting {wait}s (raise the server's signup limit for large runs)");
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
+            s => bail!(
+                "creating an organization: HTTP {s}: {}",
+                String::from_utf8_lossy(&r.body)
+            ),
+        }
+    }
+    Ok(keys)
+}
+
+/// Per-connection results, merged at the end.
+struct Tally {
+    latency: Histogram<u64>,
+    statuses: BTreeMap<u16, u64>,
+    errors: u64,
+    /// (organization index, id) of every event acknowledged, when verifying.
+    acked: Vec<(usize, String)>,
+}
+
+/// What the progress line shows each second: requests answered so far, and the slowest answer
+/// since the last line (so a stall shows when it happened, not only in the final tail).
+#[derive(Default)]
+struct Progress {
+    sent: AtomicU64,
+    slowest_us: AtomicU64,
+}
+
+/// When each request is due: the open-loop schedule of one connection.
+struct Schedule {
+    start: Instant,
+    end: Instant,
+    per_request: Duration,
+}
+
+impl Schedule {
+    fn due(&self, i: u64) -> Option<Instant> {
+        let due = self.start + self.per_request.mul_f64(i as f64);
+        (due < self.end).then_some(due)
+    }
+}
+
+async fn connection_loop(
+    target: Target,
+    shape: Shape,
+    verify: bool,
+    keys: Arc<Vec<String>>,
+    c: usize,
+    schedule: Arc<Schedule>,
+    progress: Arc<Progress>,
+) -> Tally {
+    let mut t = Tally {
+        latency: new_histogram(),
+        statuses: BTreeMap::new(),
+        errors: 0,
+        acked: Vec::new(),
+    };
+    let mut conn: Option<Conn> = None;
+    let mut owned = Owned::new();
+    let mut i = c as u64;
+    while let Some(due) = schedule.due(i) {
+        tokio::time::sleep_until(due.into()).await;
+        let req = shape.request(i, c, &mut owned);
+        if conn.is_none() {
+            conn = Conn::connect(&target).await.ok();
+        }
+        let result = match conn.as_mut() {
+            Some(cn) => {
+                let key = Some(keys[req.org].as_str());
+                cn.request(req.method, &req.path, key, req.body.as_bytes())
+                    .await
+            }
+            None => Err(anyhow::anyhow!("cannot connect")),
+        };
+        let took = due.elapsed();
+        t.latency
+            .saturating_record((took.as_micros() as u64).max(1));
+        progress.sent.fetch_add(1, Ordering::Relaxed);
+        progress
+            .slowest_us
+            .fetch_max(took.as_micros() as u64, Ordering::Relaxed);
+        match result {
+            Ok(r) => {
+                *t.statuses.entry(r.status).or_default() += 1;
+                if shape.wants_ids(verify) {
+                    let ids = shape.accepted_ids(r.status, &r.body);
+                    shape.own(&mut owned, req.org, &ids);
+                    if verify {
+                        t.acked.extend(ids.into_iter().map(|id| (req.org, id)));
+                    }
+                }
+            }
+            Err(_) => {
+                t.errors += 1;
+                conn = None;
+            }
+        }
+        i += shape.connections as u64;
+    }
+    t
+}
+
+/// Prints a progress line each second until `end`.
+fn show_progress(progress: Arc<Progress>, start: Instant, end: Instant) {
+    tokio::spawn(async move {
+        let mut last = 0;
+        let mut tick = tokio::time::interval_at(
+            (start + Duration::from_secs(1)).into(),
+            Duration::from_secs(1),
+        );
+        while Instant::now() < end {
+            tick.tick().await;
+            let now = progress.sent.load(Ordering::Relaxed);
+            let slowest = progress.slowest_us.swap(0, Ordering::Relaxed);
+            eprintln!(
+                "  {:>4}s  {:>8} req/s  {:>10} sent  slowest {:>8.2} ms",
+                start.elapsed().as_secs(),
+                now - last,
+                now,
+                slowest as f64 / 1000.0
+            );
+            last = now;
+        }
+    });
+}
+
+/// One run of `args` against `target`; `quiet` leaves out the progress lines.
+pub async fn run_once(target: &Target, args: &RunArgs, quiet: bool) -> anyhow::Result<Outcome> {
+    let orgs = if args.scenario == Scenario::HotTenant {
+        1
+    } else {
+        args.orgs.max(1)
+    };
+    let keys = Arc::new(create_orgs(target, orgs, &args.tier).await?);
+    let shape = Shape {
+        scenario: args.scenario,
+        orgs: keys.len(),
+        connections: args.connections,
+        payload_bytes: args.payload_bytes,
+        batch_size: args.batch_size,
+    };
+    let progress = Arc::new(Progress::default());
+    let start = Instant::now() + START_DELAY;
+    let schedule = Arc::new(Schedule {
+        start,
+        end: start + Duration::from_secs(args.duration),
+        per_request: Duration::from_secs_f64(1.0 / args.rate as f64),
+    });
+    let tasks: Vec<_> = (0..args.connections)
+        .map(|c| {
+            tokio::spawn(connection_loop(
+                target.clone(),
+                shape,
+                args.verify,
+                keys.clone(),
+                c,
+                schedule.clone(),
+                progress.clone(),
+            ))
+        })
+        .collect();
+    if !quiet {
+        show_progress(progress.clone(), start, schedule.end);
+    }
+    let mut latency = new_histogram();
+    let mut statuses = BTreeMap::new();
+    let mut errors = 0;
+    let mut acked = Vec::new();
+    for t in tasks {
+        let t = t.await?;
+        latency.add(&t.latency)?;
+        for (s, n) in t.statuses {
+            *statuses.entry(s).or_default() += n;
+        }
+        errors += t.errors;
+        acked.extend(t.acked);
+    }
+    let elapsed = start.elapsed();
+    let verified = if args.verify {
+        Some(verify::stored(target, &keys, &acked).await?)
+    } else {
+        None
+    };
+    Ok(Outcome {
+        target: target.name.clone(),
+        rate: args.rate,
+        events_per_request: shape.events_per_request(),
+        elapsed,
+        latency,
+        statuses,
+        errors,
+        verified,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_count_failures_against_the_rate() {
+        let mut statuses = BTreeMap::new();
+        statuses.insert(202, 98);
+        statuses.insert(503, 1);
+        let o = Outcome {
+            target: "t".into(),
+            rate: 100,
+            events_per_request: 1,
+            elapsed: Duration::from_secs(1),
+            latency: new_histogram(),
+            statuses,
+            errors: 1,
+            verified: None,
+        };
+        assert_eq!(o.requests(), 100);
+        assert!((o.ok_fraction() - 0.98).abs() < 1e-9);
+    }
+
+    #[test]
+    fn requests_are_due_at_the_rate_until_the_end() {
+        let start = Instant::now();
+        let s = Schedule {
+            start,
+            end: start + Duration::from_secs(1),
+            per_request: Duration::from_millis(10),
+        };
+        assert_eq!(s.due(0), Some(start));
+        assert_eq!(s.due(50), Some(start + Duration::from_millis(500)));
+        assert_eq!(s.due(99), Some(start + Duration::from_millis(990)));
+        assert_eq!(s.due(100), None);
+    }
+}

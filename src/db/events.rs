@@ -1,0 +1,421 @@
+//! db::events: every statement on `events`: the COPY row layout and batch writes (persisters),
+//! inbox pages and acknowledgements (query threads).
+//!
+//! The columns a batch fills are declared once, in `COPY_COLUMNS`: the COPY statements, the
+//! staging table, the statement that moves staged rows into `events`, the micro-benchmarks and
+//! the load generator's COPY ceiling are all built from it.
+
+use std::collections::{HashMap, HashSet};
+use std::error::Error;
+use std::time::SystemTime;
+
+use bytes::{BufMut, BytesMut};
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use postgres::{Client, Statement};
+
+use super::conn::connect;
+use crate::ids::{EventId, OrgId};
+
+/// Staged rows between truncations of the staging table. Truncating costs a fixed handful of
+/// file operations (measured: ~10% of a backend's CPU when done at every commit, as
+/// `ON COMMIT DELETE ROWS` does); the DELETE that moves rows out is cheap but leaves dead rows
+/// that later batches scan. Truncating every ~1k rows keeps both small.
+const STAGING_TRUNCATE_ROWS: usize = 1024;
+
+/// A column a batch fills.
+pub struct Column {
+    pub name: &'static str,
+    pub ty: Type,
+    pub nullable: bool,
+}
+
+/// The columns of `EventRow`, in COPY order: the one declaration of the row layout.
+pub const COPY_COLUMNS: [Column; 6] = [
+    Column {
+        name: "org_id",
+        ty: Type::UUID,
+        nullable: false,
+    },
+    Column {
+        name: "id",
+        ty: Type::UUID,
+        nullable: false,
+    },
+    Column {
+        name: "type",
+        ty: Type::TEXT,
+        nullable: false,
+    },
+    Column {
+        name: "payload",
+        ty: Type::JSONB,
+        nullable: false,
+    },
+    Column {
+        name: "dedup_id",
+        ty: Type::TEXT,
+        nullable: true,
+    },
+    Column {
+        name: "created_at",
+        ty: Type::TIMESTAMPTZ,
+        nullable: false,
+    },
+];
+
+/// `org_id, id, ...`: the column names, for statements.
+pub fn column_names() -> String {
+    COPY_COLUMNS.map(|c| c.name).join(", ")
+}
+
+/// `org_id uuid NOT NULL, ...`: the columns as a table definition.
+pub fn column_definitions() -> String {
+    COPY_COLUMNS
+        .map(|c| {
+            let null = if c.nullable { "" } else { " NOT NULL" };
+            format!("{} {}{null}", c.name, c.ty.name())
+        })
+        .join(", ")
+}
+
+/// A payload's JSON text, checked to be an object PostgreSQL's `jsonb` accepts. It is sent
+/// without being parsed again: the binary `jsonb` format is a version byte (1) and the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText(pub Box<[u8]>);
+
+impl ToSql for JsonText {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        out.put_u8(1);
+        out.put_slice(&self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
+/// One event as a batch stores it.
+#[derive(Debug)]
+pub struct EventRow {
+    pub org: OrgId,
+    pub id: EventId,
+    pub created_at: SystemTime,
+    pub kind: Box<str>,
+    pub dedup_id: Option<Box<str>>,
+    pub payload: JsonText,
+}
+
+impl EventRow {
+    /// The row's values in `COPY_COLUMNS` order.
+    pub fn values(&self) -> [&(dyn ToSql + Sync); 6] {
+        [
+            &self.org,
+            &self.id,
+            &self.kind,
+            &self.payload,
+            &self.dedup_id,
+            &self.created_at,
+        ]
+    }
+}
+
+/// Binary COPY of `rows` into `table`; returns the rows PostgreSQL took.
+pub fn copy_rows<'a>(
+    client: &mut Client,
+    table: &str,
+    rows: impl IntoIterator<Item = &'a EventRow>,
+) -> Result<u64, postgres::Error> {
+    let sink = client.copy_in(&format!(
+        "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+        column_names()
+    ))?;
+    let mut writer = BinaryCopyInWriter::new(sink, &COPY_COLUMNS.map(|c| c.ty));
+    for row in rows {
+        writer.write(&row.values())?;
+    }
+    writer.finish()
+}
+
+/// What became of one row of a written batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Stored by this write.
+    Inserted,
+    /// Not stored by this write: `holder` is the stored event of the same organization holding
+    /// its `dedup_id` (its own id when an earlier attempt of the batch committed it), `None` when
+    /// it has no dedup_id (skipped on its own id: an earlier attempt stored it).
+    Skipped { holder: Option<EventId> },
+}
+
+/// A persister's connection, with its staging table and statements ready.
+pub struct Writer {
+    client: Client,
+    /// Dead rows left in the staging table since it was last truncated.
+    staged_rows: usize,
+    /// A COPY landed rows in staging that no INSERT has moved (the attempt failed after it).
+    staging_dirty: bool,
+    insert: Statement,
+    lookup: Statement,
+}
+
+impl Writer {
+    pub fn open(config: &postgres::Config) -> Result<Writer, postgres::Error> {
+        let mut client = connect(config)?;
+        let columns = column_names();
+        client.batch_execute(&format!(
+            "CREATE TEMP TABLE staging ({})",
+            column_definitions()
+        ))?;
+        // One statement empties staging into events; its implicit transaction is the batch's
+        // commit. Sorted so that concurrent batches take dedup-index locks in one order (no
+        // deadlock between persisters).
+        let insert = client.prepare(&format!(
+            "WITH moved AS (DELETE FROM staging RETURNING {columns})
+             INSERT INTO events ({columns})
+             SELECT {columns} FROM moved
+             ORDER BY org_id, dedup_id, id
+             ON CONFLICT DO NOTHING
+             RETURNING id"
+        ))?;
+        // For rows the INSERT skipped: the stored events holding their dedup_ids (their own
+        // ids when a replayed batch had in fact committed). Runs after the commit, on
+        // committed rows.
+        let lookup = client.prepare(
+            "SELECT e.org_id, e.dedup_id, e.id
+             FROM unnest($1::uuid[], $2::text[]) AS k(org_id, dedup_id)
+             JOIN events e ON e.org_id = k.org_id AND e.dedup_id = k.dedup_id",
+        )?;
+        Ok(Writer {
+            client,
+            staged_rows: 0,
+            staging_dirty: false,
+            insert,
+            lookup,
+        })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Stores `rows` in one transaction; what became of each, in order. `replay`: an earlier
+    /// attempt of this batch failed with its outcome unknown, so some rows may be stored.
+    ///
+    /// A first attempt at a batch without dedup_ids cannot conflict (its ids are new), so it is
+    /// one COPY straight into `events`: two round trips, plain inserts. Everything else takes
+    /// three: COPY into staging (a temp table: its own transaction writes no WAL and waits for
+    /// no flush), COPY's end, and the INSERT … ON CONFLICT whose commit holds every row.
+    pub fn write<R: AsRef<EventRow>>(
+        &mut self,
+        rows: &[R],
+        replay: bool,
+    ) -> Result<Vec<Written>, postgres::Error> {
+        let rows = || rows.iter().map(AsRef::as_ref);
+        if !replay && rows().all(|r| r.dedup_id.is_none()) {
+            let copied = copy_rows(&mut self.client, "events", rows())?;
+            assert_eq!(copied as usize, rows().len(), "COPY must take every row");
+            return Ok(vec![Written::Inserted; rows().len()]);
+        }
+        if self.staging_dirty || self.staged_rows >= STAGING_TRUNCATE_ROWS {
+            self.client.batch_execute("TRUNCATE staging")?;
+            self.staging_dirty = false;
+            self.staged_rows = 0;
+        }
+        self.staging_dirty = true;
+        let copied = copy_rows(&mut self.client, "staging", rows())?;
+        assert_eq!(copied as usize, rows().len(), "COPY must take every row");
+        let inserted: HashSet<EventId> = self
+            .client
+            .query(&self.insert, &[])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        self.staging_dirty = false;
+        self.staged_rows += rows().len();
+        let skipped: Vec<&EventRow> = rows()
+            .filter(|r| r.dedup_id.is_some() && !inserted.contains(&r.id))
+            .collect();
+        let mut holders: HashMap<(OrgId, String), EventId> = HashMap::new();
+        if !skipped.is_empty() {
+            let orgs: Vec<OrgId> = skipped.iter().map(|r| r.org).collect();
+            let dedups: Vec<&str> = skipped
+                .iter()
+                .filter_map(|r| r.dedup_id.as_deref())
+                .collect();
+            for row in self.client.query(&self.lookup, &[&orgs, &dedups])? {
+                holders.insert((row.get(0), row.get(1)), row.get(2));
+            }
+        }
+        Ok(rows()
+            .map(|r| {
+                if inserted.contains(&r.id) {
+                    return Written::Inserted;
+                }
+                let holder = r
+                    .dedup_id
+                    .as_deref()
+                    .and_then(|d| holders.get(&(r.org, d.to_string())).copied());
+                Written::Skipped { holder }
+            })
+            .collect())
+    }
+}
+
+/// An event's delivery state, as the `status` column holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Delivered => "delivered",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// One inbox page: a keyset scan in id order (UUIDv7: time order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageQuery {
+    /// `None`: every status.
+    pub status: Option<Status>,
+    pub kind: Option<String>,
+    pub limit: u32,
+    pub descending: bool,
+    /// Start after this id (in the page's order).
+    pub after: Option<EventId>,
+    /// Rows to skip; ignored when `after` is given.
+    pub offset: u64,
+}
+
+/// An event as the inbox shows it.
+pub struct StoredEvent {
+    pub id: EventId,
+    pub kind: String,
+    /// The payload's JSON text, as PostgreSQL prints it.
+    pub payload: String,
+    pub dedup_id: Option<String>,
+    pub status: String,
+    pub created_at: SystemTime,
+    pub delivered_at: Option<SystemTime>,
+}
+
+/// One page of `org`'s events, and whether more follow.
+pub fn page(
+    client: &mut Client,
+    org: OrgId,
+    q: &PageQuery,
+) -> Result<(Vec<StoredEvent>, bool), postgres::Error> {
+    let status = q.status.map(Status::as_str);
+    let mut sql = String::from(
+        "SELECT id, type, payload::text, dedup_id, status, created_at, delivered_at
+         FROM events WHERE org_id = $1",
+    );
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&org];
+    if let Some(s) = &status {
+        params.push(s);
+        sql.push_str(&format!(" AND status = ${}", params.len()));
+    }
+    if let Some(k) = &q.kind {
+        params.push(k);
+        sql.push_str(&format!(" AND type = ${}", params.len()));
+    }
+    if let Some(after) = &q.after {
+        params.push(after);
+        let op = if q.descending { "<" } else { ">" };
+        sql.push_str(&format!(" AND id {op} ${}", params.len()));
+    }
+    let fetch_rows = i64::from(q.limit) + 1;
+    let offset = if q.after.is_some() {
+        0
+    } else {
+        q.offset as i64
+    };
+    params.push(&fetch_rows);
+    params.push(&offset);
+    sql.push_str(&format!(
+        " ORDER BY id {} LIMIT ${} OFFSET ${}",
+        if q.descending { "DESC" } else { "ASC" },
+        params.len() - 1,
+        params.len()
+    ));
+    let rows = client.query(&sql, &params)?;
+    let has_more = rows.len() > q.limit as usize;
+    let events = rows
+        .iter()
+        .take(q.limit as usize)
+        .map(|r| StoredEvent {
+            id: r.get(0),
+            kind: r.get(1),
+            payload: r.get(2),
+            dedup_id: r.get(3),
+            status: r.get(4),
+            created_at: r.get(5),
+            delivered_at: r.get(6),
+        })
+        .collect();
+    Ok((events, has_more))
+}
+
+/// Marks `org`'s events among `ids` delivered (once: later acks keep the first time) and
+/// returns the ids found with their delivery time. One statement: rows already delivered are
+/// read, not rewritten.
+pub fn acknowledge(
+    client: &mut Client,
+    org: OrgId,
+    ids: &[EventId],
+) -> Result<Vec<(EventId, SystemTime)>, postgres::Error> {
+    let rows = client.query(
+        "WITH marked AS (
+             UPDATE events SET status = 'delivered', delivered_at = now()
+             WHERE org_id = $1 AND id = ANY($2) AND status <> 'delivered'
+             RETURNING id, delivered_at
+         )
+         SELECT id, delivered_at FROM marked
+         UNION ALL
+         SELECT id, delivered_at FROM events
+         WHERE org_id = $1 AND id = ANY($2) AND status = 'delivered'",
+        &[&org, &ids],
+    )?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_row_layout_makes_the_statements_and_the_values_follow_it() {
+        assert_eq!(
+            column_names(),
+            "org_id, id, type, payload, dedup_id, created_at"
+        );
+        assert_eq!(
+            column_definitions(),
+            "org_id uuid NOT NULL, id uuid NOT NULL, type text NOT NULL, \
+             payload jsonb NOT NULL, dedup_id text, created_at timestamptz NOT NULL"
+        );
+        let row = EventRow {
+            org: OrgId::new(),
+            id: EventId::new_v7(),
+            created_at: SystemTime::now(),
+            kind: "t".into(),
+            dedup_id: None,
+            payload: JsonText(b"{}".to_vec().into()),
+        };
+        for (value, column) in row.values().iter().zip(&COPY_COLUMNS) {
+            let mut out = BytesMut::new();
+            let null = value.to_sql_checked(&column.ty, &mut out).unwrap();
+            assert_eq!(matches!(null, IsNull::Yes), column.name == "dedup_id");
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! db::orgs: every statement on `organizations` and `api_keys`: creating an organization with
+//! its first key, finding an organization by key, rotating its key, and its webhook settings.
+
+use std::time::SystemTime;
+
+use postgres::{Client, Transaction};
+
+use crate::ids::{KeyHash, OrgId};
+
+/// The channel on which a node announces a key rotation; the payload is the organization id.
+pub const ROTATION_CHANNEL: &str = "triggers_key_rotation";
+
+/// An organization as one of its keys sees it.
+#[derive(Debug)]
+pub struct Org {
+    pub id: OrgId,
+    pub name: String,
+    pub tier: String,
+    /// The start of the key, shown to tell keys apart.
+    pub key_prefix: String,
+    pub created_at: SystemTime,
+    pub key_hash: KeyHash,
+}
+
+/// The organization whose unrevoked key hashes to `hash`.
+pub fn find_by_key(client: &mut Client, hash: &KeyHash) -> Result<Option<Org>, postgres::Error> {
+    let row = client.query_opt(
+        "SELECT o.org_id, o.name, o.tier, o.created_at, k.key_prefix
+         FROM api_keys k JOIN organizations o USING (org_id)
+         WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+        &[&hash.0.as_slice()],
+    )?;
+    Ok(row.map(|r| Org {
+        id: r.get(0),
+        name: r.get(1),
+        tier: r.get(2),
+        created_at: r.get(3),
+        key_prefix: r.get(4),
+        key_hash: *hash,
+    }))
+}
+
+/// Stores `org`'s key (its hash and shown prefix), issued at `at`.
+fn insert_key(
+    tx: &mut Transaction<'_>,
+    org: OrgId,
+    hash: &KeyHash,
+    prefix: &str,
+    at: SystemTime,
+) -> Result<u64, postgres::Error> {
+    tx.execute(
+        "INSERT INTO api_keys (org_id, key_hash, key_prefix, created_at) VALUES ($1, $2, $3, $4)",
+        &[&org, &hash.0.as_slice(), &prefix, &at],
+    )
+}
+
+/// Creates `org` with its first key, in one transaction.
+pub fn create(client: &mut Client, org: &Org) -> Result<(), postgres::Error> {
+    let mut tx = client.transaction()?;
+    tx.execute(
+        "INSERT INTO organizations (org_id, name, tier, created_at) VALUES ($1, $2, $3, $4)",
+        &[&org.id, &org.name, &org.tier, &org.created_at],
+    )?;
+    insert_key(
+        &mut tx,
+        org.id,
+        &org.key_hash,
+        &org.key_prefix,
+        org.created_at,
+    )?;
+    tx.commit()
+}
+
+/// Revokes `org`'s keys and stores the new one, announcing the rotation on
+/// `ROTATION_CHANNEL` in the same transaction.
+pub fn rotate_key(
+    client: &mut Client,
+    org: OrgId,
+    hash: &KeyHash,
+    prefix: &str,
+    at: SystemTime,
+) -> Result<(), postgres::Error> {
+    let mut tx = client.transaction()?;
+    // Concurrent rotations of one organization take turns, so exactly one key survives.
+    tx.execute(
+        "SELECT 1 FROM organizations WHERE org_id = $1 FOR UPDATE",
+        &[&org],
+    )?;
+    tx.execute(
+        "UPDATE api_keys SET revoked_at = $2 WHERE org_id = $1 AND revoked_at IS NULL",
+        &[&org, &at],
+    )?;
+    insert_key(&mut tx, org, hash, prefix, at)?;
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&ROTATION_CHANNEL, &org.to_string()],
+    )?;
+    tx.commit()
+}
+
+/// Where `org`'s events are pushed; the secret is the Standard Webhooks signing secret.
+#[derive(Debug, Default)]
+pub struct Webhook {
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub updated_at: Option<SystemTime>,
+}
+
+pub fn webhook(client: &mut Client, org: OrgId) -> Result<Webhook, postgres::Error> {
+    let row = client.query_opt(
+        "SELECT webhook_url, webhook_secret, webhook_updated_at
+         FROM organizations WHERE org_id = $1",
+        &[&org],
+    )?;
+    Ok(row.map_or_else(Webhook::default, |r| Webhook {
+        url: r.get(0),
+        secret: r.get(1),
+        updated_at: r.get(2),
+    }))
+}
+
+pub fn set_webhook(
+    client: &mut Client,
+    org: OrgId,
+    url: &str,
+    secret: &str,
+    at: SystemTime,
+) -> Result<(), postgres::Error> {
+    client.execute(
+        "UPDATE organizations
+         SET webhook_url = $2, webhook_secret = $3, webhook_updated_at = $4
+         WHERE org_id = $1",
+        &[&org, &url, &secret, &at],
+    )?;
+    Ok(())
+}
+
+pub fn clear_webhook(client: &mut Client, org: OrgId) -> Result<(), postgres::Error> {
+    client.execute(
+        "UPDATE organizations
+         SET webhook_url = NULL, webhook_secret = NULL, webhook_updated_at = now()
+         WHERE org_id = $1",
+        &[&org],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! db::pool: a few threads, each with its own connection, running the queries the cores hand
+//! over. The cores never touch a connection: they await the answer on a oneshot channel, so
+//! their event loops keep serving. The queue is bounded (full → `Busy`) and so is the wait
+//! (→ `Unavailable`).
+
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use postgres::Client;
+
+use super::conn::connect;
+
+/// Queries queued for the query threads; past this a request is answered 503 `overloaded`.
+const QUERY_QUEUE_MAX: usize = 1024;
+/// Longest a core waits for a query's answer before 503 `storage_unavailable`.
+const QUERY_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryError {
+    /// The query queue is full.
+    Busy,
+    /// PostgreSQL could not be reached, or the query failed; logged where it happened.
+    Unavailable,
+}
+
+type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
+
+/// A few threads, each with its own connection, running queries handed over by the cores.
+#[derive(Clone)]
+pub struct QueryPool {
+    jobs: Sender<Job>,
+}
+
+impl QueryPool {
+    pub fn spawn(threads: usize, config: &postgres::Config) -> (QueryPool, QueryThreads) {
+        let (jobs, rx) = crossbeam_channel::bounded::<Job>(QUERY_QUEUE_MAX);
+        // Never sent on: dropping the sender (in `QueryThreads::join`) tells the threads to end,
+        // whoever still holds a `QueryPool`.
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let handles = (0..threads)
+            .map(|i| {
+                let rx: Receiver<Job> = rx.clone();
+                let stopped = stopped.clone();
+                let config = config.clone();
+                std::thread::Builder::new()
+                    .name(format!("query-{i}"))
+                    .spawn(move || {
+                        let mut client = None;
+                        loop {
+                            let job = crossbeam_channel::select! {
+                                recv(rx) -> job => match job { Ok(job) => job, Err(_) => return },
+                                recv(stopped) -> _ => return,
+                            };
+                            if client.as_ref().is_none_or(Client::is_closed) {
+                                client = connect(&config)
+                                    .inspect_err(|e| tracing::warn!(error = %e, "query thread cannot connect"))
+                                    .ok();
+                            }
+                            job(&mut client);
+                        }
+                    })
+                    .expect("spawning a query thread")
+            })
+            .collect();
+        (QueryPool { jobs }, QueryThreads { handles, stop })
+    }
+
+    /// Runs `f` on a query thread with a live connection and awaits its result without
+    /// blocking the calling core.
+    pub async fn run<T, F>(&self, what: &'static str, f: F) -> Result<T, QueryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
+    {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let job: Job = Box::new(move |client: &mut Option<Client>| {
+            let result = match client.as_mut() {
+                None => Err(QueryError::Unavailable),
+                Some(c) => f(c).map_err(|e| {
+                    tracing::warn!(query = what, error = %e, "query failed");
+                    QueryError::Unavailable
+                }),
+            };
+            let _ = tx.send(result);
+        });
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(QueryError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(QueryError::Unavailable),
+        }
+        match monoio::time::timeout(QUERY_WAIT, rx).await {
+            Ok(Ok(result)) => result,
+            _ => Err(QueryError::Unavailable),
+        }
+    }
+}
+
+/// The query threads; `join` ends them (queries still queued are dropped, and their callers
+/// see `Unavailable`).
+pub struct QueryThreads {
+    handles: Vec<std::thread::JoinHandle<()>>,
+    stop: Sender<()>,
+}
+
+impl QueryThreads {
+    pub fn join(self) {
+        drop(self.stop);
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}
