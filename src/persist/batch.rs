@@ -25,7 +25,7 @@ pub struct Batch {
 impl Batch {
     pub fn new(limits: BatchLimits) -> Batch {
         Batch {
-            events: Vec::with_capacity(limits.rows_max),
+            events: Vec::new(),
             limits,
             bytes: 0,
             first_at: None,
@@ -63,11 +63,18 @@ impl Batch {
         })
     }
 
-    /// The batch's events, leaving it empty with its age clock stopped.
+    /// The batch's events, leaving it empty, without room, and with its age clock stopped.
     pub fn take(&mut self) -> Vec<Event> {
         self.bytes = 0;
         self.first_at = None;
-        std::mem::replace(&mut self.events, Vec::with_capacity(self.limits.rows_max))
+        std::mem::take(&mut self.events)
+    }
+
+    /// Makes room for a full batch. Called once the last batch is answered and freed, so a
+    /// persister never holds an empty buffer (~290 KB at 2,000 rows) beside a committing batch,
+    /// and the allocation is off every event's path.
+    pub fn make_room(&mut self) {
+        self.events.reserve(self.limits.rows_max);
     }
 }
 

@@ -124,8 +124,10 @@ impl Persister {
             }
         }
         let mut batch = Batch::new(self.shared.limits.clone());
+        batch.make_room();
         while self.gather(&mut batch) {
             self.persist(batch.take());
+            batch.make_room();
         }
         self.set_writer(None);
         tracing::debug!(persister = self.index, "persister drained and stopped");
