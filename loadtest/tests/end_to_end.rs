@@ -152,6 +152,9 @@ fn a_comparison_of_two_targets_writes_one_plot_with_a_line_each() {
 #[test]
 fn a_sweep_reports_the_highest_rate_that_held() {
     let server = server();
+    // A step's achieved rate counts the run until its last answer: 2 s steps let that answer
+    // be 100 ms late on a loaded test machine before the 95 % bar fails the step (1 s steps
+    // allowed 50 ms, and a debug build right after compiling sometimes took 60).
     let out = loadtest(&[
         "sweep",
         "--url",
@@ -163,7 +166,7 @@ fn a_sweep_reports_the_highest_rate_that_held() {
         "--max",
         "200",
         "--duration",
-        "1",
+        "2",
         "--connections",
         "2",
         "--orgs",

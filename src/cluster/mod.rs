@@ -2,7 +2,8 @@
 //!
 //! Finds the server binaries, runs `initdb` into `<data-dir>/postgres` on first start, starts the
 //! postmaster on a unix socket inside the data directory (no TCP port, so nothing collides),
-//! adopts a postmaster left running by a killed server, and stops it on shutdown. Never turns
+//! adopts a postmaster left running by a killed server, waits for the backends of a killed
+//! postmaster before starting a new one, and stops it on shutdown. Never turns
 //! `fsync` or `synchronous_commit` off, and never runs two postmasters on one directory (the
 //! server's data-directory lock plus PostgreSQL's own `postmaster.pid` see to that).
 
@@ -24,6 +25,10 @@ pub const DB_NAME: &str = "triggers";
 const PORT: u16 = 5432;
 /// Crash recovery replays WAL before the cluster accepts connections; give it time.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the backends of a killed postmaster may finish their work before they are told to
+/// quit (see `orphans`); then how long they get to quit.
+const ORPHAN_WAIT: Duration = Duration::from_secs(10);
+const ORPHAN_QUIT_WAIT: Duration = Duration::from_secs(5);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Unix socket paths are limited by `sockaddr_un.sun_path`.
 const SOCKET_PATH_BYTES_MAX: usize = 107;
@@ -117,6 +122,23 @@ fn live_postmaster(cluster_dir: &Path) -> Option<Pid> {
     let text = fs::read_to_string(cluster_dir.join("postmaster.pid")).ok()?;
     let pid = Pid::from_raw(text.lines().next()?.trim().parse().ok()?);
     is_live_postgres(pid).then_some(pid)
+}
+
+/// Processes of a postmaster that was killed, still at work in `cluster_dir`. A backend busy
+/// with a query notices its postmaster's death only at its next wait, and until it exits it
+/// holds the cluster's shared memory: a new postmaster refuses to start ("pre-existing shared
+/// memory block is still in use"). PostgreSQL's processes run in PGDATA, which finds them.
+fn orphans(cluster_dir: &Path) -> Vec<Pid> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok().map(Pid::from_raw))
+        .filter(|&pid| {
+            is_live_postgres(pid)
+                && fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == cluster_dir)
+        })
+        .collect()
 }
 
 /// Whether a postmaster still runs the embedded cluster of server data directory `data_dir`.
@@ -316,7 +338,37 @@ impl Cluster {
         self.ensure_database()
     }
 
+    /// Waits for what a killed postmaster left at work (see `orphans`); past `ORPHAN_WAIT` tells
+    /// it to quit, as the postmaster would have.
+    fn wait_for_orphans(&self) {
+        let left = orphans(&self.dir);
+        if left.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            processes = left.len(),
+            "waiting for the backends of a killed PostgreSQL to finish before starting it anew"
+        );
+        let started = Instant::now();
+        let mut told = false;
+        while !orphans(&self.dir).is_empty() {
+            let waited = started.elapsed();
+            if !told && waited >= ORPHAN_WAIT {
+                for pid in orphans(&self.dir) {
+                    let _ = kill(pid, Signal::SIGQUIT);
+                }
+                told = true;
+            }
+            if waited >= ORPHAN_WAIT + ORPHAN_QUIT_WAIT {
+                // Starting will fail and say why.
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn spawn_postmaster(&mut self, die_with_parent: bool) -> anyhow::Result<()> {
+        self.wait_for_orphans();
         // Lock files naming a dead postmaster would stop the new one: PostgreSQL trusts
         // `kill(pid, 0)`, which a zombie or a recycled pid passes.
         let _ = fs::remove_file(self.dir.join("postmaster.pid"));

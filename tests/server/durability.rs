@@ -164,6 +164,33 @@ fn kill_postmaster(data_dir: &std::path::Path) {
 }
 
 #[test]
+fn the_embedded_cluster_starts_at_once_after_its_postmaster_is_killed_mid_query() {
+    let dir = data_dir();
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let mut cluster = triggers::cluster::Cluster::new(dir.path()).unwrap();
+    cluster.start(true).unwrap();
+    let config = cluster.client_config();
+    // A backend busy computing notices its postmaster's death only once it is done, and keeps
+    // the cluster's shared memory until then.
+    let busy = std::thread::spawn(move || {
+        let mut c = config.connect(postgres::NoTls).unwrap();
+        let _ = c.simple_query("SELECT count(*) FROM generate_series(1, 20000000)");
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    kill_postmaster(dir.path());
+    drop(cluster);
+    let started = Instant::now();
+    let mut again = triggers::cluster::Cluster::new(dir.path()).unwrap();
+    again
+        .start(true)
+        .expect("a new postmaster starts once the killed one's backends are gone");
+    let mut db = again.client_config().connect(postgres::NoTls).unwrap();
+    assert_eq!(db.query_one("SELECT 1", &[]).unwrap().get::<_, i32>(0), 1);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let _ = busy.join();
+}
+
+#[test]
 fn kill_9_at_random_moments_loses_no_acknowledged_event() {
     let cycles: usize = std::env::var("CRASH_CYCLES")
         .ok()
