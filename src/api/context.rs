@@ -128,9 +128,23 @@ impl Context {
         &self.stats.cores[self.core]
     }
 
+    /// The request's API key (see `presented_key`). The operator's admin token is never taken
+    /// for a key, so a tenant's key next to it is not ambiguous.
+    fn api_key<'a>(&self, req: &Request<'a>) -> Result<Option<&'a [u8]>, ApiError> {
+        let admin = self.settings.admin_token.as_deref().map(str::as_bytes);
+        let not_admin = move |v: &&[u8]| {
+            let token = bearer(v).unwrap_or_default();
+            !admin.is_some_and(|a| bool::from(token.ct_eq(a)))
+        };
+        presented_key(
+            req.headers("x-api-key"),
+            req.headers("authorization").filter(not_admin),
+        )
+    }
+
     /// The organization behind the request's key.
     pub(super) async fn authenticate(&self, req: &Request<'_>) -> Result<Arc<Org>, ApiError> {
-        let key = presented_key(req.header("x-api-key"), req.header("authorization"));
+        let key = self.api_key(req)?;
         auth::authenticate(&self.keys, &self.queries, key)
             .await
             .map_err(|e| match e {
@@ -140,12 +154,31 @@ impl Context {
             })
     }
 
-    /// Admits the request if no admin token is configured or it carries the token as a bearer.
+    /// What can be known of the request's key from its head alone: one key, present, of an
+    /// issued key's shape. No I/O: refused here, a request's body is never read.
+    pub(super) fn check_key_shape(&self, req: &Request<'_>) -> Result<(), ApiError> {
+        let key = self
+            .api_key(req)?
+            .filter(|k| !k.is_empty())
+            .ok_or(ApiError::MissingApiKey)?;
+        if auth::well_formed(key) {
+            Ok(())
+        } else {
+            Err(ApiError::InvalidApiKey)
+        }
+    }
+
+    /// Admits the request if no admin token is configured or it carries the token as its one
+    /// bearer token.
     pub(super) fn require_admin(&self, req: &Request<'_>) -> Result<(), ApiError> {
         let Some(token) = &self.settings.admin_token else {
             return Ok(());
         };
-        let given = bearer(req.header("authorization")).unwrap_or_default();
+        let given = one(req.headers("authorization"))
+            .ok()
+            .flatten()
+            .and_then(bearer)
+            .unwrap_or_default();
         if bool::from(given.ct_eq(token.as_bytes())) {
             Ok(())
         } else {
@@ -154,18 +187,35 @@ impl Context {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` value.
-fn bearer(authorization: Option<&[u8]>) -> Option<&[u8]> {
-    let token = authorization?.strip_prefix(b"Bearer ")?;
-    Some(token.trim_ascii())
+/// The only value of a header, `None` without one; `Err` when it is given twice.
+fn one<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Result<Option<&'a [u8]>, ()> {
+    let first = values.next();
+    match values.next() {
+        Some(_) => Err(()),
+        None => Ok(first),
+    }
 }
 
-/// The API key a request presents: its `X-API-Key`, else its bearer token.
+/// The token of an `Authorization: Bearer <token>` value.
+fn bearer(authorization: &[u8]) -> Option<&[u8]> {
+    Some(authorization.strip_prefix(b"Bearer ")?.trim_ascii())
+}
+
+/// The API key a request presents: its `X-API-Key`, else its bearer token. Two `X-API-Key`s,
+/// two `Authorization`s, or a key with a different bearer token are ambiguous.
 fn presented_key<'a>(
-    x_api_key: Option<&'a [u8]>,
-    authorization: Option<&'a [u8]>,
-) -> Option<&'a [u8]> {
-    x_api_key.or_else(|| bearer(authorization))
+    x_api_keys: impl Iterator<Item = &'a [u8]>,
+    authorizations: impl Iterator<Item = &'a [u8]>,
+) -> Result<Option<&'a [u8]>, ApiError> {
+    let key = one(x_api_keys).map_err(|()| ApiError::AmbiguousCredentials)?;
+    let token = one(authorizations)
+        .map_err(|()| ApiError::AmbiguousCredentials)?
+        .and_then(bearer);
+    match (key, token) {
+        (Some(k), Some(t)) if k != t => Err(ApiError::AmbiguousCredentials),
+        (Some(k), _) => Ok(Some(k)),
+        (None, t) => Ok(t),
+    }
 }
 
 #[cfg(test)]
@@ -173,13 +223,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_key_is_x_api_key_else_the_bearer_token() {
-        let auth = Some(&b"Bearer  tok "[..]);
-        assert_eq!(presented_key(Some(b"k1"), auth), Some(&b"k1"[..]));
-        assert_eq!(presented_key(None, auth), Some(&b"tok"[..]));
-        assert_eq!(presented_key(None, Some(b"Basic dXNlcg==")), None);
+    fn the_key_is_x_api_key_else_the_bearer_token_and_two_different_ones_are_ambiguous() {
+        let key = |k: &[&'static [u8]], a: &[&'static [u8]]| {
+            presented_key(k.iter().copied(), a.iter().copied())
+        };
+        assert_eq!(key(&[b"k1"], &[]), Ok(Some(&b"k1"[..])));
+        assert_eq!(key(&[], &[b"Bearer  tok "]), Ok(Some(&b"tok"[..])));
+        assert_eq!(key(&[b"tok"], &[b"Bearer tok"]), Ok(Some(&b"tok"[..])));
+        assert_eq!(key(&[], &[b"Basic dXNlcg=="]), Ok(None));
+        assert_eq!(key(&[b"k1"], &[b"Basic dXNlcg=="]), Ok(Some(&b"k1"[..])));
         // An empty X-API-Key is still the key the client chose to send: refused as missing.
-        assert_eq!(presented_key(Some(b""), auth), Some(&b""[..]));
-        assert_eq!(presented_key(None, None), None);
+        assert_eq!(key(&[b""], &[]), Ok(Some(&b""[..])));
+        assert_eq!(key(&[], &[]), Ok(None));
+        for (keys, auths) in [
+            (&[&b"k1"[..], b"k2"][..], &[][..]),
+            (&[b"k1", b"k1"], &[]),
+            (&[b"k1"], &[&b"Bearer k2"[..]]),
+            (&[], &[b"Bearer a", b"Bearer b"]),
+        ] {
+            assert_eq!(key(keys, auths), Err(ApiError::AmbiguousCredentials));
+        }
     }
 }

@@ -18,6 +18,8 @@ const RETRY_AFTER_STORAGE_S: u32 = 5;
 pub enum ApiError {
     MissingApiKey,
     InvalidApiKey,
+    /// Two keys, or a key and a different bearer token: which one is meant is unknown.
+    AmbiguousCredentials,
     InvalidJson(String),
     /// A field of an event is missing or wrong: the message names the field.
     InvalidEvent(String),
@@ -53,7 +55,8 @@ impl ApiError {
             | ApiError::InvalidRequest(_)
             | ApiError::InvalidParameter(..)
             | ApiError::InvalidWebhookUrl(_)
-            | ApiError::WebhookUrlNotAllowed(_) => 400,
+            | ApiError::WebhookUrlNotAllowed(_)
+            | ApiError::AmbiguousCredentials => 400,
             ApiError::EventNotFound => 404,
             ApiError::DuplicateEvent(_) => 409,
             ApiError::NotFound => 404,
@@ -66,6 +69,7 @@ impl ApiError {
         match self {
             ApiError::MissingApiKey => "missing_api_key",
             ApiError::InvalidApiKey => "invalid_api_key",
+            ApiError::AmbiguousCredentials => "ambiguous_credentials",
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::InvalidEvent(_) => "invalid_event",
             ApiError::InvalidTier(_) => "invalid_tier",
@@ -88,6 +92,11 @@ impl ApiError {
         match self {
             ApiError::MissingApiKey => "Missing API key: send it in the X-API-Key header".into(),
             ApiError::InvalidApiKey => "Invalid API key".into(),
+            ApiError::AmbiguousCredentials => {
+                "Send one credential: one X-API-Key or one Authorization: Bearer (both only with \
+                 the same key)"
+                    .into()
+            }
             ApiError::InvalidJson(why) => format!("Request body is not valid JSON: {why}"),
             ApiError::InvalidEvent(why)
             | ApiError::InvalidRequest(why)

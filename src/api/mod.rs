@@ -116,6 +116,24 @@ impl Route {
         }
     }
 
+    /// What a request on this route must carry, checked from its head before its body is read.
+    fn credential(self) -> Credential {
+        match self {
+            Route::Health | Route::HealthLive | Route::HealthReady | Route::OpenApi => {
+                Credential::None
+            }
+            Route::KeysGenerate | Route::QueueStats | Route::Metrics => Credential::Admin,
+            Route::Events
+            | Route::EventsBatch
+            | Route::Keys
+            | Route::KeysRotate
+            | Route::Inbox
+            | Route::AckOne
+            | Route::AckMany
+            | Route::WebhookConfig => Credential::Key,
+        }
+    }
+
     pub fn body_bytes_max(self) -> usize {
         match self {
             Route::Events => EVENT_BODY_BYTES_MAX,
@@ -125,6 +143,18 @@ impl Route {
     }
 }
 
+/// What a route's requests must carry.
+enum Credential {
+    None,
+    /// An organization's API key.
+    Key,
+    /// The operator's admin token, when one is configured.
+    Admin,
+}
+
+/// Every method some route answers: what `OPTIONS *` reports.
+const ALLOW_ANY: &str = "GET, HEAD, POST, DELETE";
+
 /// A request's place in the route table, or why it has none. Unknown paths and wrong methods
 /// are answered like routes, after their body is read, so the connection stays usable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,12 +162,17 @@ pub enum Resolved {
     Route(Route),
     NotFound,
     MethodNotAllowed(&'static str),
+    /// `OPTIONS *`: the server's own options (RFC 9110 §9.3.7).
+    ServerOptions,
 }
 
 impl Handler for Context {
     type Route = Resolved;
 
     fn route(&self, method: Method, path: &str) -> Resolved {
+        if method == Method::Options && path == "*" {
+            return Resolved::ServerOptions;
+        }
         match Route::resolve(method, path) {
             Ok(route) => Resolved::Route(route),
             Err(ApiError::MethodNotAllowed(allow)) => Resolved::MethodNotAllowed(allow),
@@ -149,8 +184,22 @@ impl Handler for Context {
         match resolved {
             Resolved::Route(route) => route.body_bytes_max(),
             // Read and discarded under the small limit, so the connection stays usable.
-            Resolved::NotFound | Resolved::MethodNotAllowed(_) => SMALL_BODY_BYTES_MAX,
+            Resolved::NotFound | Resolved::MethodNotAllowed(_) | Resolved::ServerOptions => {
+                SMALL_BODY_BYTES_MAX
+            }
         }
+    }
+
+    fn admit(&self, resolved: Resolved, req: &Request<'_>) -> Result<(), Response> {
+        let Resolved::Route(route) = resolved else {
+            return Ok(());
+        };
+        match route.credential() {
+            Credential::None => Ok(()),
+            Credential::Key => self.check_key_shape(req),
+            Credential::Admin => self.require_admin(req),
+        }
+        .map_err(ApiError::into_response)
     }
 
     async fn handle(&self, resolved: Resolved, req: &Request<'_>) -> Response {
@@ -158,6 +207,9 @@ impl Handler for Context {
             Resolved::Route(route) => dispatch(self, route, req).await,
             Resolved::NotFound => Err(ApiError::NotFound),
             Resolved::MethodNotAllowed(allow) => Err(ApiError::MethodNotAllowed(allow)),
+            Resolved::ServerOptions => {
+                Ok(Response::json(204, Vec::new()).header("allow", ALLOW_ANY))
+            }
         };
         result.unwrap_or_else(ApiError::into_response)
     }
@@ -188,7 +240,7 @@ async fn dispatch(ctx: &Context, route: Route, req: &Request<'_>) -> Result<Resp
         Route::AckMany => ack::many(ctx, req).await,
         Route::WebhookConfig => webhook::config(ctx, req).await,
         Route::QueueStats => stats::show(ctx, req),
-        Route::Metrics => stats::metrics(ctx, req),
+        Route::Metrics => stats::metrics(ctx),
         Route::OpenApi => Ok(Response::text(
             200,
             "application/json",

@@ -55,21 +55,23 @@ impl NewKey {
     }
 }
 
-/// Checks a presented key's shape and checksum; returns the hash to look up, or `None` for a
-/// key that cannot have been issued.
-pub fn check_format(key: &[u8]) -> Option<KeyHash> {
+/// Whether a presented key has the shape and checksum of an issued one: no I/O, no hashing.
+pub fn well_formed(key: &[u8]) -> bool {
     if key.len() != KEY_LEN || !key.starts_with(KEY_PREFIX.as_bytes()) {
-        return None;
+        return false;
     }
     let body = &key[KEY_PREFIX.len()..];
     let mut random = [0u8; RANDOM_BYTES];
-    hex::decode_to_slice(&body[..RANDOM_BYTES * 2], &mut random).ok()?;
     let mut sum = [0u8; 4];
-    hex::decode_to_slice(&body[RANDOM_BYTES * 2..], &mut sum).ok()?;
-    if u32::from_be_bytes(sum) != crc32fast::hash(&random) {
-        return None;
-    }
-    Some(KeyHash::of(key))
+    hex::decode_to_slice(&body[..RANDOM_BYTES * 2], &mut random).is_ok()
+        && hex::decode_to_slice(&body[RANDOM_BYTES * 2..], &mut sum).is_ok()
+        && u32::from_be_bytes(sum) == crc32fast::hash(&random)
+}
+
+/// Checks a presented key's shape and checksum; returns the hash to look up, or `None` for a
+/// key that cannot have been issued.
+pub fn check_format(key: &[u8]) -> Option<KeyHash> {
+    well_formed(key).then(|| KeyHash::of(key))
 }
 
 /// Key hash → organization, shared by every core. Reads take a read lock for one map look-up and

@@ -23,7 +23,7 @@ use super::request::{
     parse_head, BodyFraming, ChunkedDecoder, Field, FrameError, Head, Method,
     CHUNK_OVERHEAD_BYTES_MAX,
 };
-use super::response;
+use super::response::{self, Response};
 
 /// Initial read buffer; it grows to hold a whole request (head and body) when needed.
 const READ_BUF_BYTES: usize = 8 * 1024;
@@ -33,6 +33,8 @@ const READ_CHUNK_MIN: usize = 4 * 1024;
 const WRITE_FLUSH_BYTES: usize = 64 * 1024;
 /// A client that does not take its response within this time is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest body of a refused request that is still read (and dropped) to keep its connection.
+const SKIP_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Bounds of the lingering close after an error answer (see `Conn::linger`).
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 const LINGER_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -148,8 +150,12 @@ impl Conn {
         }
     }
 
-    /// Reads more bytes onto the end of `rbuf`.
+    /// Reads more bytes onto the end of `rbuf`. With no time left it does not read at all: a
+    /// peer whose bytes are always waiting would otherwise never see its deadline.
     async fn read(&mut self, server: &Server, within: Duration) -> Result<usize, ReadEnd> {
+        if within.is_zero() {
+            return Err(ReadEnd::Timeout);
+        }
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK_MIN {
             self.rbuf.reserve(READ_CHUNK_MIN);
         }
@@ -207,6 +213,25 @@ impl Conn {
             monoio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(bytes)).await,
             Ok((Ok(_), _))
         )
+    }
+
+    /// Appends the response to the request whose head is `head`.
+    fn answer(
+        &mut self,
+        server: &Server,
+        response: &Response,
+        request_id: &str,
+        head: &Head,
+        keep_alive: bool,
+    ) {
+        response::write(
+            &mut self.wbuf,
+            response,
+            request_id.as_bytes(),
+            server.date().as_bytes(),
+            keep_alive,
+            head.method == Method::Head,
+        );
     }
 
     /// Appends the handler's answer to a refused request, which closes the connection.
@@ -333,6 +358,16 @@ async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) 
     let received = Instant::now();
     let route = handler.route(head.method, text(&conn.rbuf, &head.path));
     let limit = handler.body_bytes_max(route);
+    let request_id = match &head.request_id {
+        Some(r) => String::from_utf8_lossy(&conn.rbuf[r.clone()]).into_owned(),
+        None => server.next_request_id(),
+    };
+
+    // What the head alone decides (a request that cannot be authenticated, say) is answered
+    // before any of the body is read.
+    if let Err(response) = handler.admit(route, &view(conn, &head, &[])) {
+        return refuse_early(server, conn, &head, &response, &request_id).await;
+    }
 
     // The body: refused from its declared length before any of it is read.
     let mut chunked_body = Vec::new();
@@ -344,36 +379,16 @@ async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) 
         }
         Err(None) => return None,
     };
-
-    let request_id = match &head.request_id {
-        Some(r) => String::from_utf8_lossy(&conn.rbuf[r.clone()]).into_owned(),
-        None => server.next_request_id(),
-    };
     let response = {
-        let req = Request {
-            method: head.method,
-            path: text(&conn.rbuf, &head.path),
-            query: text(&conn.rbuf, &head.query),
-            peer: conn.peer,
-            body: if head.framing == BodyFraming::Chunked {
-                &chunked_body
-            } else {
-                &conn.rbuf[body]
-            },
-            head: &conn.rbuf[..head.len],
-            fields: &conn.fields,
+        let body = if head.framing == BodyFraming::Chunked {
+            &chunked_body
+        } else {
+            &conn.rbuf[body]
         };
-        handler.handle(route, &req).await
+        handler.handle(route, &view(conn, &head, body)).await
     };
     let keep_alive = head.keep_alive && !server.is_draining();
-    response::write(
-        &mut conn.wbuf,
-        &response,
-        request_id.as_bytes(),
-        server.date().as_bytes(),
-        keep_alive,
-        head.method == Method::Head,
-    );
+    conn.answer(server, &response, &request_id, &head, keep_alive);
     conn.rbuf.drain(..consumed);
     if conn.rbuf.is_empty() && conn.rbuf.capacity() > 4 * READ_BUF_BYTES {
         // A large body grew the buffer; give the memory back rather than hold it per connection.
@@ -386,6 +401,39 @@ async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) 
     }
     handler.responded(route, received.elapsed());
     keep_alive.then_some(())
+}
+
+/// Answers a request the handler refused from its head. A body small enough to skip is read
+/// after the answer has left and dropped, so the connection stays usable; a larger or chunked
+/// one is never read, and the connection closes.
+async fn refuse_early(
+    server: &Server,
+    conn: &mut Conn,
+    head: &Head,
+    response: &Response,
+    request_id: &str,
+) -> Option<()> {
+    let skip = match head.framing {
+        BodyFraming::None => Some(0),
+        BodyFraming::Length(n) if n <= SKIP_BODY_BYTES_MAX => Some(n),
+        BodyFraming::Length(_) | BodyFraming::Chunked => None,
+    };
+    let Some(skip) = skip else {
+        conn.answer(server, response, request_id, head, false);
+        if conn.flush().await {
+            conn.linger(server).await;
+        }
+        return None;
+    };
+    let keep_alive = head.keep_alive && !server.is_draining();
+    conn.answer(server, response, request_id, head, keep_alive);
+    if !conn.flush().await || !keep_alive {
+        return None;
+    }
+    let deadline = Instant::now() + server.limits.body_timeout;
+    conn.read_to(server, head.len + skip, deadline).await.ok()?;
+    conn.rbuf.drain(..head.len + skip);
+    Some(())
 }
 
 /// Reads the body `head` announces, refusing it from its declared length before reading any of
@@ -420,9 +468,11 @@ async fn read_body(
     }
     let mut decoder = ChunkedDecoder::new(head.len);
     loop {
+        // Every byte read for this body counts, decoded or still waiting in `rbuf`.
+        let buffered = conn.rbuf.len() - head.len;
         match decoder.advance(&conn.rbuf, chunked, limit) {
             Ok(Some(end)) => return Ok((0..0, end)),
-            Ok(None) if decoder.raw_len(head.len) <= limit + CHUNK_OVERHEAD_BYTES_MAX => {}
+            Ok(None) if buffered <= limit + CHUNK_OVERHEAD_BYTES_MAX => {}
             Ok(None) | Err(FrameError::BodyTooLarge) => {
                 return Err(Some(Refusal::BodyTooLarge(limit)))
             }
@@ -430,6 +480,19 @@ async fn read_body(
         }
         let within = deadline.saturating_duration_since(Instant::now());
         conn.read(server, within).await.map_err(timed_out)?;
+    }
+}
+
+/// What the handler sees of the request whose head is `head`, with `body`.
+fn view<'a>(conn: &'a Conn, head: &Head, body: &'a [u8]) -> Request<'a> {
+    Request {
+        method: head.method,
+        path: text(&conn.rbuf, &head.path),
+        query: text(&conn.rbuf, &head.query),
+        peer: conn.peer,
+        body,
+        head: &conn.rbuf[..head.len],
+        fields: &conn.fields,
     }
 }
 

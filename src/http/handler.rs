@@ -22,6 +22,10 @@ pub trait Handler {
     /// Largest body `route` takes: a larger declared body is refused before it is read.
     fn body_bytes_max(&self, route: Self::Route) -> usize;
 
+    /// Decides from the head alone, before any of the body is read: `Err` is the answer, and
+    /// the body is never read (the connection closes if one was announced). `req.body` is empty.
+    fn admit(&self, route: Self::Route, req: &Request<'_>) -> Result<(), Response>;
+
     async fn handle(&self, route: Self::Route, req: &Request<'_>) -> Response;
 
     /// The answer to a request the HTTP layer refuses; the connection then closes.
@@ -85,6 +89,12 @@ impl Refusal {
             Refusal::Frame(FrameError::Malformed) => {
                 "Malformed request: unparseable request line or header".into()
             }
+            Refusal::Frame(FrameError::LineTooLong) => {
+                "Malformed request: a chunk-size line or the trailers are too long".into()
+            }
+            Refusal::Frame(FrameError::BadHost) => {
+                "Malformed request: HTTP/1.1 needs exactly one Host header".into()
+            }
             Refusal::Frame(FrameError::BodyTooLarge) => "Request body is too large".into(),
             Refusal::BodyTooLarge(max) => format!("Request body exceeds {max} bytes"),
             Refusal::Timeout => "The request was not received in time".into(),
@@ -106,14 +116,18 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
-    /// The value of the last header field named `name` (ASCII case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+    /// The values of every header field named `name` (ASCII case-insensitive), in order.
+    pub fn headers(&self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
         let head = self.head;
         self.fields
             .iter()
-            .rev()
-            .find(|f| head[f.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
-            .map(|f| &head[f.value.clone()])
+            .filter(move |f| head[f.name.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(move |f| &head[f.value.clone()])
+    }
+
+    /// The value of the last header field named `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &'a str) -> Option<&'a [u8]> {
+        self.headers(name).last()
     }
 }
 
@@ -137,6 +151,10 @@ mod tests {
             fields: &fields,
         };
         assert_eq!(req.header("X-API-KEY"), Some(&b"two"[..]));
+        assert_eq!(
+            req.headers("x-api-key").collect::<Vec<_>>(),
+            [&b"one"[..], b"two"]
+        );
         assert_eq!(req.header("host"), Some(&b"a"[..]));
         assert_eq!(req.header("authorization"), None);
     }
@@ -156,6 +174,8 @@ mod tests {
                 "bad_request",
             ),
             (Refusal::Frame(FrameError::BadLength), 400, "bad_request"),
+            (Refusal::Frame(FrameError::LineTooLong), 400, "bad_request"),
+            (Refusal::Frame(FrameError::BadHost), 400, "bad_request"),
             (
                 Refusal::Frame(FrameError::UnsupportedCoding),
                 501,

@@ -8,8 +8,12 @@ use std::ops::Range;
 pub const HEAD_BYTES_MAX: usize = 16 * 1024;
 /// Most headers in one request; more → 431.
 pub const HEADERS_MAX: usize = 64;
-/// Most trailer fields after a chunked body.
+/// Most trailer fields after a chunked body, and their bytes.
 const TRAILERS_MAX: usize = 16;
+const TRAILERS_BYTES_MAX: usize = 8 * 1024;
+/// Longest chunk-size line, extensions included: real clients send a few hex digits. Without
+/// this bound a line that never ends is buffered in full.
+const CHUNK_LINE_BYTES_MAX: usize = 1024;
 /// Chunk-size lines, extensions and CRLFs a chunked body may add over its decoded size: generous
 /// for real clients, small enough that one-byte chunks cannot pin memory.
 pub const CHUNK_OVERHEAD_BYTES_MAX: usize = 64 * 1024;
@@ -103,6 +107,10 @@ pub enum FrameError {
     UnsupportedCoding,
     /// Body over the route's limit → 413.
     BodyTooLarge,
+    /// A chunk-size line over `CHUNK_LINE_BYTES_MAX` or trailers over `TRAILERS_BYTES_MAX` → 400.
+    LineTooLong,
+    /// HTTP/1.1 without a `Host` header, or `Host` given twice → 400 (RFC 9112 §3.2).
+    BadHost,
 }
 
 fn range_of(buf: &[u8], part: &[u8]) -> Range<usize> {
@@ -120,6 +128,25 @@ fn trim(v: &[u8]) -> &[u8] {
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(start, |e| e + 1);
     &v[start..end]
+}
+
+/// The origin form of a request target: an absolute-form target (`http://host/path?q`, which
+/// RFC 9112 §3.2.2 says a server must accept) without its scheme and authority.
+fn origin_form(target: Range<usize>, buf: &[u8]) -> Range<usize> {
+    let t = &buf[target.clone()];
+    let Some(after_scheme) = t.windows(3).position(|w| w == b"://") else {
+        return target;
+    };
+    let scheme = &t[..after_scheme];
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return target;
+    }
+    let authority = after_scheme + 3;
+    let path = t[authority..]
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .map_or(t.len(), |p| authority + p);
+    target.start + path..target.end
 }
 
 /// Parses a request head from the start of `buf`, its header fields into `fields` (cleared
@@ -143,7 +170,7 @@ pub fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<Head>, F
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Err(FrameError::Malformed);
     };
-    let target = range_of(buf, target.as_bytes());
+    let target = origin_form(range_of(buf, target.as_bytes()), buf);
     let (path, query) = match buf[target.clone()].iter().position(|&b| b == b'?') {
         Some(q) => (
             target.start..target.start + q,
@@ -161,7 +188,7 @@ pub fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<Head>, F
         request_id: None,
         len,
     };
-    let (mut length, mut chunked) = (None, false);
+    let (mut length, mut chunked, mut hosts) = (None, false, 0);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = trim(h.value);
@@ -187,6 +214,8 @@ pub fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<Head>, F
                 return Err(FrameError::UnsupportedCoding);
             }
             chunked = true;
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|&b| b == b',').map(trim) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -205,6 +234,9 @@ pub fn parse_head(buf: &[u8], fields: &mut Vec<Field>) -> Result<Option<Head>, F
         } else if name.eq_ignore_ascii_case(b"expect") {
             head.expect_continue = value.eq_ignore_ascii_case(b"100-continue") && version == 1;
         }
+    }
+    if hosts > 1 || (hosts == 0 && version == 1) {
+        return Err(FrameError::BadHost);
     }
     head.framing = match (length, chunked) {
         (Some(_), true) => return Err(FrameError::AmbiguousLength),
@@ -265,6 +297,9 @@ impl ChunkedDecoder {
                             Phase::Data(size)
                         };
                     }
+                    Ok(httparse::Status::Partial) if rest.len() > CHUNK_LINE_BYTES_MAX => {
+                        return Err(FrameError::LineTooLong)
+                    }
                     Ok(httparse::Status::Partial) => return Ok(None),
                     Err(_) => return Err(FrameError::Malformed),
                 },
@@ -298,6 +333,9 @@ impl ChunkedDecoder {
                             self.pos += used;
                             self.phase = Phase::Done;
                         }
+                        Ok(httparse::Status::Partial) if rest.len() > TRAILERS_BYTES_MAX => {
+                            return Err(FrameError::LineTooLong)
+                        }
                         Ok(httparse::Status::Partial) => return Ok(None),
                         Err(_) => return Err(FrameError::Malformed),
                     }
@@ -305,12 +343,6 @@ impl ChunkedDecoder {
                 Phase::Done => return Ok(Some(self.pos)),
             }
         }
-    }
-
-    /// Raw bytes read for this body so far: bounded by the caller against the decoded limit
-    /// plus `CHUNK_OVERHEAD_BYTES_MAX`.
-    pub fn raw_len(&self, start: usize) -> usize {
-        self.pos - start
     }
 }
 
@@ -352,26 +384,30 @@ mod tests {
     #[test]
     fn an_incomplete_head_asks_for_more_until_the_limit() {
         assert_eq!(head("GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
-        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(HEAD_BYTES_MAX));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n",
+            "a".repeat(HEAD_BYTES_MAX)
+        );
         assert_eq!(head(&big), Err(FrameError::HeadTooLarge));
         let many: String = (0..HEADERS_MAX + 1)
             .map(|i| format!("H{i}: v\r\n"))
             .collect();
         assert_eq!(
-            head(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            head(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")),
             Err(FrameError::HeadTooLarge)
         );
     }
 
     #[test]
     fn conflicting_or_repeated_lengths_are_refused() {
-        let both = "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let both =
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(head(both), Err(FrameError::AmbiguousLength));
-        let twice = "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
+        let twice = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
         assert_eq!(head(twice), Err(FrameError::AmbiguousLength));
-        let bad = "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n";
+        let bad = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n";
         assert_eq!(head(bad), Err(FrameError::BadLength));
-        let gzip = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        let gzip = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
         assert_eq!(head(gzip), Err(FrameError::UnsupportedCoding));
         assert_eq!(head("BLAH\r\n\r\n"), Err(FrameError::Malformed));
     }
@@ -381,7 +417,7 @@ mod tests {
         assert!(!head("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().keep_alive);
         let ka = "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
         assert!(head(ka).unwrap().unwrap().keep_alive);
-        let close = "GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let close = "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
         assert!(!head(close).unwrap().unwrap().keep_alive);
     }
 
@@ -400,6 +436,53 @@ mod tests {
             assert_eq!(out, b"hello world");
             assert_eq!(&body[end..], b"NEXT");
         }
+    }
+
+    #[test]
+    fn http11_needs_one_host_and_absolute_targets_lose_scheme_and_authority() {
+        assert_eq!(head("GET / HTTP/1.1\r\n\r\n"), Err(FrameError::BadHost));
+        assert_eq!(
+            head("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(FrameError::BadHost)
+        );
+        assert!(head("GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+        for (target, path, query) in [
+            ("http://h:1/api/inbox?limit=5", "/api/inbox", "limit=5"),
+            ("HTTPS://h/x", "/x", ""),
+            ("http://h?q=1", "", "q=1"),
+            ("http://h", "", ""),
+            ("/plain?a", "/plain", "a"),
+            ("*", "*", ""),
+        ] {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+            let h = head(&raw).unwrap().unwrap();
+            assert_eq!(
+                (&raw[h.path.clone()], &raw[h.query.clone()]),
+                (path, query),
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_lines_and_trailers_that_never_end_are_refused_at_their_bound() {
+        let endless_line = format!("1;ext={}", "a".repeat(CHUNK_LINE_BYTES_MAX));
+        let mut out = Vec::new();
+        assert_eq!(
+            ChunkedDecoder::new(0).advance(endless_line.as_bytes(), &mut out, 100),
+            Err(FrameError::LineTooLong)
+        );
+        // Just under the bound it is only incomplete.
+        let short = &endless_line[..CHUNK_LINE_BYTES_MAX];
+        assert_eq!(
+            ChunkedDecoder::new(0).advance(short.as_bytes(), &mut out, 100),
+            Ok(None)
+        );
+        let endless_trailer = format!("0\r\nX: {}", "a".repeat(TRAILERS_BYTES_MAX));
+        assert_eq!(
+            ChunkedDecoder::new(0).advance(endless_trailer.as_bytes(), &mut out, 100),
+            Err(FrameError::LineTooLong)
+        );
     }
 
     #[test]

@@ -300,6 +300,12 @@ impl Client {
         })
     }
 
+    /// A second handle on the connection, to keep writing from another thread while this one
+    /// reads the answer.
+    pub fn writer(&self) -> std::io::Result<TcpStream> {
+        self.stream.try_clone()
+    }
+
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes)
     }

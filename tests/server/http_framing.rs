@@ -43,7 +43,7 @@ fn pipelined_requests_are_answered_in_order() {
             &format!("Content-Length: {}\r\n", body.len()),
         ));
         burst.push_str(&body);
-        burst.push_str("GET /health/live HTTP/1.1\r\nX-Request-Id: live-");
+        burst.push_str("GET /health/live HTTP/1.1\r\nHost: t\r\nX-Request-Id: live-");
         burst.push_str(&i.to_string());
         burst.push_str("\r\n\r\n");
     }

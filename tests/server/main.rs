@@ -7,6 +7,7 @@
 mod api;
 mod batch;
 mod durability;
+mod hostile;
 mod http_framing;
 mod inbox_ack;
 mod keys_webhooks;

@@ -1,0 +1,206 @@
+//! Hostile input, each shape answered with its documented status before it can pin memory or
+//! time: framing that never ends, bodies that keep arriving past their deadline, requests that
+//! cannot be authenticated, ambiguous credentials, and targets RFC 9112 defines.
+
+use std::io::Write;
+use std::net::TcpStream;
+
+use std::time::{Duration, Instant};
+
+use testkit::*;
+
+/// Sends `head`, then `piece` over and over on another thread until `total` bytes or a write
+/// fails (the server closed), pausing `every` between pieces.
+fn stream_after(
+    addr: std::net::SocketAddr,
+    head: String,
+    piece: Vec<u8>,
+    total: usize,
+    every: Duration,
+) -> Client {
+    let mut c = Client::connect(addr).unwrap();
+    c.send_raw(head.as_bytes()).unwrap();
+    let mut raw: TcpStream = c.writer().unwrap();
+    std::thread::spawn(move || {
+        let mut sent = 0;
+        while sent < total && raw.write_all(&piece).is_ok() {
+            sent += piece.len();
+            std::thread::sleep(every);
+        }
+    });
+    c
+}
+
+fn chunked_head(key: &str) -> String {
+    format!(
+        "POST /api/events HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+}
+
+#[test]
+fn a_chunk_size_line_that_never_ends_is_400_before_it_is_buffered() {
+    let s = Server::start(&[]);
+    let (key, _) = new_org(s.addr, "chunk-line");
+    let started = Instant::now();
+    let mut c = stream_after(
+        s.addr,
+        format!("{}1b;x=", chunked_head(&key)),
+        vec![b'a'; 64 * 1024],
+        64 << 20,
+        Duration::ZERO,
+    );
+    let r = c.read_response().unwrap();
+    assert_eq!((r.status, r.code()), (400, "bad_request".to_string()));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn trailers_that_never_end_are_400_before_they_are_buffered() {
+    let s = Server::start(&[]);
+    let (key, _) = new_org(s.addr, "trailers");
+    let mut c = stream_after(
+        s.addr,
+        format!("{}0\r\nX-Trailer: ", chunked_head(&key)),
+        vec![b'a'; 64 * 1024],
+        64 << 20,
+        Duration::ZERO,
+    );
+    let r = c.read_response().unwrap();
+    assert_eq!((r.status, r.code()), (400, "bad_request".to_string()));
+}
+
+#[test]
+fn a_body_still_arriving_at_its_deadline_is_408() {
+    let s = Server::start(&["--body-timeout-ms", "500"]);
+    let (key, _) = new_org(s.addr, "stream");
+    let head = format!(
+        "POST /api/events/batch HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    // ~3 MB/s: bytes are always waiting when the server reads, and the 5 MiB batch bound is
+    // ~1.7 s away, well past the 500 ms deadline.
+    let chunk = format!("{:x}\r\n{}\r\n", 16 * 1024, "x".repeat(16 * 1024)).into_bytes();
+    let started = Instant::now();
+    let mut c = stream_after(s.addr, head, chunk, 64 << 20, Duration::from_millis(5));
+    let r = c.read_response().unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        (r.status, r.code()),
+        (408, "request_timeout".to_string()),
+        "after {took:?}"
+    );
+    assert!(took < Duration::from_millis(1500), "408 after {took:?}");
+}
+
+#[test]
+fn a_request_that_cannot_be_authenticated_is_refused_before_its_body_is_read() {
+    let s = Server::start(&[]);
+    for (key_header, code) in [
+        ("", "missing_api_key"),
+        ("X-API-Key: not-a-key\r\n", "invalid_api_key"),
+    ] {
+        let mut c = Client::connect(s.addr).unwrap();
+        // The body is announced and never sent: only the head can be answered.
+        c.send_raw(
+            format!(
+                "POST /api/events/batch HTTP/1.1\r\nHost: t\r\n{key_header}Content-Length: 4000000\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let r = c.read_response().unwrap();
+        assert_eq!((r.status, r.code()), (401, code.to_string()));
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn a_refused_request_with_a_small_body_keeps_its_connection() {
+    let s = Server::start(&[]);
+    let mut c = Client::connect(s.addr).unwrap();
+    let event = r#"{"type":"t","payload":{}}"#;
+    let r = c
+        .request("POST", "/api/events", &[], event.as_bytes())
+        .unwrap();
+    assert_eq!((r.status, r.code()), (401, "missing_api_key".to_string()));
+    assert_eq!(r.header("connection"), None);
+    assert_eq!(
+        c.request("GET", "/health/live", &[], b"").unwrap().status,
+        200
+    );
+}
+
+#[test]
+fn ambiguous_credentials_are_400_and_matching_ones_pass() {
+    let s = Server::start(&[]);
+    let (key, _) = new_org(s.addr, "ambiguous");
+    let (other, _) = new_org(s.addr, "ambiguous-2");
+    let event = r#"{"type":"t","payload":{}}"#;
+    let mut c = Client::connect(s.addr).unwrap();
+    for headers in [
+        vec![("X-API-Key", key.as_str()), ("X-API-Key", other.as_str())],
+        vec![("X-API-Key", key.as_str()), ("X-API-Key", key.as_str())],
+    ] {
+        let r = c
+            .request("POST", "/api/events", &headers, event.as_bytes())
+            .unwrap();
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "ambiguous_credentials".to_string())
+        );
+        c = Client::connect(s.addr).unwrap();
+    }
+    let bearer = format!("Bearer {other}");
+    let r = c
+        .request(
+            "POST",
+            "/api/events",
+            &[("X-API-Key", &key), ("Authorization", &bearer)],
+            event.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "ambiguous_credentials".to_string())
+    );
+    let mut c = Client::connect(s.addr).unwrap();
+    let same = format!("Bearer {key}");
+    let r = c
+        .request(
+            "POST",
+            "/api/events",
+            &[("X-API-Key", &key), ("Authorization", &same)],
+            event.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 202);
+}
+
+#[test]
+fn host_is_required_once_and_absolute_and_asterisk_targets_are_understood() {
+    let s = Server::start(&[]);
+    let mut c = Client::connect(s.addr).unwrap();
+    c.send_raw(b"GET /health/live HTTP/1.1\r\n\r\n").unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!((r.status, r.code()), (400, "bad_request".to_string()));
+    let mut c = Client::connect(s.addr).unwrap();
+    c.send_raw(b"GET /health/live HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        .unwrap();
+    assert_eq!(c.read_response().unwrap().status, 400);
+    // HTTP/1.0 needs no Host.
+    let mut c = Client::connect(s.addr).unwrap();
+    c.send_raw(b"GET /health/live HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(c.read_response().unwrap().status, 200);
+
+    let mut c = Client::connect(s.addr).unwrap();
+    c.send_raw(b"GET http://t:8090/health/live HTTP/1.1\r\nHost: t:8090\r\n\r\n")
+        .unwrap();
+    assert_eq!(c.read_response().unwrap().status, 200);
+    c.send_raw(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("allow"), Some("GET, HEAD, POST, DELETE"));
+}
