@@ -60,7 +60,7 @@ run_side() { # name flags round
   rm -rf "$dir" && mkdir -p "$dir"
   # shellcheck disable=SC2086
   "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" \
-    --keygen-per-minute 1000000 $flags >"$dir/server.log" 2>&1 &
+    --keygen-per-minute 1000000 --keygen-tier-max unlimited $flags >"$dir/server.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && break

@@ -34,7 +34,7 @@ held() { grep -oE 'highest rate holding p99 <= [0-9.]+ ms: [0-9]+' "$1" | awk '{
 
 # shellcheck disable=SC2086
 "$bin/triggers" serve --listen "127.0.0.1:$port" --data-dir "$out/data" \
-  --keygen-per-minute 1000000 ${SERVER_FLAGS:-} >"$out/server.log" 2>&1 &
+  --keygen-per-minute 1000000 --keygen-tier-max unlimited ${SERVER_FLAGS:-} >"$out/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do

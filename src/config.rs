@@ -139,8 +139,11 @@ keys! {
     /// Accept webhook URLs on private, loopback and link-local addresses (for tests and
     /// private networks)
     webhook_allow_private: bool = required, env "TRIGGERS_WEBHOOK_ALLOW_PRIVATE";
-    /// Keys one client address may create per minute through self-serve generation
+    /// Keys one client address (IPv6: one /64) may create per minute through self-serve signup
     keygen_per_minute: u64 = required, env "TRIGGERS_KEYGEN_PER_MINUTE", range 1..=1000000;
+    /// Highest tier self-serve signup may choose (by events per minute); any tier needs the
+    /// admin token when one is set
+    keygen_tier_max: String = required, env "TRIGGERS_KEYGEN_TIER_MAX";
     /// When set, key generation and the stats routes require `Authorization: Bearer <token>`
     #[arg(hide_env_values = true)]
     admin_token: String = optional, env "TRIGGERS_ADMIN_TOKEN";
@@ -194,6 +197,7 @@ impl Config {
     /// Hands each checked value to the subsystem that uses it.
     fn build(v: Values) -> anyhow::Result<Config> {
         let ms = Duration::from_millis;
+        let tiers = Tiers::new(v.tiers).map_err(|e| anyhow::anyhow!("config key `tiers` {e}"))?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Config {
             listen: v.listen,
@@ -221,9 +225,14 @@ impl Config {
             api: api::Settings {
                 ack_mode: v.ack_mode,
                 storage_wait: ms(v.storage_wait_ms),
-                tiers: Tiers::new(v.tiers)
-                    .map_err(|e| anyhow::anyhow!("config key `tiers` {e}"))?,
                 keygen_per_minute: v.keygen_per_minute,
+                keygen_tier_max: tiers.get(&v.keygen_tier_max).cloned().with_context(|| {
+                    format!(
+                        "config key `keygen_tier_max` = {:?} names no tier of `tiers`",
+                        v.keygen_tier_max
+                    )
+                })?,
+                tiers,
                 admin_token: v.admin_token.filter(|t| !t.is_empty()),
                 webhook_allow_private: v.webhook_allow_private,
             },
@@ -244,6 +253,7 @@ mod tests {
         assert_eq!(c.api.tiers.get("free").unwrap().per_minute, Some(100));
         assert_eq!(c.api.tiers.get("unlimited").unwrap().per_minute, None);
         assert_eq!(c.batch.linger, Duration::from_micros(200));
+        assert_eq!(c.api.keygen_tier_max.name, "free");
     }
 
     #[test]
@@ -259,5 +269,11 @@ mod tests {
             ..Settings::default()
         };
         assert_eq!(Config::load(cli, None).unwrap().persisters, 5);
+        let cli = Settings {
+            keygen_tier_max: Some("gold".into()),
+            ..Settings::default()
+        };
+        let err = format!("{:#}", Config::load(cli, None).unwrap_err());
+        assert!(err.contains("keygen_tier_max"), "{err}");
     }
 }

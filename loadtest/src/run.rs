@@ -120,6 +120,11 @@ async fn create_orgs(target: &Target, n: usize, tier: &str) -> anyhow::Result<Ve
                 eprintln!("key generation rate limited; waiting {wait}s (raise the server's signup limit for large runs)");
                 tokio::time::sleep(Duration::from_secs(wait)).await;
             }
+            403 => bail!(
+                "creating an organization on tier `{tier}` was refused: start this server with \
+                 --keygen-tier-max {tier} (or pass --tier free): {}",
+                String::from_utf8_lossy(&r.body)
+            ),
             s => bail!(
                 "creating an organization: HTTP {s}: {}",
                 String::from_utf8_lossy(&r.body)

@@ -50,6 +50,24 @@ struct AckIn {
     event_ids: Option<Vec<serde_json::Value>>,
 }
 
+/// The ids of a bulk ack, each once, in the order first given. A string that is not a UUID
+/// names no event and is simply not found; anything but a string is a bad request.
+fn requested_ids(values: Vec<serde_json::Value>) -> Result<Vec<String>, ApiError> {
+    let mut seen = HashSet::new();
+    let mut ids = Vec::with_capacity(values.len());
+    for v in values {
+        let serde_json::Value::String(id) = v else {
+            return Err(ApiError::InvalidRequest(
+                "`event_ids` must hold event id strings".into(),
+            ));
+        };
+        if seen.insert(id.clone()) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
 pub async fn many(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
     let org = ctx.authenticate(req).await?;
     let input: AckIn = parse_body(req.body, |why| {
@@ -61,24 +79,38 @@ pub async fn many(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError
         .ok_or_else(|| {
             ApiError::InvalidRequest(format!("`event_ids` must hold 1 to {IDS_MAX} ids"))
         })?;
-    let parse = |v: &serde_json::Value| v.as_str().and_then(event_id);
-    let ids: Vec<EventId> = requested.iter().filter_map(parse).collect();
+    let requested = requested_ids(requested)?;
+    let ids: Vec<EventId> = requested.iter().filter_map(|s| event_id(s)).collect();
     let org_id = org.id;
     let found = ctx
         .queries
         .run("ack batch", move |c| events::acknowledge(c, org_id, &ids))
         .await?;
     let found: HashSet<EventId> = found.into_iter().map(|(id, _)| id).collect();
-    let mut acknowledged = 0;
-    let mut not_found = Vec::new();
-    for v in requested {
-        match parse(&v) {
-            Some(id) if found.contains(&id) => acknowledged += 1,
-            _ => not_found.push(v),
-        }
-    }
+    let (acknowledged, not_found): (Vec<String>, Vec<String>) = requested
+        .into_iter()
+        .partition(|s| event_id(s).is_some_and(|id| found.contains(&id)));
     Ok(Response::json_value(
         200,
-        &json!({"acknowledged": acknowledged, "not_found": not_found}),
+        &json!({"acknowledged": acknowledged.len(), "not_found": not_found}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn bulk_ids_count_once_in_first_order_and_must_be_strings() {
+        let ids = |v: serde_json::Value| requested_ids(serde_json::from_value(v).unwrap());
+        assert_eq!(
+            ids(json!(["b", "a", "b", "c", "a"])).unwrap(),
+            ["b", "a", "c"]
+        );
+        for bad in [json!([7]), json!(["a", null]), json!([["a"]])] {
+            assert_eq!(ids(bad).unwrap_err().code(), "invalid_request");
+        }
+    }
 }

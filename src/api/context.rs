@@ -16,7 +16,7 @@ use crate::db::QueryPool;
 use crate::http::Request;
 use crate::ids::OrgId;
 use crate::queue::{Hub, Waiters};
-use crate::ratelimit::{Limiter, Tiers};
+use crate::ratelimit::{Limiter, Tier, Tiers};
 use crate::stats::{CoreStats, Stats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -47,6 +47,8 @@ pub struct Settings {
     pub tiers: Tiers,
     /// Self-serve key generations per minute per client address.
     pub keygen_per_minute: u64,
+    /// The highest tier self-serve signup may choose.
+    pub keygen_tier_max: Tier,
     /// When set, key generation and the stats routes need it as a bearer token.
     pub admin_token: Option<String>,
     /// Accept webhook URLs on private, loopback and link-local addresses.

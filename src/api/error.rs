@@ -24,6 +24,8 @@ pub enum ApiError {
     /// A field of an event is missing or wrong: the message names the field.
     InvalidEvent(String),
     InvalidTier(String),
+    /// Self-serve signup asked for a tier above the operator's limit.
+    TierNotAllowed(String),
     /// A query parameter is wrong: names the parameter.
     InvalidParameter(&'static str, String),
     /// No event with this id in the caller's organization (or a malformed id: the two are
@@ -58,6 +60,7 @@ impl ApiError {
             | ApiError::WebhookUrlNotAllowed(_)
             | ApiError::AmbiguousCredentials => 400,
             ApiError::EventNotFound => 404,
+            ApiError::TierNotAllowed(_) => 403,
             ApiError::DuplicateEvent(_) => 409,
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed(_) => 405,
@@ -73,6 +76,7 @@ impl ApiError {
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::InvalidEvent(_) => "invalid_event",
             ApiError::InvalidTier(_) => "invalid_tier",
+            ApiError::TierNotAllowed(_) => "tier_not_allowed",
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::InvalidParameter(..) => "invalid_parameter",
             ApiError::EventNotFound => "event_not_found",
@@ -101,6 +105,7 @@ impl ApiError {
             ApiError::InvalidEvent(why)
             | ApiError::InvalidRequest(why)
             | ApiError::InvalidTier(why)
+            | ApiError::TierNotAllowed(why)
             | ApiError::InvalidWebhookUrl(why)
             | ApiError::WebhookUrlNotAllowed(why) => why.clone(),
             ApiError::InvalidParameter(name, why) => format!("Invalid `{name}`: {why}"),

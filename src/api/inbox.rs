@@ -66,6 +66,10 @@ pub fn parse_query(query: &str) -> Result<PageQuery, ApiError> {
                 if value.is_empty() || value.chars().count() > 255 {
                     return Err(bad("type", "must be 1..255 characters"));
                 }
+                // PostgreSQL's text cannot hold NUL; asked, it fails the query.
+                if value.contains('\0') {
+                    return Err(bad("type", "must not contain NUL"));
+                }
                 q.kind = Some(value.into_owned());
             }
             "limit" => {
@@ -203,6 +207,7 @@ mod tests {
             ("offset=-1", "offset"),
             ("offset=100001", "offset"),
             ("type=", "type"),
+            ("type=a%00", "type"),
         ] {
             match parse_query(query) {
                 Err(ApiError::InvalidParameter(p, _)) => assert_eq!(p, param, "{query}"),

@@ -2,6 +2,7 @@
 //! `GET /api/keys` describes the caller's organization; `POST /api/keys/rotate` replaces the key.
 //! A plaintext key appears once, in the response that creates it.
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -23,6 +24,18 @@ struct GenerateIn {
     tier: Option<String>,
 }
 
+/// Whose signup bucket an address draws from: an IPv6 client's whole /64, which one host
+/// commonly holds, counts as one address.
+fn signup_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+    }
+}
+
 fn tier_limit(tier: Option<&Tier>) -> serde_json::Value {
     json!(tier.and_then(|t| t.per_minute))
 }
@@ -30,12 +43,13 @@ fn tier_limit(tier: Option<&Tier>) -> serde_json::Value {
 /// The admin token, when configured, was checked before the body was read (`Handler::admit`).
 pub async fn generate(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
     let settings = &ctx.settings;
-    if settings.admin_token.is_none() {
+    let self_serve = settings.admin_token.is_none();
+    if self_serve {
         // Open self-serve signup: limited per client address.
         let now = std::time::Instant::now();
         ctx.limits
             .keygen
-            .take(req.peer, settings.keygen_per_minute, 1, now)
+            .take(signup_bucket(req.peer), settings.keygen_per_minute, 1, now)
             .map_err(|l| ApiError::RateLimited(l.retry_after_s))?;
     }
     let input: GenerateIn = parse_body(req.body, |why| {
@@ -60,6 +74,13 @@ pub async fn generate(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiE
             known.join(", ")
         ))
     })?;
+    let max = &settings.keygen_tier_max;
+    if self_serve && tier.rate() > max.rate() {
+        return Err(ApiError::TierNotAllowed(format!(
+            "self-serve signup may choose tiers up to `{}`; `{}` needs the operator",
+            max.name, tier.name
+        )));
+    }
     let key = NewKey::generate();
     let generation = ctx.keys.generation();
     let org = Arc::new(Org {
@@ -143,4 +164,24 @@ pub async fn rotate(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiErr
             "rotated_at": rfc3339(rotated_at).to_string(),
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_client_signs_up_from_its_whole_64_and_ipv4_from_its_address() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(signup_bucket(a), signup_bucket(b));
+        assert_ne!(signup_bucket(a), signup_bucket(other));
+        assert_eq!(
+            signup_bucket(a),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
+        );
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(signup_bucket(v4), v4);
+    }
 }

@@ -24,6 +24,13 @@ pub struct Tier {
     pub per_minute: Option<u64>,
 }
 
+impl Tier {
+    /// Events per minute, unlimited highest: how tiers are ordered.
+    pub fn rate(&self) -> u64 {
+        self.per_minute.unwrap_or(u64::MAX)
+    }
+}
+
 /// The tiers an operator configured, by name. Always holds `Tiers::DEFAULT`.
 #[derive(Clone, Debug)]
 pub struct Tiers(Vec<Tier>);

@@ -173,11 +173,19 @@ impl Server {
         Server::start_with_env(args, &[])
     }
 
-    /// Starts a server with these flags and extra environment variables.
+    /// Starts a server with these flags and extra environment variables. Tests create their
+    /// organizations self-serve on the unlimited tier (`new_org`), so signup may pick it unless
+    /// the test sets `--keygen-tier-max` itself.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let tier_max: &[&str] = if args.contains(&"--keygen-tier-max") {
+            &[]
+        } else {
+            &["--keygen-tier-max", "unlimited"]
+        };
         let mut child = Command::new(server_binary())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
+            .args(tier_max)
             .args(args)
             .envs(env.iter().copied())
             .env("TRIGGERS_LOG", "info,refinery_core=warn,postgres=warn")

@@ -113,6 +113,52 @@ fn self_serve_key_generation_is_limited_per_address() {
 }
 
 #[test]
+fn self_serve_signup_gets_at_most_the_configured_tier() {
+    let url = shared_cluster().url.clone();
+    // The compiled-in default (the harness opens every tier unless a test names one).
+    let s = Server::start_with(&["--database-url", &url, "--keygen-tier-max", "free"]);
+    let org = |tier: &str| {
+        let body = format!(r#"{{"organization_name":"tiers","tier":"{tier}"}}"#);
+        call(s.addr, "POST", "/api/keys/generate", None, &body)
+    };
+    let r = org("unlimited");
+    assert_eq!((r.status, r.code()), (403, "tier_not_allowed".to_string()));
+    assert_eq!(org("enterprise").status, 403);
+    assert_eq!(org("free").status, 201);
+    // starter (60/min) is below free (100/min).
+    assert_eq!(org("starter").json()["tier"], "starter");
+    let no_tier = call(
+        s.addr,
+        "POST",
+        "/api/keys/generate",
+        None,
+        r#"{"organization_name":"default"}"#,
+    );
+    assert_eq!(no_tier.json()["tier"], "free");
+    // An operator can open higher tiers to signup, or hand them out with the admin token.
+    let open = Server::start_with(&["--database-url", &url, "--keygen-tier-max", "pro"]);
+    let pro = call(
+        open.addr,
+        "POST",
+        "/api/keys/generate",
+        None,
+        r#"{"organization_name":"p","tier":"pro"}"#,
+    );
+    assert_eq!(pro.status, 201);
+    let admin = Server::start_with(&["--database-url", &url, "--admin-token", "adm"]);
+    let mut c = Client::connect(admin.addr).unwrap();
+    let r = c
+        .request(
+            "POST",
+            "/api/keys/generate",
+            &[("Authorization", "Bearer adm")],
+            br#"{"organization_name":"u","tier":"unlimited"}"#,
+        )
+        .unwrap();
+    assert_eq!(r.status, 201);
+}
+
+#[test]
 fn the_admin_token_guards_key_generation_and_stats() {
     let s = Server::start(&["--admin-token", "s3cret-admin"]);
     let body = r#"{"organization_name":"guarded"}"#;
