@@ -1,16 +1,95 @@
-//! db::conn: how every connection to PostgreSQL is opened: bounded in time, and named so that
-//! `pg_stat_activity` shows whose it is.
+//! db::conn: how every connection to PostgreSQL is opened (bounded in time, and named so that
+//! `pg_stat_activity` shows whose it is), and how a thread gets back to PostgreSQL after losing
+//! it: attempts back off, and the warning is logged once per `WARN_EVERY` with how many
+//! attempts failed meanwhile, so an outage costs neither a connection per request nor a log
+//! line per request.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 
 /// Longest wait for a TCP/unix connection to PostgreSQL.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// First and longest pause between connection attempts of one thread.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// A thread that keeps failing to connect says so at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 pub fn connect(config: &postgres::Config) -> Result<Client, postgres::Error> {
     let mut config = config.clone();
     config.connect_timeout(CONNECT_TIMEOUT);
     config.application_name("triggers");
     config.connect(NoTls)
+}
+
+/// One thread's connection, reopened with backoff when it is lost. Time is passed in.
+pub struct Link {
+    /// Who holds it, for the log: `"query thread"`.
+    who: &'static str,
+    client: Option<Client>,
+    retry: Duration,
+    next_attempt: Option<Instant>,
+    /// Attempts failed since the connection was last up, and when the last warning left.
+    failures: u64,
+    warned_at: Option<Instant>,
+}
+
+impl Link {
+    pub fn new(who: &'static str) -> Link {
+        Link {
+            who,
+            client: None,
+            retry: RETRY_MIN,
+            next_attempt: None,
+            failures: 0,
+            warned_at: None,
+        }
+    }
+
+    /// The connection, reopened first if it is lost and an attempt is due; `None` while
+    /// PostgreSQL cannot be reached.
+    pub fn get(&mut self, config: &postgres::Config, now: Instant) -> Option<&mut Client> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+        }
+        if self.client.is_none() && self.next_attempt.is_none_or(|at| now >= at) {
+            match connect(config) {
+                Ok(client) => {
+                    if self.failures > 0 {
+                        tracing::info!(
+                            who = self.who,
+                            failed_attempts = self.failures,
+                            "connected to PostgreSQL again"
+                        );
+                    }
+                    self.client = Some(client);
+                    self.retry = RETRY_MIN;
+                    self.next_attempt = None;
+                    self.failures = 0;
+                    self.warned_at = None;
+                }
+                Err(e) => self.failed(&e, now),
+            }
+        }
+        self.client.as_mut()
+    }
+
+    fn failed(&mut self, error: &postgres::Error, now: Instant) {
+        self.failures += 1;
+        self.next_attempt = Some(now + self.retry);
+        self.retry = (self.retry * 2).min(RETRY_MAX);
+        if self
+            .warned_at
+            .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
+        {
+            tracing::warn!(
+                failed_attempts = self.failures,
+                error = %error,
+                "{} cannot connect",
+                self.who
+            );
+            self.warned_at = Some(now);
+        }
+    }
 }

@@ -3,12 +3,12 @@
 //! their event loops keep serving. The queue is bounded (full → `Busy`) and so is the wait
 //! (→ `Unavailable`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use postgres::Client;
 
-use super::conn::connect;
+use super::conn::Link;
 
 /// Queries queued for the query threads; past this a request is answered 503 `overloaded`.
 const QUERY_QUEUE_MAX: usize = 1024;
@@ -23,7 +23,7 @@ pub enum QueryError {
     Unavailable,
 }
 
-type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
+type Job = Box<dyn FnOnce(Option<&mut Client>) + Send>;
 
 /// A few threads, each with its own connection, running queries handed over by the cores.
 #[derive(Clone)]
@@ -45,18 +45,14 @@ impl QueryPool {
                 std::thread::Builder::new()
                     .name(format!("query-{i}"))
                     .spawn(move || {
-                        let mut client = None;
+                        // While PostgreSQL is away, jobs fail at once between attempts.
+                        let mut link = Link::new("query thread");
                         loop {
                             let job = crossbeam_channel::select! {
                                 recv(rx) -> job => match job { Ok(job) => job, Err(_) => return },
                                 recv(stopped) -> _ => return,
                             };
-                            if client.as_ref().is_none_or(Client::is_closed) {
-                                client = connect(&config)
-                                    .inspect_err(|e| tracing::warn!(error = %e, "query thread cannot connect"))
-                                    .ok();
-                            }
-                            job(&mut client);
+                            job(link.get(&config, Instant::now()));
                         }
                     })
                     .expect("spawning a query thread")
@@ -73,8 +69,8 @@ impl QueryPool {
         F: FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
     {
         let (tx, rx) = futures_channel::oneshot::channel();
-        let job: Job = Box::new(move |client: &mut Option<Client>| {
-            let result = match client.as_mut() {
+        let job: Job = Box::new(move |client: Option<&mut Client>| {
+            let result = match client {
                 None => Err(QueryError::Unavailable),
                 Some(c) => f(c).map_err(|e| {
                     tracing::warn!(query = what, error = %e, "query failed");

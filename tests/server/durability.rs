@@ -277,6 +277,42 @@ fn kill_9_at_random_moments_loses_no_acknowledged_event() {
 }
 
 #[test]
+fn a_down_postgres_is_not_stormed_with_connections_or_warnings() {
+    let cluster = TestCluster::start();
+    let s = Server::start_with(&["--database-url", &cluster.url, "--query-threads", "2"]);
+    cluster.stop();
+    // Every /health runs a query; with PostgreSQL away, each is a reason to reconnect.
+    let started = Instant::now();
+    let mut c = Client::connect(s.addr).unwrap();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let r = c.request("GET", "/health", &[], b"").unwrap();
+        assert_eq!(r.status, 503);
+        answered += 1;
+    }
+    assert!(answered > 100, "only {answered} answers in 2 s");
+    let log = s.log_text();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("query thread cannot connect"))
+        .count();
+    // Each thread warns when its connection first fails, then at most every 10 s.
+    assert!(
+        (1..=2).contains(&warnings),
+        "{warnings} warnings for {answered} requests"
+    );
+    cluster.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(s.addr, "GET", "/health", None, "").status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the query threads never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn postgres_outage_is_503_within_the_budget_and_nothing_answered_503_is_stored_later() {
     let cluster = TestCluster::start();
     let mut s = Server::start_with(&["--database-url", &cluster.url, "--storage-wait-ms", "1000"]);
