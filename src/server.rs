@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -27,10 +27,34 @@ use crate::{api, core};
 
 /// Pending connections the kernel queues per core (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 4096;
+/// How long a port found in use is tried again at start-up, and how often (see `probe_free`).
+const BIND_RETRY: Duration = Duration::from_secs(3);
+const BIND_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 enum Stopped {
     Signal(i32),
     CoreFailed(usize, String),
+}
+
+/// Proves `addr` free with a plain bind. A server killed a moment ago can still hold its
+/// listeners while the kernel tears down its io_uring, so "in use" is retried for
+/// `BIND_RETRY`; a port a live server keeps stays refused.
+fn probe_free(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + BIND_RETRY;
+    loop {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        match probe.bind(&addr.into()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(BIND_RETRY_PAUSE);
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("binding {addr}: is another server listening there?"))
+            }
+        }
+    }
 }
 
 /// Binds one listener per core on the same address. The first bind resolves port 0, so every
@@ -40,11 +64,7 @@ fn bind(addr: SocketAddr, cores: usize) -> anyhow::Result<Vec<std::net::TcpListe
     // server started by mistake would take half the traffic). A plain bind first proves the
     // port free.
     if addr.port() != 0 {
-        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        probe.set_reuse_address(true)?;
-        probe
-            .bind(&addr.into())
-            .with_context(|| format!("binding {addr}: is another server listening there?"))?;
+        probe_free(addr)?;
     }
     let mut addr = addr;
     let mut listeners = Vec::with_capacity(cores);

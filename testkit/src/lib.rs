@@ -168,7 +168,7 @@ impl Server {
         Server::start_with(&args)
     }
 
-    /// Starts a server with exactly these flags (plus `--listen 127.0.0.1:0`).
+    /// Starts a server with these flags (plus `--listen 127.0.0.1:0` unless they name one).
     pub fn start_with(args: &[&str]) -> Server {
         Server::start_with_env(args, &[])
     }
@@ -177,15 +177,20 @@ impl Server {
     /// organizations self-serve on the unlimited tier (`new_org`), so signup may pick it unless
     /// the test sets `--keygen-tier-max` itself.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let tier_max: &[&str] = if args.contains(&"--keygen-tier-max") {
-            &[]
-        } else {
-            &["--keygen-tier-max", "unlimited"]
+        let unless_given = |flag: &str, default: &'static [&'static str]| -> &[&str] {
+            if args.contains(&flag) {
+                &[]
+            } else {
+                default
+            }
         };
         let mut child = Command::new(server_binary())
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(tier_max)
+            .args(unless_given("--listen", &["--listen", "127.0.0.1:0"]))
+            .args(unless_given(
+                "--keygen-tier-max",
+                &["--keygen-tier-max", "unlimited"],
+            ))
             .args(args)
             .envs(env.iter().copied())
             .env("TRIGGERS_LOG", "info,refinery_core=warn,postgres=warn")

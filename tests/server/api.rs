@@ -411,6 +411,24 @@ fn out_of_range_settings_stop_the_server_naming_the_key() {
 }
 
 #[test]
+fn a_server_restarted_at_once_after_kill_9_gets_its_port_back() {
+    let url = shared_cluster().url.clone();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut s = Server::start_with(&["--database-url", &url, "--listen", &listen]);
+    for _ in 0..3 {
+        s.kill();
+        // As a supervisor would: at once, on the same port.
+        s = Server::start_with(&["--database-url", &url, "--listen", &listen]);
+        assert_eq!(call(s.addr, "GET", "/health/live", None, "").status, 200);
+    }
+}
+
+#[test]
 fn a_second_server_on_a_taken_port_refuses_to_start() {
     let s = server();
     let url = shared_cluster().url.clone();
