@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 mod health;
 pub mod inbox;
+mod jsonb;
 mod keys;
 mod stats;
 pub mod webhook;

@@ -33,6 +33,8 @@ const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Longest a persister sleeps with nothing to do before it looks around anyway (a safety net:
 /// cores wake it on every push).
 const IDLE_PARK: Duration = Duration::from_millis(100);
+/// Refused rows are logged at most this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What every persister shares with the rest of the server.
 pub struct Shared {
@@ -89,6 +91,9 @@ pub struct Persister {
     /// most as many entries as all rings together.
     backlog: VecDeque<Entry>,
     backoff: Duration,
+    /// Refusals counted since the last one logged, and when that was.
+    refusals_unlogged: u64,
+    refusal_logged_at: Option<Instant>,
 }
 
 impl Persister {
@@ -104,6 +109,8 @@ impl Persister {
                     writer: None,
                     backlog: VecDeque::new(),
                     backoff: BACKOFF_MIN,
+                    refusals_unlogged: 0,
+                    refusal_logged_at: None,
                 }
                 .run();
             })
@@ -240,7 +247,7 @@ impl Persister {
                     let closed = writer.is_closed();
                     match classify(&e, closed) {
                         Failure::Data(why) if batch.len() == 1 => {
-                            tracing::info!(persister = self.index, reason = %why, "PostgreSQL refused an event");
+                            self.log_refusal(&why);
                             self.my_stats().refused.add(1);
                             self.answer(
                                 batch
@@ -250,10 +257,10 @@ impl Persister {
                             return;
                         }
                         Failure::Data(_) => {
-                            // Find the bad rows by halves; the good ones still commit.
-                            let right = batch.split_off(batch.len() / 2);
-                            self.persist(batch);
-                            self.persist(right);
+                            // Find the refused rows; the others still commit.
+                            for part in batch::split_for_retry(batch) {
+                                self.persist(part);
+                            }
                             return;
                         }
                         Failure::Connection => {
@@ -310,6 +317,21 @@ impl Persister {
             outcome::split_expired_entries(std::mem::take(&mut self.backlog), now);
         self.backlog = kept;
         self.expire(expired);
+    }
+
+    /// Logs a row PostgreSQL refused, at most once per `REFUSAL_LOG_EVERY` with the count
+    /// since: a tenant sending refused rows must not fill the log.
+    fn log_refusal(&mut self, why: &str) {
+        self.refusals_unlogged += 1;
+        let now = Instant::now();
+        if self
+            .refusal_logged_at
+            .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_EVERY)
+        {
+            tracing::info!(persister = self.index, refused = self.refusals_unlogged, reason = %why, "PostgreSQL refused events");
+            self.refusal_logged_at = Some(now);
+            self.refusals_unlogged = 0;
+        }
     }
 
     fn expire(&self, events: Vec<Event>) {

@@ -136,14 +136,67 @@ fn malformed_events_get_400_with_the_right_code() {
 }
 
 #[test]
-fn a_row_postgres_refuses_is_a_400_and_its_batch_mates_still_commit() {
+fn values_jsonb_would_refuse_are_400_before_they_are_queued() {
     let s = server();
     let (key, _) = new_org(s.addr, "numeric");
-    // Valid JSON, beyond PostgreSQL's numeric range: only the database can say no.
-    let bad = post_event(s.addr, &key, r#"{"type":"t","payload":{"n":1e999999}}"#);
-    assert_eq!((bad.status, bad.code()), (400, "invalid_event".to_string()));
-    let good = post_event(s.addr, &key, r#"{"type":"t","payload":{"n":1}}"#);
+    let deep = format!("{}1{}", "[".repeat(600), "]".repeat(600));
+    let digits = "9".repeat(200_000);
+    for payload in [
+        r#"{"n":1e999999}"#.to_string(),
+        r#"{"n":1e-16384}"#.to_string(),
+        r#"{"n":0e-20000}"#.to_string(),
+        format!(r#"{{"n":{digits}}}"#),
+        format!(r#"{{"n":{deep}}}"#),
+    ] {
+        let body = format!(r#"{{"type":"t","payload":{payload}}}"#);
+        let bad = post_event(s.addr, &key, &body);
+        assert_eq!((bad.status, bad.code()), (400, "invalid_event".to_string()));
+    }
+    let stats = call(s.addr, "GET", "/api/queue/stats", None, "").json();
+    assert_eq!(
+        stats["events"]["refused_by_storage"], 0,
+        "none reached PostgreSQL"
+    );
+    let good = post_event(s.addr, &key, r#"{"type":"t","payload":{"n":1e131071}}"#);
     assert_eq!(good.status, 202);
+}
+
+#[test]
+fn a_row_postgres_refuses_is_a_400_and_other_tenants_events_still_commit() {
+    // A private cluster, where a constraint makes PostgreSQL refuse one event type.
+    let cluster = TestCluster::start();
+    let s = Server::start_with(&["--database-url", &cluster.url]);
+    cluster
+        .client()
+        .batch_execute("ALTER TABLE events ADD CONSTRAINT no_poison CHECK (type <> 'poison')")
+        .unwrap();
+    let (attacker, _) = new_org(s.addr, "attacker");
+    let (victim, _) = new_org(s.addr, "victim");
+    let event = |kind: &str, i: usize| format!(r#"{{"type":"{kind}","payload":{{"i":{i}}}}}"#);
+    let poison = std::thread::spawn({
+        let addr = s.addr;
+        move || {
+            (0..40)
+                .map(|i| post_event(addr, &attacker, &event("poison", i)).status)
+                .collect::<Vec<u16>>()
+        }
+    });
+    let mut c = Client::connect(s.addr).unwrap();
+    for i in 0..40 {
+        let r = c
+            .request(
+                "POST",
+                "/api/events",
+                &[("X-API-Key", &victim)],
+                event("fine", i).as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let refused = poison.join().unwrap();
+    assert!(refused.iter().all(|&s| s == 400), "{refused:?}");
+    let stats = call(s.addr, "GET", "/api/queue/stats", None, "").json();
+    assert_eq!(stats["events"]["refused_by_storage"], 40);
 }
 
 #[test]

@@ -1,0 +1,217 @@
+//! api::jsonb: what PostgreSQL's `jsonb` would refuse in a payload, found in one pass over its
+//! JSON text before the event is queued. A refused row found only inside a batch fails the
+//! batch and costs a retry; found here, it is a clear 400 that costs nobody else anything.
+//!
+//! The bounds are PostgreSQL 15's, measured with `SELECT (...)::jsonb` on the boundary values
+//! (the tests below keep them): `numeric` holds a nonzero number whose leading digit is at most
+//! at 10^131071, at most 16,383 digits after the point as written (exponent applied, trailing
+//! zeros counted: `1.0e-16383` is refused, so is `0e-20000`), and exponents under 2^30 - 1.
+//! Strings may not hold `\u0000` or unpaired surrogates. Nesting is bounded well under
+//! PostgreSQL's own limit, which depends on `max_stack_depth`.
+
+/// Deepest nesting of arrays and objects, the payload's own braces included. PostgreSQL parses
+/// `jsonb` recursively: ~20,000 levels pass at the default 2 MB `max_stack_depth`, ~1,000 at
+/// its 100 kB minimum; no real event nests past a few dozen.
+pub const DEPTH_MAX: usize = 512;
+/// Highest power of ten of a nonzero number's leading digit.
+const WEIGHT_MAX: i64 = 131_071;
+/// Most digits after the decimal point, as written.
+const DSCALE_MAX: i64 = 16_383;
+/// Largest exponent magnitude PostgreSQL reads.
+const EXPONENT_MAX: i64 = 1_073_741_822;
+
+/// Why PostgreSQL would refuse the JSON text `json` as `jsonb`, or `None`. `json` is valid
+/// JSON (the caller parsed it).
+pub fn refusal(json: &[u8]) -> Option<&'static str> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < json.len() {
+        let step = match json[i] {
+            b'"' => string_end(json, i + 1),
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > DEPTH_MAX {
+                    return Some("nests arrays and objects deeper than 512 levels");
+                }
+                Ok(i + 1)
+            }
+            b']' | b'}' => {
+                depth -= 1;
+                Ok(i + 1)
+            }
+            b'-' | b'0'..=b'9' => number_end(json, i),
+            _ => Ok(i + 1),
+        };
+        match step {
+            Ok(next) => i = next,
+            Err(why) => return Some(why),
+        }
+    }
+    None
+}
+
+/// The end of the string whose content starts at `at`, checking its `\u` escapes.
+fn string_end(json: &[u8], mut at: usize) -> Result<usize, &'static str> {
+    let hex = |at: usize| -> Option<u16> {
+        let digits = std::str::from_utf8(json.get(at..at + 4)?).ok()?;
+        u16::from_str_radix(digits, 16).ok()
+    };
+    loop {
+        let off = json[at..]
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\')
+            .ok_or("has an unterminated string")?;
+        at += off;
+        if json[at] == b'"' {
+            return Ok(at + 1);
+        }
+        if json.get(at + 1) != Some(&b'u') {
+            at += 2; // any other escape is two bytes
+            continue;
+        }
+        let unit = hex(at + 2).unwrap_or(0xFFFF);
+        at += 6;
+        match unit {
+            0 => return Err("must not contain \\u0000"),
+            0xD800..=0xDBFF => {
+                let low = (json.get(at) == Some(&b'\\') && json.get(at + 1) == Some(&b'u'))
+                    .then(|| hex(at + 2))
+                    .flatten();
+                if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                    return Err("has an unpaired UTF-16 surrogate escape");
+                }
+                at += 6;
+            }
+            0xDC00..=0xDFFF => return Err("has an unpaired UTF-16 surrogate escape"),
+            _ => {}
+        }
+    }
+}
+
+/// The end of the number starting at `at`, checking it against `numeric`'s bounds.
+fn number_end(json: &[u8], mut at: usize) -> Result<usize, &'static str> {
+    let digits = |at: usize| json[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    if json[at] == b'-' {
+        at += 1;
+    }
+    let int = &json[at..at + digits(at)];
+    at += int.len();
+    let mut frac: &[u8] = &[];
+    if json.get(at) == Some(&b'.') {
+        frac = &json[at + 1..at + 1 + digits(at + 1)];
+        at += 1 + frac.len();
+    }
+    let mut exponent: i64 = 0;
+    if matches!(json.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        let negative = json.get(at) == Some(&b'-');
+        if matches!(json.get(at), Some(b'-' | b'+')) {
+            at += 1;
+        }
+        let n = digits(at);
+        for &d in &json[at..at + n] {
+            // Saturates just past the bound: the exact value beyond it does not matter.
+            exponent = (exponent * 10 + i64::from(d - b'0')).min(EXPONENT_MAX + 1);
+        }
+        at += n;
+        if negative {
+            exponent = -exponent;
+        }
+    }
+    let out_of_range = Err("has a number beyond PostgreSQL's numeric range");
+    if exponent.abs() > EXPONENT_MAX || frac.len() as i64 - exponent > DSCALE_MAX {
+        return out_of_range;
+    }
+    let weight = match int.iter().position(|&d| d != b'0') {
+        Some(lead) => (int.len() - lead) as i64 - 1 + exponent,
+        None => match frac.iter().position(|&d| d != b'0') {
+            Some(lead) => -(lead as i64) - 1 + exponent,
+            None => return Ok(at), // zero
+        },
+    };
+    if weight > WEIGHT_MAX {
+        return out_of_range;
+    }
+    Ok(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(number: &str) -> bool {
+        refusal(format!(r#"{{"n":{number}}}"#).as_bytes()).is_some()
+    }
+
+    #[test]
+    fn numbers_are_held_to_what_postgresql_15_stores() {
+        // Each pair measured against PostgreSQL 15: `SELECT ('{"a":' || v || '}')::jsonb`.
+        let accepted = [
+            "1e131071",
+            "9e131071",
+            "-1e131071",
+            "1.5e131071",
+            "12e131070",
+            "0.1e131072",
+            "100e131069",
+            "1e-16383",
+            "0e999999",
+            "0e999999999",
+            "10000000000",
+            "0",
+            "-0.0",
+            "3.14",
+        ];
+        let refused_by_pg = [
+            "1e131072",
+            "1e-16384",
+            "1e-20000",
+            "1.0e-16383",
+            "0e-20000",
+            "0.0e-16383",
+            "0.0001e-16380",
+            "0.00000e-16380",
+            "1e9999999999999999999",
+            "0e9999999999",
+            "0e-999999999",
+        ];
+        for n in accepted {
+            assert!(!refused(n), "{n} is stored by PostgreSQL");
+        }
+        for n in refused_by_pg {
+            assert!(refused(n), "{n} is refused by PostgreSQL");
+        }
+        let zeros = |n| format!("0.{}", "0".repeat(n));
+        assert!(!refused(&zeros(16_383)) && refused(&zeros(16_384)));
+        let nines = |n| "9".repeat(n);
+        assert!(!refused(&nines(131_072)) && refused(&nines(131_073)));
+    }
+
+    #[test]
+    fn nesting_is_bounded_and_strings_are_not_structure() {
+        let nested = |levels: usize| {
+            format!(
+                "{{\"a\":{}1{}}}",
+                "[".repeat(levels - 1),
+                "]".repeat(levels - 1)
+            )
+        };
+        assert_eq!(refusal(nested(DEPTH_MAX).as_bytes()), None);
+        assert!(refusal(nested(DEPTH_MAX + 1).as_bytes()).is_some());
+        // Brackets, digits and quotes inside strings are text.
+        let text = format!(r#"{{"s":"{} 1e999999 \" \\ ]]]"}}"#, "[".repeat(1000));
+        assert_eq!(refusal(text.as_bytes()), None);
+    }
+
+    #[test]
+    fn escapes_jsonb_cannot_store_are_refused_and_others_pass() {
+        for bad in [
+            r#"{"a":"\u0000"}"#,
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":"\udc00x"}"#,
+        ] {
+            assert!(refusal(bad.as_bytes()).is_some(), "{bad}");
+        }
+        assert_eq!(refusal(br#"{"a":"\\u0000 \ud83d\ude00 \n"}"#), None);
+    }
+}
