@@ -22,6 +22,9 @@ const LIMIT_DEFAULT: u32 = 100;
 const LIMIT_MAX: u32 = 1000;
 /// Deep offsets scan and discard every skipped row; past this, clients must use the cursor.
 const OFFSET_MAX: u64 = 100_000;
+/// Payload bytes past which a page ends early, with `has_more` and a cursor: `limit` bounds
+/// rows, and 1,000 events of 256 KiB would be a 256 MB answer.
+const PAGE_PAYLOAD_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// First byte of a cursor: its format, so it can change without breaking clients.
 const CURSOR_V1: u8 = 1;
 
@@ -50,6 +53,7 @@ pub fn parse_query(query: &str) -> Result<PageQuery, ApiError> {
         descending: true,
         after: None,
         offset: 0,
+        payload_bytes_max: PAGE_PAYLOAD_BYTES_MAX,
     };
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match &*key {

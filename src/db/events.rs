@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use bytes::{BufMut, BytesMut};
 use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use postgres::{Client, Statement};
 
@@ -295,6 +296,8 @@ pub struct PageQuery {
     pub after: Option<EventId>,
     /// Rows to skip; ignored when `after` is given.
     pub offset: u64,
+    /// Payload bytes past which the page ends early (the crossing row included).
+    pub payload_bytes_max: usize,
 }
 
 /// An event as the inbox shows it.
@@ -309,7 +312,10 @@ pub struct StoredEvent {
     pub delivered_at: Option<SystemTime>,
 }
 
-/// One page of `org`'s events, and whether more follow.
+/// One page of `org`'s events, and whether more follow. The page ends early once its payloads
+/// reach `payload_bytes_max` (the row that crosses the line is the page's last). Rows are read
+/// as they arrive and the rest dropped unread, so neither this thread nor the response holds
+/// more than the budget and one event; a page under the budget costs what it always did.
 pub fn page(
     client: &mut Client,
     org: OrgId,
@@ -348,22 +354,26 @@ pub fn page(
         params.len() - 1,
         params.len()
     ));
-    let rows = client.query(&sql, &params)?;
-    let has_more = rows.len() > q.limit as usize;
-    let events = rows
-        .iter()
-        .take(q.limit as usize)
-        .map(|r| StoredEvent {
+    let mut rows = client.query_raw(&sql, params.iter().map(|p| *p as &dyn ToSql))?;
+    let mut events = Vec::new();
+    let mut bytes = 0;
+    while let Some(r) = rows.next()? {
+        if events.len() == q.limit as usize || bytes >= q.payload_bytes_max {
+            return Ok((events, true));
+        }
+        let payload: String = r.get(2);
+        bytes += payload.len();
+        events.push(StoredEvent {
             id: r.get(0),
             kind: r.get(1),
-            payload: r.get(2),
+            payload,
             dedup_id: r.get(3),
             status: r.get(4),
             created_at: r.get(5),
             delivered_at: r.get(6),
-        })
-        .collect();
-    Ok((events, has_more))
+        });
+    }
+    Ok((events, false))
 }
 
 /// Marks `org`'s events among `ids` delivered (once: later acks keep the first time) and

@@ -169,6 +169,39 @@ fn cursor_walks_see_every_event_once_while_new_ones_arrive() {
 }
 
 #[test]
+fn a_page_ends_at_its_byte_budget_and_the_cursor_walk_still_sees_every_event_once() {
+    let s = Server::start(&[]);
+    let (key, _) = new_org(s.addr, "big-pages");
+    let big = "x".repeat(200 * 1024);
+    let mut posted = Vec::new();
+    for i in 0..40 {
+        let body = format!(r#"{{"type":"big","payload":{{"i":{i},"pad":"{big}"}}}}"#);
+        let r = post_event(s.addr, &key, &body);
+        assert_eq!(r.status, 202);
+        posted.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    let mut seen = Vec::new();
+    let mut query = "?limit=1000&order=asc".to_string();
+    let mut pages = 0;
+    loop {
+        let r = call(s.addr, "GET", &format!("/api/inbox{query}"), Some(&key), "");
+        assert_eq!(r.status, 200);
+        // 4 MiB of payloads, plus the one that crossed the line.
+        assert!(r.body.len() < 4_700_000, "a page of {} bytes", r.body.len());
+        let page = r.json();
+        seen.extend(ids(&page));
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(c) => query = format!("?limit=1000&order=asc&cursor={c}"),
+            None => break,
+        }
+        assert_eq!(page["has_more"], true);
+    }
+    assert_eq!(seen, posted);
+    assert!(pages >= 2, "{pages} pages");
+}
+
+#[test]
 fn ack_is_idempotent_and_batch_ack_reports_what_it_did_not_find() {
     let s = Server::start(&[]);
     let (key, _) = new_org(s.addr, "ack");
