@@ -5,20 +5,21 @@
 //! stored; the plaintext exists once, in the response that creates it. Never logs a key.
 //!
 //! `authenticate` is the one way a request's key becomes an organization: the shared cache,
-//! else `db::orgs` on a query thread. Imports `db`, `ids` and `shutdown`.
+//! else `db::orgs` on a query thread. Imports `db`, `ids`, `shutdown` and `stats`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
 use subtle::ConstantTimeEq;
 
 use crate::db::orgs::{self, Org, ROTATION_CHANNEL};
-use crate::db::{QueryError, QueryPool};
+use crate::db::{QueryError, QueryPool, CONNECT_WARN_EVERY};
 use crate::ids::{KeyHash, OrgId};
 use crate::shutdown::Stop;
+use crate::stats::LogEvery;
 
 pub const KEY_PREFIX: &str = "trg_";
 const RANDOM_BYTES: usize = 32;
@@ -178,6 +179,7 @@ pub fn spawn_rotation_listener(
         .name("key-listener".into())
         .spawn(move || {
             let mut connected_before = false;
+            let mut failures = LogEvery::new(CONNECT_WARN_EVERY);
             while !stop.is_finishing() {
                 let listen = crate::db::connect(&db).and_then(|mut c| {
                     c.batch_execute(&format!("LISTEN {ROTATION_CHANNEL}"))?;
@@ -186,11 +188,14 @@ pub fn spawn_rotation_listener(
                 let mut client = match listen {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!(error = %e, "key-rotation listener cannot connect");
+                        if let Some(attempts) = failures.hit(Instant::now()) {
+                            tracing::warn!(failed_attempts = attempts, error = %e, "key-rotation listener cannot connect");
+                        }
                         std::thread::sleep(LISTEN_RETRY);
                         continue;
                     }
                 };
+                failures.reset();
                 if connected_before {
                     // Rotations while we were away went unheard.
                     cache.forget_all();

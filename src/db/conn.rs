@@ -1,12 +1,13 @@
 //! db::conn: how every connection to PostgreSQL is opened (bounded in time, and named so that
-//! `pg_stat_activity` shows whose it is), and how a thread gets back to PostgreSQL after losing
-//! it: attempts back off, and the warning is logged once per `WARN_EVERY` with how many
-//! attempts failed meanwhile, so an outage costs neither a connection per request nor a log
-//! line per request.
+//! `pg_stat_activity` shows whose it is), and how a query thread gets back to PostgreSQL after
+//! losing it: attempts back off and the warning is throttled, so an outage costs neither a
+//! connection per request nor a log line per request.
 
 use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
+
+use crate::stats::LogEvery;
 
 /// Longest wait for a TCP/unix connection to PostgreSQL.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -14,7 +15,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 /// A thread that keeps failing to connect says so at most this often.
-const WARN_EVERY: Duration = Duration::from_secs(10);
+pub const CONNECT_WARN_EVERY: Duration = Duration::from_secs(10);
 
 pub fn connect(config: &postgres::Config) -> Result<Client, postgres::Error> {
     let mut config = config.clone();
@@ -30,9 +31,9 @@ pub struct Link {
     client: Option<Client>,
     retry: Duration,
     next_attempt: Option<Instant>,
-    /// Attempts failed since the connection was last up, and when the last warning left.
+    /// Attempts failed since the connection was last up.
     failures: u64,
-    warned_at: Option<Instant>,
+    warnings: LogEvery,
 }
 
 impl Link {
@@ -43,7 +44,7 @@ impl Link {
             retry: RETRY_MIN,
             next_attempt: None,
             failures: 0,
-            warned_at: None,
+            warnings: LogEvery::new(CONNECT_WARN_EVERY),
         }
     }
 
@@ -67,7 +68,7 @@ impl Link {
                     self.retry = RETRY_MIN;
                     self.next_attempt = None;
                     self.failures = 0;
-                    self.warned_at = None;
+                    self.warnings.reset();
                 }
                 Err(e) => self.failed(&e, now),
             }
@@ -79,17 +80,8 @@ impl Link {
         self.failures += 1;
         self.next_attempt = Some(now + self.retry);
         self.retry = (self.retry * 2).min(RETRY_MAX);
-        if self
-            .warned_at
-            .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
-        {
-            tracing::warn!(
-                failed_attempts = self.failures,
-                error = %error,
-                "{} cannot connect",
-                self.who
-            );
-            self.warned_at = Some(now);
+        if let Some(attempts) = self.warnings.hit(now) {
+            tracing::warn!(failed_attempts = attempts, error = %error, "{} cannot connect", self.who);
         }
     }
 }

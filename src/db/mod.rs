@@ -1,5 +1,5 @@
 //! db: PostgreSQL: connections, migrations, the query threads, and every statement the
-//! server runs, one file per table. Imports only `ids`.
+//! server runs, one file per table. Imports `ids` and `stats`.
 //!
 //! - `events`: the COPY row layout, batch writes (persisters), inbox pages and acks.
 //! - `orgs`: organizations, their API keys and webhook configuration.
@@ -20,7 +20,7 @@ use anyhow::Context;
 use bytes::BytesMut;
 use postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 
-pub use conn::{connect, CONNECT_TIMEOUT};
+pub use conn::{connect, CONNECT_TIMEOUT, CONNECT_WARN_EVERY};
 pub use pool::{QueryError, QueryPool, QueryThreads};
 
 use crate::ids::{EventId, OrgId};

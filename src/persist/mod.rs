@@ -22,9 +22,10 @@ use postgres::error::SqlState;
 pub use batch::BatchLimits;
 
 use crate::db::events::Writer;
+use crate::db::CONNECT_WARN_EVERY;
 use crate::queue::{Completion, Entry, Event, Hub, Outcome};
 use crate::shutdown::Stop;
-use crate::stats::{PersistStats, Stats};
+use crate::stats::{LogEvery, PersistStats, Stats};
 use batch::Batch;
 
 /// First and longest pause between attempts while PostgreSQL is unreachable or refusing.
@@ -91,9 +92,8 @@ pub struct Persister {
     /// most as many entries as all rings together.
     backlog: VecDeque<Entry>,
     backoff: Duration,
-    /// Refusals counted since the last one logged, and when that was.
-    refusals_unlogged: u64,
-    refusal_logged_at: Option<Instant>,
+    refusals: LogEvery,
+    connect_failures: LogEvery,
 }
 
 impl Persister {
@@ -109,8 +109,8 @@ impl Persister {
                     writer: None,
                     backlog: VecDeque::new(),
                     backoff: BACKOFF_MIN,
-                    refusals_unlogged: 0,
-                    refusal_logged_at: None,
+                    refusals: LogEvery::new(REFUSAL_LOG_EVERY),
+                    connect_failures: LogEvery::new(CONNECT_WARN_EVERY),
                 }
                 .run();
             })
@@ -126,9 +126,7 @@ impl Persister {
         // Connect before the first event so that a misconfigured database shows at start-up.
         match Writer::open(&self.shared.db) {
             Ok(w) => self.set_writer(Some(w)),
-            Err(e) => {
-                tracing::warn!(persister = self.index, error = %e, "persister cannot connect yet");
-            }
+            Err(e) => self.log_connect_failure(&e),
         }
         let mut batch = Batch::new(self.shared.limits.clone());
         batch.make_room();
@@ -219,11 +217,12 @@ impl Persister {
                 match Writer::open(&self.shared.db) {
                     Ok(w) => {
                         tracing::info!(persister = self.index, "persister connected");
+                        self.connect_failures.reset();
                         self.set_writer(Some(w));
                         self.backoff = BACKOFF_MIN;
                     }
                     Err(e) => {
-                        tracing::warn!(persister = self.index, error = %e, "persister cannot connect");
+                        self.log_connect_failure(&e);
                         self.pause(&mut batch);
                         continue;
                     }
@@ -319,18 +318,17 @@ impl Persister {
         self.expire(expired);
     }
 
-    /// Logs a row PostgreSQL refused, at most once per `REFUSAL_LOG_EVERY` with the count
-    /// since: a tenant sending refused rows must not fill the log.
+    /// A tenant sending refused rows must not fill the log.
     fn log_refusal(&mut self, why: &str) {
-        self.refusals_unlogged += 1;
-        let now = Instant::now();
-        if self
-            .refusal_logged_at
-            .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_EVERY)
-        {
-            tracing::info!(persister = self.index, refused = self.refusals_unlogged, reason = %why, "PostgreSQL refused events");
-            self.refusal_logged_at = Some(now);
-            self.refusals_unlogged = 0;
+        if let Some(refused) = self.refusals.hit(Instant::now()) {
+            tracing::info!(persister = self.index, refused, reason = %why, "PostgreSQL refused events");
+        }
+    }
+
+    /// An outage must not fill the log either.
+    fn log_connect_failure(&mut self, e: &postgres::Error) {
+        if let Some(attempts) = self.connect_failures.hit(Instant::now()) {
+            tracing::warn!(persister = self.index, failed_attempts = attempts, error = %e, "persister cannot connect");
         }
     }
 

@@ -84,6 +84,45 @@ impl Gauge {
     }
 }
 
+/// A cause worth a log line that may repeat thousands of times (an outage, a hostile tenant):
+/// the line leaves at most once per `every`, carrying how often the cause came since the last.
+/// Time is passed in.
+pub struct LogEvery {
+    every: Duration,
+    unlogged: u64,
+    logged_at: Option<Instant>,
+}
+
+impl LogEvery {
+    pub const fn new(every: Duration) -> LogEvery {
+        LogEvery {
+            every,
+            unlogged: 0,
+            logged_at: None,
+        }
+    }
+
+    /// Counts one occurrence at `now`. `Some(n)` when a line is due: it stands for `n`
+    /// occurrences (this one included).
+    pub fn hit(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < self.every)
+        {
+            return None;
+        }
+        self.logged_at = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+
+    /// The cause is over: the next occurrence is logged at once.
+    pub fn reset(&mut self) {
+        self.unlogged = 0;
+        self.logged_at = None;
+    }
+}
+
 /// Recorded by a serving core.
 pub struct CoreStats {
     /// Request head read → response written, for `POST /api/events`.
@@ -209,6 +248,19 @@ pub fn percentile_distribution(h: &Histogram<u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_cause_is_logged_first_then_once_per_period_with_its_count() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut log = LogEvery::new(s(10));
+        assert_eq!(log.hit(t0), Some(1));
+        assert_eq!(log.hit(t0 + s(1)), None);
+        assert_eq!(log.hit(t0 + s(9)), None);
+        assert_eq!(log.hit(t0 + s(10)), Some(3));
+        log.reset();
+        assert_eq!(log.hit(t0 + s(11)), Some(1));
+    }
 
     #[test]
     fn merged_histograms_hold_every_core_s_values() {
