@@ -13,7 +13,7 @@ use super::context::Context;
 use super::error::{parse_body, ApiError};
 use crate::db::events;
 use crate::http::{Request, Response};
-use crate::ids::{rfc3339, EventId};
+use crate::ids::{rfc3339, EventId, KeyHash};
 
 const IDS_MAX: usize = 1000;
 
@@ -22,8 +22,12 @@ fn event_id(text: &str) -> Option<EventId> {
     Uuid::parse_str(text).ok().map(EventId)
 }
 
-pub async fn one(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(req).await?;
+pub async fn one(
+    ctx: &Context,
+    key: Option<KeyHash>,
+    req: &Request<'_>,
+) -> Result<Response, ApiError> {
+    let org = ctx.authenticate(key).await?;
     let id = req
         .path
         .strip_prefix("/api/ack/")
@@ -68,8 +72,12 @@ fn requested_ids(values: Vec<serde_json::Value>) -> Result<Vec<String>, ApiError
     Ok(ids)
 }
 
-pub async fn many(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(req).await?;
+pub async fn many(
+    ctx: &Context,
+    key: Option<KeyHash>,
+    req: &Request<'_>,
+) -> Result<Response, ApiError> {
+    let org = ctx.authenticate(key).await?;
     let input: AckIn = parse_body(req.body, |why| {
         ApiError::InvalidRequest(format!("expected {{\"event_ids\": [id, ...]}}: {why}"))
     })?;

@@ -14,7 +14,7 @@ use crate::auth::{self, AuthError, KeyCache};
 use crate::db::orgs::Org;
 use crate::db::QueryPool;
 use crate::http::Request;
-use crate::ids::OrgId;
+use crate::ids::{KeyHash, OrgId};
 use crate::queue::{Hub, Waiters};
 use crate::ratelimit::{Limiter, Tier, Tiers};
 use crate::stats::{CoreStats, Stats};
@@ -144,30 +144,25 @@ impl Context {
         )
     }
 
-    /// The organization behind the request's key.
-    pub(super) async fn authenticate(&self, req: &Request<'_>) -> Result<Arc<Org>, ApiError> {
-        let key = self.api_key(req)?;
-        auth::authenticate(&self.keys, &self.queries, key)
-            .await
-            .map_err(|e| match e {
-                AuthError::Missing => ApiError::MissingApiKey,
-                AuthError::Invalid => ApiError::InvalidApiKey,
-                AuthError::Query(q) => q.into(),
-            })
-    }
-
-    /// What can be known of the request's key from its head alone: one key, present, of an
-    /// issued key's shape. No I/O: refused here, a request's body is never read.
-    pub(super) fn check_key_shape(&self, req: &Request<'_>) -> Result<(), ApiError> {
+    /// What can be known of the request's key from its head alone, without I/O: one key,
+    /// present and of an issued key's shape. Its hash is what `authenticate` looks up.
+    pub(super) fn key_hash(&self, req: &Request<'_>) -> Result<KeyHash, ApiError> {
         let key = self
             .api_key(req)?
             .filter(|k| !k.is_empty())
             .ok_or(ApiError::MissingApiKey)?;
-        if auth::well_formed(key) {
-            Ok(())
-        } else {
-            Err(ApiError::InvalidApiKey)
-        }
+        auth::check_format(key).ok_or(ApiError::InvalidApiKey)
+    }
+
+    /// The organization behind the key `admit` found in the request's head (`key_hash`).
+    pub(super) async fn authenticate(&self, key: Option<KeyHash>) -> Result<Arc<Org>, ApiError> {
+        let hash = key.ok_or(ApiError::MissingApiKey)?;
+        auth::authenticate(&self.keys, &self.queries, hash)
+            .await
+            .map_err(|e| match e {
+                AuthError::Invalid => ApiError::InvalidApiKey,
+                AuthError::Query(q) => q.into(),
+            })
     }
 
     /// Admits the request if no admin token is configured or it carries the token as its one

@@ -15,7 +15,7 @@ use super::jsonb;
 use crate::db::events::{EventRow, JsonText};
 use crate::db::orgs::Org;
 use crate::http::{Request, Response};
-use crate::ids::{now_micros, rfc3339, EventId, OrgId};
+use crate::ids::{now_micros, rfc3339, EventId, KeyHash, OrgId};
 use crate::queue::{Entry, Event, Outcome, RingFull};
 use crate::ratelimit::{self, Quota};
 
@@ -108,9 +108,13 @@ pub fn validate(body: &[u8]) -> Result<EventIn<'_>, ApiError> {
     })
 }
 
-pub async fn post(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
+pub async fn post(
+    ctx: &Context,
+    key: Option<KeyHash>,
+    req: &Request<'_>,
+) -> Result<Response, ApiError> {
     let mut quota = None;
-    let result = accept(ctx, req, &mut quota).await;
+    let result = accept(ctx, key, req, &mut quota).await;
     let stats = ctx.core_stats();
     match &result {
         Ok(_) => stats.accepted.add(1),
@@ -187,10 +191,11 @@ fn push(ctx: &Context, entry: Entry) -> Result<(), ApiError> {
 
 async fn accept(
     ctx: &Context,
+    key: Option<KeyHash>,
     req: &Request<'_>,
     quota: &mut QuotaHeaders,
 ) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(req).await?;
+    let org = ctx.authenticate(key).await?;
     let valid = validate(req.body)?;
     charge(ctx, &org, 1, quota)?;
     let event = queued(ctx, org.id, valid, Instant::now());
@@ -223,10 +228,14 @@ struct BatchIn<'a> {
 
 /// `POST /api/events/batch`: up to `BATCH_EVENTS_MAX` events, each validated on its own, all
 /// valid ones committed in one transaction; results in request order.
-pub async fn post_batch(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
+pub async fn post_batch(
+    ctx: &Context,
+    key: Option<KeyHash>,
+    req: &Request<'_>,
+) -> Result<Response, ApiError> {
     let stats = ctx.core_stats();
     let mut quota = None;
-    let result = accept_batch(ctx, req, &mut quota).await;
+    let result = accept_batch(ctx, key, req, &mut quota).await;
     match &result {
         Ok((_, counts)) => {
             stats.accepted.add(counts[0]);
@@ -243,10 +252,11 @@ pub async fn post_batch(ctx: &Context, req: &Request<'_>) -> Result<Response, Ap
 /// The response, and how many items were accepted, duplicates, and refused.
 async fn accept_batch(
     ctx: &Context,
+    key: Option<KeyHash>,
     req: &Request<'_>,
     quota: &mut QuotaHeaders,
 ) -> Result<(Response, [u64; 3]), ApiError> {
-    let org = ctx.authenticate(req).await?;
+    let org = ctx.authenticate(key).await?;
     let input: BatchIn = parse_body(req.body, |why| {
         ApiError::InvalidRequest(format!("expected {{\"events\": [event, ...]}}: {why}"))
     })?;

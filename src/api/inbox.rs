@@ -16,7 +16,7 @@ use super::context::Context;
 use super::error::ApiError;
 use crate::db::events::{self, PageQuery, Status, StoredEvent};
 use crate::http::{Request, Response};
-use crate::ids::{rfc3339, EventId};
+use crate::ids::{rfc3339, EventId, KeyHash};
 
 const LIMIT_DEFAULT: u32 = 100;
 const LIMIT_MAX: u32 = 1000;
@@ -149,8 +149,12 @@ struct Page {
     limit: u32,
 }
 
-pub async fn list(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(req).await?;
+pub async fn list(
+    ctx: &Context,
+    key: Option<KeyHash>,
+    req: &Request<'_>,
+) -> Result<Response, ApiError> {
+    let org = ctx.authenticate(key).await?;
     let q = parse_query(req.query)?;
     let limit = q.limit;
     let org_id = org.id;

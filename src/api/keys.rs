@@ -13,7 +13,7 @@ use super::error::{parse_body, ApiError};
 use crate::auth::NewKey;
 use crate::db::orgs::{self, Org};
 use crate::http::{Request, Response};
-use crate::ids::{now_micros, rfc3339, OrgId};
+use crate::ids::{now_micros, rfc3339, KeyHash, OrgId};
 use crate::ratelimit::{Tier, Tiers};
 
 const ORG_NAME_CHARS_MAX: usize = 255;
@@ -110,8 +110,8 @@ pub async fn generate(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiE
     ))
 }
 
-pub async fn show(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(req).await?;
+pub async fn show(ctx: &Context, key: Option<KeyHash>) -> Result<Response, ApiError> {
+    let org = ctx.authenticate(key).await?;
     let org_id = org.id;
     let webhook = ctx
         .queries
@@ -134,8 +134,8 @@ pub async fn show(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError
 /// Replaces the caller's key. The old key is refused by every core of this node before the
 /// response leaves (the cache is shared, and look-ups racing with the rotation retry), and by
 /// other nodes once they hear the NOTIFY sent in the same transaction.
-pub async fn rotate(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
-    let old = ctx.authenticate(req).await?;
+pub async fn rotate(ctx: &Context, key: Option<KeyHash>) -> Result<Response, ApiError> {
+    let old = ctx.authenticate(key).await?;
     let key = NewKey::generate();
     let rotated_at = now_micros();
     let org = Arc::new(Org {

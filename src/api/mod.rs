@@ -24,6 +24,7 @@ pub use context::{AckMode, Context, Settings, Shared};
 pub use error::ApiError;
 
 use crate::http::{Handler, Method, Refusal, Request, Response};
+use crate::ids::KeyHash;
 
 /// The OpenAPI 3.1 description of every route, kept beside the API docs and held to `ROUTES`
 /// by a test.
@@ -191,21 +192,29 @@ impl Handler for Context {
         }
     }
 
-    fn admit(&self, resolved: Resolved, req: &Request<'_>) -> Result<(), Response> {
+    /// The hash of the request's key, on routes that need one.
+    type Admitted = Option<KeyHash>;
+
+    fn admit(&self, resolved: Resolved, req: &Request<'_>) -> Result<Option<KeyHash>, Response> {
         let Resolved::Route(route) = resolved else {
-            return Ok(());
+            return Ok(None);
         };
         match route.credential() {
-            Credential::None => Ok(()),
-            Credential::Key => self.check_key_shape(req),
-            Credential::Admin => self.require_admin(req),
+            Credential::None => Ok(None),
+            Credential::Key => self.key_hash(req).map(Some),
+            Credential::Admin => self.require_admin(req).map(|()| None),
         }
         .map_err(ApiError::into_response)
     }
 
-    async fn handle(&self, resolved: Resolved, req: &Request<'_>) -> Response {
+    async fn handle(
+        &self,
+        resolved: Resolved,
+        key: Option<KeyHash>,
+        req: &Request<'_>,
+    ) -> Response {
         let result = match resolved {
-            Resolved::Route(route) => dispatch(self, route, req).await,
+            Resolved::Route(route) => dispatch(self, route, key, req).await,
             Resolved::NotFound => Err(ApiError::NotFound),
             Resolved::MethodNotAllowed(allow) => Err(ApiError::MethodNotAllowed(allow)),
             Resolved::ServerOptions => {
@@ -226,20 +235,26 @@ impl Handler for Context {
     }
 }
 
-async fn dispatch(ctx: &Context, route: Route, req: &Request<'_>) -> Result<Response, ApiError> {
+/// Runs `route`'s handler; `key` is what `admit` found for the routes that need a key.
+async fn dispatch(
+    ctx: &Context,
+    route: Route,
+    key: Option<KeyHash>,
+    req: &Request<'_>,
+) -> Result<Response, ApiError> {
     match route {
         Route::Health => health::health(ctx).await,
         Route::HealthLive => Ok(health::live()),
         Route::HealthReady => health::ready(ctx).await,
-        Route::Events => events::post(ctx, req).await,
-        Route::EventsBatch => events::post_batch(ctx, req).await,
+        Route::Events => events::post(ctx, key, req).await,
+        Route::EventsBatch => events::post_batch(ctx, key, req).await,
         Route::KeysGenerate => keys::generate(ctx, req).await,
-        Route::Keys => keys::show(ctx, req).await,
-        Route::KeysRotate => keys::rotate(ctx, req).await,
-        Route::Inbox => inbox::list(ctx, req).await,
-        Route::AckOne => ack::one(ctx, req).await,
-        Route::AckMany => ack::many(ctx, req).await,
-        Route::WebhookConfig => webhook::config(ctx, req).await,
+        Route::Keys => keys::show(ctx, key).await,
+        Route::KeysRotate => keys::rotate(ctx, key).await,
+        Route::Inbox => inbox::list(ctx, key, req).await,
+        Route::AckOne => ack::one(ctx, key, req).await,
+        Route::AckMany => ack::many(ctx, key, req).await,
+        Route::WebhookConfig => webhook::config(ctx, key, req).await,
         Route::QueueStats => stats::show(ctx, req),
         Route::Metrics => stats::metrics(ctx),
         Route::OpenApi => Ok(Response::text(

@@ -14,7 +14,7 @@ use super::context::Context;
 use super::error::{parse_body, ApiError};
 use crate::db::orgs;
 use crate::http::{Method, Request, Response};
-use crate::ids::{now_micros, rfc3339};
+use crate::ids::{now_micros, rfc3339, KeyHash};
 
 const URL_BYTES_MAX: usize = 2048;
 /// Random bytes in a signing secret (Standard Webhooks allows 24 to 64).
@@ -107,8 +107,12 @@ fn new_secret() -> String {
     )
 }
 
-pub async fn config(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(req).await?;
+pub async fn config(
+    ctx: &Context,
+    key: Option<KeyHash>,
+    req: &Request<'_>,
+) -> Result<Response, ApiError> {
+    let org = ctx.authenticate(key).await?;
     let org_id = org.id;
     let queries = &ctx.queries;
     match req.method {

@@ -56,23 +56,21 @@ impl NewKey {
     }
 }
 
-/// Whether a presented key has the shape and checksum of an issued one: no I/O, no hashing.
-pub fn well_formed(key: &[u8]) -> bool {
+/// Checks a presented key's shape and checksum; returns the hash to look up, or `None` for a
+/// key that cannot have been issued. No I/O.
+pub fn check_format(key: &[u8]) -> Option<KeyHash> {
     if key.len() != KEY_LEN || !key.starts_with(KEY_PREFIX.as_bytes()) {
-        return false;
+        return None;
     }
     let body = &key[KEY_PREFIX.len()..];
     let mut random = [0u8; RANDOM_BYTES];
+    hex::decode_to_slice(&body[..RANDOM_BYTES * 2], &mut random).ok()?;
     let mut sum = [0u8; 4];
-    hex::decode_to_slice(&body[..RANDOM_BYTES * 2], &mut random).is_ok()
-        && hex::decode_to_slice(&body[RANDOM_BYTES * 2..], &mut sum).is_ok()
-        && u32::from_be_bytes(sum) == crc32fast::hash(&random)
-}
-
-/// Checks a presented key's shape and checksum; returns the hash to look up, or `None` for a
-/// key that cannot have been issued.
-pub fn check_format(key: &[u8]) -> Option<KeyHash> {
-    well_formed(key).then(|| KeyHash::of(key))
+    hex::decode_to_slice(&body[RANDOM_BYTES * 2..], &mut sum).ok()?;
+    if u32::from_be_bytes(sum) != crc32fast::hash(&random) {
+        return None;
+    }
+    Some(KeyHash::of(key))
 }
 
 /// Key hash → organization, shared by every core. Reads take a read lock for one map look-up and
@@ -124,26 +122,22 @@ impl KeyCache {
     }
 }
 
-/// Why a request's key unlocks nothing.
+/// Why a well-formed key unlocks nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthError {
-    /// No key, or an empty one.
-    Missing,
     /// A key that was never issued, or was revoked.
     Invalid,
     /// The database could not be asked.
     Query(QueryError),
 }
 
-/// The organization behind `key`: from the shared cache, else from PostgreSQL on a query
-/// thread. A malformed key is refused here without any I/O.
+/// The organization whose key hashes to `hash` (see `check_format`): from the shared cache,
+/// else from PostgreSQL on a query thread.
 pub async fn authenticate(
     cache: &KeyCache,
     queries: &QueryPool,
-    key: Option<&[u8]>,
+    hash: KeyHash,
 ) -> Result<Arc<Org>, AuthError> {
-    let key = key.filter(|k| !k.is_empty()).ok_or(AuthError::Missing)?;
-    let hash = check_format(key).ok_or(AuthError::Invalid)?;
     loop {
         if let Some(org) = cache.get(&hash) {
             return Ok(org);

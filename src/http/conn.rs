@@ -234,9 +234,23 @@ impl Conn {
         );
     }
 
-    /// Appends the handler's answer to a refused request, which closes the connection.
-    fn write_refusal(&mut self, server: &Server, handler: &impl Handler, refusal: Refusal) {
-        let id = server.next_request_id();
+    /// Appends the handler's answer to a refused request, which closes the connection. Its
+    /// request id is the one its head gave, when the head could be read.
+    fn write_refusal(
+        &mut self,
+        server: &Server,
+        handler: &impl Handler,
+        refusal: Refusal,
+        request_id: Option<&str>,
+    ) {
+        let fresh;
+        let id = match request_id {
+            Some(id) => id,
+            None => {
+                fresh = server.next_request_id();
+                &fresh
+            }
+        };
         response::write(
             &mut self.wbuf,
             &handler.refused(refusal),
@@ -248,8 +262,14 @@ impl Conn {
     }
 
     /// Answers a request that cannot be read to its end, then closes.
-    async fn fail(&mut self, server: &Server, handler: &impl Handler, refusal: Refusal) {
-        self.write_refusal(server, handler, refusal);
+    async fn fail(
+        &mut self,
+        server: &Server,
+        handler: &impl Handler,
+        refusal: Refusal,
+        request_id: Option<&str>,
+    ) {
+        self.write_refusal(server, handler, refusal, request_id);
         if self.flush().await {
             self.linger(server).await;
         }
@@ -301,7 +321,7 @@ pub async fn refuse<H: Handler>(
     peer: IpAddr,
 ) {
     let mut conn = Conn::new(stream, peer, 0);
-    conn.write_refusal(&server, &*handler, Refusal::Overloaded);
+    conn.write_refusal(&server, &*handler, Refusal::Overloaded, None);
     conn.flush().await;
 }
 
@@ -331,7 +351,7 @@ async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) 
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(e) => {
-                    conn.fail(server, handler, Refusal::Frame(e)).await;
+                    conn.fail(server, handler, Refusal::Frame(e), None).await;
                     return None;
                 }
             }
@@ -349,7 +369,7 @@ async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) 
             Ok(_) if idle => head_deadline = Instant::now() + limits.header_timeout,
             Ok(_) => {}
             Err(ReadEnd::Timeout) if !idle => {
-                conn.fail(server, handler, Refusal::Timeout).await;
+                conn.fail(server, handler, Refusal::Timeout, None).await;
                 return None;
             }
             Err(_) => return None,
@@ -365,16 +385,17 @@ async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) 
 
     // What the head alone decides (a request that cannot be authenticated, say) is answered
     // before any of the body is read.
-    if let Err(response) = handler.admit(route, &view(conn, &head, &[])) {
-        return refuse_early(server, conn, &head, &response, &request_id).await;
-    }
+    let admitted = match handler.admit(route, &view(conn, &head, &[])) {
+        Ok(admitted) => admitted,
+        Err(response) => return refuse_early(server, conn, &head, &response, &request_id).await,
+    };
 
     // The body: refused from its declared length before any of it is read.
     let mut chunked_body = Vec::new();
     let (body, consumed) = match read_body(server, conn, &head, limit, &mut chunked_body).await {
         Ok(read) => read,
         Err(Some(refusal)) => {
-            conn.fail(server, handler, refusal).await;
+            conn.fail(server, handler, refusal, Some(&request_id)).await;
             return None;
         }
         Err(None) => return None,
@@ -385,7 +406,9 @@ async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) 
         } else {
             &conn.rbuf[body]
         };
-        handler.handle(route, &view(conn, &head, body)).await
+        handler
+            .handle(route, admitted, &view(conn, &head, body))
+            .await
     };
     let keep_alive = head.keep_alive && !server.is_draining();
     conn.answer(server, &response, &request_id, &head, keep_alive);

@@ -22,11 +22,20 @@ pub trait Handler {
     /// Largest body `route` takes: a larger declared body is refused before it is read.
     fn body_bytes_max(&self, route: Self::Route) -> usize;
 
-    /// Decides from the head alone, before any of the body is read: `Err` is the answer, and
-    /// the body is never read (the connection closes if one was announced). `req.body` is empty.
-    fn admit(&self, route: Self::Route, req: &Request<'_>) -> Result<(), Response>;
+    /// What `admit` learned from a request's head, handed on to `handle`.
+    type Admitted;
 
-    async fn handle(&self, route: Self::Route, req: &Request<'_>) -> Response;
+    /// Decides from the head alone, before any of the body is read (`req.body` is empty).
+    /// `Err` is the answer: a small announced body is then read and dropped to keep the
+    /// connection, a larger or chunked one is never read and the connection closes.
+    fn admit(&self, route: Self::Route, req: &Request<'_>) -> Result<Self::Admitted, Response>;
+
+    async fn handle(
+        &self,
+        route: Self::Route,
+        admitted: Self::Admitted,
+        req: &Request<'_>,
+    ) -> Response;
 
     /// The answer to a request the HTTP layer refuses; the connection then closes.
     fn refused(&self, refusal: Refusal) -> Response;

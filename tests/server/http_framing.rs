@@ -99,10 +99,12 @@ fn content_length_over_the_limit_is_413_before_the_body_is_sent() {
     let s = Server::start(&[]);
     let (key, _) = new_org(s.addr, "cl-big");
     let mut c = Client::connect(s.addr).unwrap();
-    c.send_raw(post_head(&key, "Content-Length: 300000\r\n").as_bytes())
+    c.send_raw(post_head(&key, "Content-Length: 300000\r\nX-Request-Id: big-1\r\n").as_bytes())
         .unwrap();
     let r = c.read_response().unwrap();
     assert_eq!((r.status, r.code()), (413, "payload_too_large".to_string()));
+    // A refusal after the head was read answers under the client's request id.
+    assert_eq!(r.header("x-request-id"), Some("big-1"));
     assert!(c.is_closed());
 }
 
