@@ -17,6 +17,8 @@ struct Source {
     module: Module,
     /// Declared under `#[cfg(test)]` by its parent: a test, not part of the house.
     test: bool,
+    /// The children this file declares under `#[cfg(test)]`.
+    test_children: Vec<String>,
     tokens: Vec<String>,
 }
 
@@ -109,9 +111,15 @@ fn read_sources(dir: &Path, module: Module, out: &mut Vec<Source>) {
             m.push(name);
         }
         let text = std::fs::read_to_string(&path).unwrap();
+        let test_children = text
+            .split("#[cfg(test)]\nmod ")
+            .skip(1)
+            .filter_map(|rest| Some(rest.split_once(';')?.0.to_string()))
+            .collect();
         out.push(Source {
             module: m,
             test: false,
+            test_children,
             tokens: tokenize(&code_of(&text)),
         });
     }
@@ -227,21 +235,18 @@ fn every_module_imports_only_from_floors_below_and_no_file_imports_in_a_cycle() 
         &mut sources,
     );
     // Files their parent declares under #[cfg(test)] are tests.
+    let test_files: BTreeSet<Module> = sources
+        .iter()
+        .flat_map(|s| {
+            s.test_children.iter().map(|child| {
+                let mut m = s.module.clone();
+                m.push(child.clone());
+                m
+            })
+        })
+        .collect();
     for s in &mut sources {
-        let parent = &s.module[..s.module.len().saturating_sub(1)];
-        let leaf = s.module.last().cloned().unwrap_or_default();
-        let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("src")
-                .join(parent.join("/"))
-                .join(if parent.is_empty() {
-                    "lib.rs"
-                } else {
-                    "mod.rs"
-                }),
-        )
-        .unwrap_or_default();
-        s.test = text.contains(&format!("#[cfg(test)]\nmod {leaf};"));
+        s.test = test_files.contains(&s.module);
     }
     let known: BTreeSet<Module> = sources.iter().map(|s| s.module.clone()).collect();
 
@@ -333,6 +338,7 @@ fn paths_are_read_from_use_trees_and_code() {
     let src = Source {
         module: vec!["a".into()],
         test: false,
+        test_children: vec![],
         tokens: tokenize(&code_of(
             "use crate::{c::{self, X}, a::b::*};\n// crate::z\nlet s = \"crate::q\"; b::f(); super::c::g();",
         )),
