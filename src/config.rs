@@ -128,6 +128,9 @@ keys! {
     storage_wait_ms: u64 = required, env "TRIGGERS_STORAGE_WAIT_MS", range 10..=600000;
     /// Open connections per core
     connections_max: usize = required, env "TRIGGERS_CONNECTIONS_MAX", range 1..=1000000;
+    /// Bytes that request and response bodies over 64 KiB may hold at once, node-wide; past
+    /// it such bodies are answered 503 with Retry-After
+    body_budget_bytes: usize = required, env "TRIGGERS_BODY_BUDGET_BYTES", range 8388608..=1099511627776;
     /// Time allowed for a request head once its first byte arrived
     header_timeout_ms: u64 = required, env "TRIGGERS_HEADER_TIMEOUT_MS", range 10..=600000;
     /// Time allowed for a request body
@@ -221,6 +224,7 @@ impl Config {
                 body_timeout: ms(v.body_timeout_ms),
                 idle_timeout: ms(v.idle_timeout_ms),
                 connections_max: v.connections_max,
+                body_budget_bytes: v.body_budget_bytes,
             },
             api: api::Settings {
                 ack_mode: v.ack_mode,

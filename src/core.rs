@@ -25,6 +25,8 @@ const DRAIN_POLL: Duration = Duration::from_millis(5);
 #[derive(Clone)]
 pub struct Parts {
     pub http: http::Limits,
+    /// The node's bound on large bodies, shared by every core.
+    pub budget: Arc<http::Budget>,
     pub api: Arc<api::Shared>,
     pub hub: Arc<Hub>,
     pub stop: Arc<Stop>,
@@ -52,7 +54,7 @@ pub fn run(id: usize, parts: Parts, listener: std::net::TcpListener) -> anyhow::
         .build()?;
     rt.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
-        let server = Rc::new(http::Server::new(id, parts.http));
+        let server = Rc::new(http::Server::new(id, parts.http, parts.budget));
         let api = Rc::new(api::Context::new(id, &parts.api));
         {
             let (hub, api) = (parts.hub.clone(), api.clone());

@@ -23,7 +23,7 @@ use crate::persist::{self, Persister};
 use crate::queue::{Hub, RING_BYTES_MAX};
 use crate::shutdown::Stop;
 use crate::stats::Stats;
-use crate::{api, core};
+use crate::{api, core, http};
 
 /// Pending connections the kernel queues per core (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 4096;
@@ -164,14 +164,17 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let keys = Arc::new(KeyCache::default());
     let key_listener =
         auth::spawn_rotation_listener(storage.db.clone(), keys.clone(), stop.clone());
+    let budget = http::Budget::new(config.http.body_budget_bytes);
     let parts = core::Parts {
         http: config.http.clone(),
+        budget: budget.clone(),
         api: Arc::new(api::Shared::new(
             config.api.clone(),
             hub.clone(),
             queries,
             keys,
             stats,
+            budget,
         )),
         hub: hub.clone(),
         stop: stop.clone(),

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use crate::auth::{self, AuthError, KeyCache};
 use crate::db::orgs::Org;
 use crate::db::QueryPool;
-use crate::http::Request;
+use crate::http::{Budget, Request};
 use crate::ids::{KeyHash, OrgId};
 use crate::queue::{Hub, Waiters};
 use crate::ratelimit::{Limiter, Tier, Tiers};
@@ -73,6 +73,7 @@ pub struct Shared {
     keys: Arc<KeyCache>,
     stats: Arc<Stats>,
     limits: Arc<Limits>,
+    budget: Arc<Budget>,
 }
 
 impl Shared {
@@ -82,6 +83,7 @@ impl Shared {
         queries: QueryPool,
         keys: Arc<KeyCache>,
         stats: Arc<Stats>,
+        budget: Arc<Budget>,
     ) -> Shared {
         Shared {
             settings: Arc::new(settings),
@@ -90,6 +92,7 @@ impl Shared {
             keys,
             stats,
             limits: Arc::default(),
+            budget,
         }
     }
 }
@@ -103,6 +106,8 @@ pub struct Context {
     pub(super) keys: Arc<KeyCache>,
     pub(super) stats: Arc<Stats>,
     pub(super) limits: Arc<Limits>,
+    /// The node's bound on large bodies: an inbox page leases what it holds.
+    pub(super) budget: Arc<Budget>,
     pub(super) waiters: Waiters,
 }
 
@@ -116,6 +121,7 @@ impl Context {
             keys: shared.keys.clone(),
             stats: shared.stats.clone(),
             limits: shared.limits.clone(),
+            budget: shared.budget.clone(),
             waiters: Waiters::new(core, shared.settings.storage_wait),
         }
     }

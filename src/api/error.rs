@@ -149,9 +149,12 @@ impl ApiError {
 
     /// The answer to a request the HTTP layer refused, in the same shape.
     pub fn refusal_response(refusal: Refusal) -> Response {
+        let resp = Response::json_value(refusal.status(), &body(refusal.code(), refusal.message()));
         match refusal {
-            Refusal::Overloaded => ApiError::Overloaded.into_response(),
-            r => Response::json_value(r.status(), &body(r.code(), r.message())),
+            Refusal::Overloaded | Refusal::BodiesBusy => {
+                resp.header("retry-after", RETRY_AFTER_OVERLOADED_S.to_string())
+            }
+            _ => resp,
         }
     }
 }
@@ -199,11 +202,13 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
             assert!(v["error"].is_string() && v["code"].is_string(), "{v}");
         }
-        let overloaded = ApiError::refusal_response(Refusal::Overloaded);
-        assert_eq!(overloaded.status, 503);
-        assert!(overloaded
-            .headers
-            .iter()
-            .any(|(n, v)| *n == "retry-after" && v == "1"));
+        for refusal in [Refusal::Overloaded, Refusal::BodiesBusy] {
+            let overloaded = ApiError::refusal_response(refusal);
+            assert_eq!(overloaded.status, 503);
+            assert!(overloaded
+                .headers
+                .iter()
+                .any(|(n, v)| *n == "retry-after" && v == "1"));
+        }
     }
 }

@@ -23,8 +23,12 @@ const LIMIT_MAX: u32 = 1000;
 /// Deep offsets scan and discard every skipped row; past this, clients must use the cursor.
 const OFFSET_MAX: u64 = 100_000;
 /// Payload bytes past which a page ends early, with `has_more` and a cursor: `limit` bounds
-/// rows, and 1,000 events of 256 KiB would be a 256 MB answer.
+/// rows, and 1,000 events of 256 KiB would be a 256 MB answer. The event that crosses the
+/// line is the page's last.
 const PAGE_PAYLOAD_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// What an event adds to a page besides its payload (id, type, times, JSON punctuation), at
+/// most: a type of 255 characters is 1,530 bytes escaped, which no real type is.
+const EVENT_OUT_BYTES: usize = 512;
 /// First byte of a cursor: its format, so it can change without breaking clients.
 const CURSOR_V1: u8 = 1;
 
@@ -53,7 +57,6 @@ pub fn parse_query(query: &str) -> Result<PageQuery, ApiError> {
         descending: true,
         after: None,
         offset: 0,
-        payload_bytes_max: PAGE_PAYLOAD_BYTES_MAX,
     };
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match &*key {
@@ -158,10 +161,28 @@ pub async fn list(
     let q = parse_query(req.query)?;
     let limit = q.limit;
     let org_id = org.id;
-    let (stored, has_more) = ctx
+    // The page holds the node's body budget for what it reads, twice over (the rows, then
+    // their serialization), until its answer has been written. A budget spent elsewhere ends
+    // the page early, as its own byte bound does.
+    let budget = ctx.budget.clone();
+    let mut lease = None;
+    let (stored, has_more, mut lease) = ctx
         .queries
-        .run("inbox", move |c| events::page(c, org_id, &q))
+        .run("inbox", move |c| {
+            let mut held = 0;
+            let (stored, has_more) = events::page(c, org_id, &q, |payload| {
+                let more = held + payload + EVENT_OUT_BYTES;
+                let fits = held < PAGE_PAYLOAD_BYTES_MAX && budget.cover(&mut lease, 2 * more);
+                held = if fits { more } else { held };
+                fits
+            })?;
+            Ok((stored, has_more, lease))
+        })
         .await?;
+    if stored.is_empty() && has_more {
+        // Not one event fit: the budget is spent.
+        return Err(ApiError::Overloaded);
+    }
     let next_cursor = match stored.last() {
         Some(last) if has_more => Some(encode_cursor(last.id)),
         _ => None,
@@ -172,10 +193,17 @@ pub async fn list(
         has_more,
         limit,
     };
-    Ok(Response::json(
-        200,
-        serde_json::to_vec(&page).expect("a page serializes"),
-    ))
+    let body = serde_json::to_vec(&page).expect("a page serializes");
+    drop(page);
+    // Down to what the answer holds now. Only a page of unusually long types could need more
+    // than was leased; it then keeps the larger count it has.
+    if let Some(lease) = &mut lease {
+        let _ = lease.resize(body.len());
+    }
+    Ok(Response {
+        lease,
+        ..Response::json(200, body)
+    })
 }
 
 #[cfg(test)]

@@ -296,8 +296,6 @@ pub struct PageQuery {
     pub after: Option<EventId>,
     /// Rows to skip; ignored when `after` is given.
     pub offset: u64,
-    /// Payload bytes past which the page ends early (the crossing row included).
-    pub payload_bytes_max: usize,
 }
 
 /// An event as the inbox shows it.
@@ -312,14 +310,16 @@ pub struct StoredEvent {
     pub delivered_at: Option<SystemTime>,
 }
 
-/// One page of `org`'s events, and whether more follow. The page ends early once its payloads
-/// reach `payload_bytes_max` (the row that crosses the line is the page's last). Rows are read
-/// as they arrive and the rest dropped unread, so neither this thread nor the response holds
-/// more than the budget and one event; a page under the budget costs what it always did.
+/// One page of `org`'s events, and whether more follow. Before a row is kept, `room` is asked
+/// with its payload's size; `false` ends the page early (with more to follow), which is how
+/// the caller bounds a page in bytes. Rows are read as they arrive and the rest dropped
+/// unread, so this thread holds no more than the page and one event; a page within its bound
+/// costs what it always did.
 pub fn page(
     client: &mut Client,
     org: OrgId,
     q: &PageQuery,
+    mut room: impl FnMut(usize) -> bool,
 ) -> Result<(Vec<StoredEvent>, bool), postgres::Error> {
     let status = q.status.map(Status::as_str);
     let mut sql = String::from(
@@ -356,13 +356,11 @@ pub fn page(
     ));
     let mut rows = client.query_raw(&sql, params.iter().map(|p| *p as &dyn ToSql))?;
     let mut events = Vec::new();
-    let mut bytes = 0;
     while let Some(r) = rows.next()? {
-        if events.len() == q.limit as usize || bytes >= q.payload_bytes_max {
+        let payload: String = r.get(2);
+        if events.len() == q.limit as usize || !room(payload.len()) {
             return Ok((events, true));
         }
-        let payload: String = r.get(2);
-        bytes += payload.len();
         events.push(StoredEvent {
             id: r.get(0),
             kind: r.get(1),

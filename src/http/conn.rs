@@ -2,14 +2,17 @@
 //!
 //! Reads a request head (bounded by `HEAD_BYTES_MAX` and the header timeout), then its body
 //! (bounded by the route's limit, decided from `Content-Length` before reading, and by the body
-//! timeout), hands it to the handler, and writes the response. Pipelined requests are answered
-//! in order; their responses are flushed together when the next request is already buffered.
+//! timeout, and by the node's `Budget` when large), hands it to the handler, and writes the
+//! response. Pipelined requests are answered in order; their responses are flushed together
+//! when the next request is already buffered. A large response body is written from the
+//! handler's buffer, not copied, and its lease on the budget is held until it has left.
 //! Any framing error is answered and the connection closed, since the next request's start is
 //! unknown.
 
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use monoio::buf::IoBufMut;
@@ -18,6 +21,7 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 
+use super::budget::{Budget, Lease};
 use super::handler::{Handler, Refusal, Request};
 use super::request::{
     parse_head, BodyFraming, ChunkedDecoder, Field, FrameError, Head, Method,
@@ -29,7 +33,8 @@ use super::response::{self, Response};
 const READ_BUF_BYTES: usize = 8 * 1024;
 /// Smallest free space offered to one read.
 const READ_CHUNK_MIN: usize = 4 * 1024;
-/// Buffered responses are flushed once they reach this size even if more requests are queued.
+/// Buffered responses are flushed once they reach this size even if more requests are queued;
+/// a larger response body is written on its own, without a copy.
 const WRITE_FLUSH_BYTES: usize = 64 * 1024;
 /// A client that does not take its response within this time is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,12 +55,16 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Open connections per core; more are answered 503 and closed.
     pub connections_max: usize,
+    /// Bytes the node's large bodies may hold at once (see `http::budget`).
+    pub body_budget_bytes: usize,
 }
 
 /// One core's HTTP state. Touched by that core's thread alone: no locks.
 pub struct Server {
     core: usize,
     limits: Limits,
+    /// Shared by every core.
+    budget: Arc<Budget>,
     /// Cancels the accept and every idle read at once when draining begins.
     canceller: RefCell<Canceller>,
     draining: Cell<bool>,
@@ -66,7 +75,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(core: usize, limits: Limits) -> Server {
+    pub fn new(core: usize, limits: Limits, budget: Arc<Budget>) -> Server {
         // Request ids: core, then a per-run random tag, then a counter; unique within a run and
         // unlikely to repeat across runs.
         let mut tag = [0u8; 4];
@@ -74,6 +83,7 @@ impl Server {
         Server {
             core,
             limits,
+            budget,
             canceller: RefCell::new(Canceller::new()),
             draining: Cell::new(false),
             connections: Cell::new(0),
@@ -201,11 +211,23 @@ impl Conn {
         match monoio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(buf)).await {
             Ok((Ok(_), mut buf)) => {
                 buf.clear();
+                // Many pipelined responses grew it; give the memory back.
+                if buf.capacity() > 2 * WRITE_FLUSH_BYTES {
+                    buf = Vec::with_capacity(READ_BUF_BYTES);
+                }
                 self.wbuf = buf;
                 true
             }
             _ => false,
         }
+    }
+
+    /// Writes a large response body straight from the handler's buffer, after `flush`.
+    async fn write_body(&mut self, body: Vec<u8>) -> bool {
+        matches!(
+            monoio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(body)).await,
+            Ok((Ok(_), _))
+        )
     }
 
     async fn write_now(&mut self, bytes: &'static [u8]) -> bool {
@@ -215,7 +237,8 @@ impl Conn {
         )
     }
 
-    /// Appends the response to the request whose head is `head`.
+    /// Appends the response to the request whose head is `head`; with `head_only`, its head
+    /// alone, the caller writing the body.
     fn answer(
         &mut self,
         server: &Server,
@@ -223,6 +246,7 @@ impl Conn {
         request_id: &str,
         head: &Head,
         keep_alive: bool,
+        head_only: bool,
     ) {
         response::write(
             &mut self.wbuf,
@@ -230,7 +254,7 @@ impl Conn {
             request_id.as_bytes(),
             server.date().as_bytes(),
             keep_alive,
-            head.method == Method::Head,
+            head_only || head.method == Method::Head,
         );
     }
 
@@ -392,7 +416,9 @@ async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) 
 
     // The body: refused from its declared length before any of it is read.
     let mut chunked_body = Vec::new();
-    let (body, consumed) = match read_body(server, conn, &head, limit, &mut chunked_body).await {
+    let mut lease = None;
+    let read = read_body(server, conn, &head, limit, &mut chunked_body, &mut lease).await;
+    let (body, consumed) = match read {
         Ok(read) => read,
         Err(Some(refusal)) => {
             conn.fail(server, handler, refusal, Some(&request_id)).await;
@@ -410,17 +436,25 @@ async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) 
             .handle(route, admitted, &view(conn, &head, body))
             .await
     };
-    let keep_alive = head.keep_alive && !server.is_draining();
-    conn.answer(server, &response, &request_id, &head, keep_alive);
+    // The request's body is done with: its memory goes back before the response is written.
     conn.rbuf.drain(..consumed);
-    if conn.rbuf.is_empty() && conn.rbuf.capacity() > 4 * READ_BUF_BYTES {
-        // A large body grew the buffer; give the memory back rather than hold it per connection.
-        conn.rbuf = Vec::with_capacity(READ_BUF_BYTES);
+    if conn.rbuf.capacity() > 4 * READ_BUF_BYTES && conn.rbuf.len() < READ_BUF_BYTES {
+        conn.rbuf.shrink_to(READ_BUF_BYTES);
     }
-    // Flush now unless the next pipelined request is already here to share the write.
-    let flush_now = conn.rbuf.is_empty() || conn.wbuf.len() >= WRITE_FLUSH_BYTES || !keep_alive;
-    if flush_now && !conn.flush().await {
-        return None;
+    drop((chunked_body, lease));
+    let keep_alive = head.keep_alive && !server.is_draining();
+    let large = response.body.len() > WRITE_FLUSH_BYTES && head.method != Method::Head;
+    conn.answer(server, &response, &request_id, &head, keep_alive, large);
+    if large {
+        if !conn.flush().await || !conn.write_body(response.body).await {
+            return None;
+        }
+    } else {
+        // Flush now unless the next pipelined request is already here to share the write.
+        let flush_now = conn.rbuf.is_empty() || conn.wbuf.len() >= WRITE_FLUSH_BYTES || !keep_alive;
+        if flush_now && !conn.flush().await {
+            return None;
+        }
     }
     handler.responded(route, received.elapsed());
     keep_alive.then_some(())
@@ -442,14 +476,14 @@ async fn refuse_early(
         BodyFraming::Length(_) | BodyFraming::Chunked => None,
     };
     let Some(skip) = skip else {
-        conn.answer(server, response, request_id, head, false);
+        conn.answer(server, response, request_id, head, false, false);
         if conn.flush().await {
             conn.linger(server).await;
         }
         return None;
     };
     let keep_alive = head.keep_alive && !server.is_draining();
-    conn.answer(server, response, request_id, head, keep_alive);
+    conn.answer(server, response, request_id, head, keep_alive, false);
     if !conn.flush().await || !keep_alive {
         return None;
     }
@@ -460,20 +494,25 @@ async fn refuse_early(
 }
 
 /// Reads the body `head` announces, refusing it from its declared length before reading any of
-/// it. Returns the body's place in `rbuf` (empty for a chunked body, decoded into `chunked`) and
-/// the bytes the request took. `Err(Some(r))`: answer `r` and close; `Err(None)`: just close.
+/// it, and holding `lease` on the node's budget for what it buffers. Returns the body's place
+/// in `rbuf` (empty for a chunked body, decoded into `chunked`) and the bytes the request took.
+/// `Err(Some(r))`: answer `r` and close; `Err(None)`: just close.
 async fn read_body(
     server: &Server,
     conn: &mut Conn,
     head: &Head,
     limit: usize,
     chunked: &mut Vec<u8>,
+    lease: &mut Option<Lease>,
 ) -> Result<(std::ops::Range<usize>, usize), Option<Refusal>> {
     let timed_out = |e: ReadEnd| matches!(e, ReadEnd::Timeout).then_some(Refusal::Timeout);
     let deadline = Instant::now() + server.limits.body_timeout;
     let end = match head.framing {
         BodyFraming::None => return Ok((head.len..head.len, head.len)),
         BodyFraming::Length(n) if n > limit => return Err(Some(Refusal::BodyTooLarge(limit))),
+        BodyFraming::Length(n) if !server.budget.cover(lease, n) => {
+            return Err(Some(Refusal::BodiesBusy))
+        }
         BodyFraming::Length(n) => Some(head.len + n),
         BodyFraming::Chunked => None,
     };
@@ -491,9 +530,17 @@ async fn read_body(
     }
     let mut decoder = ChunkedDecoder::new(head.len);
     loop {
-        // Every byte read for this body counts, decoded or still waiting in `rbuf`.
+        let advanced = decoder.advance(&conn.rbuf, chunked, limit);
+        // Every byte read for this body counts, decoded or still waiting in `rbuf`; the budget
+        // counts the memory both buffers hold.
         let buffered = conn.rbuf.len() - head.len;
-        match decoder.advance(&conn.rbuf, chunked, limit) {
+        if !server
+            .budget
+            .cover(lease, conn.rbuf.capacity() + chunked.capacity())
+        {
+            return Err(Some(Refusal::BodiesBusy));
+        }
+        match advanced {
             Ok(Some(end)) => return Ok((0..0, end)),
             Ok(None) if buffered <= limit + CHUNK_OVERHEAD_BYTES_MAX => {}
             Ok(None) | Err(FrameError::BodyTooLarge) => {

@@ -56,6 +56,8 @@ pub enum Refusal {
     Timeout,
     /// The core is at its connection limit.
     Overloaded,
+    /// The node's budget for large bodies is spent (see `http::budget`).
+    BodiesBusy,
 }
 
 impl Refusal {
@@ -66,7 +68,7 @@ impl Refusal {
             Refusal::Frame(FrameError::BodyTooLarge) | Refusal::BodyTooLarge(_) => 413,
             Refusal::Frame(_) => 400,
             Refusal::Timeout => 408,
-            Refusal::Overloaded => 503,
+            Refusal::Overloaded | Refusal::BodiesBusy => 503,
         }
     }
 
@@ -79,7 +81,7 @@ impl Refusal {
             }
             Refusal::Frame(_) => "bad_request",
             Refusal::Timeout => "request_timeout",
-            Refusal::Overloaded => "overloaded",
+            Refusal::Overloaded | Refusal::BodiesBusy => "overloaded",
         }
     }
 
@@ -108,6 +110,10 @@ impl Refusal {
             Refusal::BodyTooLarge(max) => format!("Request body exceeds {max} bytes"),
             Refusal::Timeout => "The request was not received in time".into(),
             Refusal::Overloaded => "Server is at capacity; retry shortly".into(),
+            Refusal::BodiesBusy => {
+                "Server holds as many large bodies as it may; retry shortly (small requests still pass)"
+                    .into()
+            }
         }
     }
 }
@@ -193,6 +199,7 @@ mod tests {
             (Refusal::BodyTooLarge(10), 413, "payload_too_large"),
             (Refusal::Timeout, 408, "request_timeout"),
             (Refusal::Overloaded, 503, "overloaded"),
+            (Refusal::BodiesBusy, 503, "overloaded"),
         ];
         for (refusal, status, code) in cases {
             assert_eq!(

@@ -1,6 +1,7 @@
 //! http: HTTP/1.1 on one core, for any `Handler`. Imports nothing of the crate: it knows
 //! requests, responses and framing, never routes, keys or the API's errors.
 //!
+//! - `budget`: the node-wide bound on the memory request and response bodies hold.
 //! - `request`: framing as pure functions over bytes (limits, RFC 9112 rules, chunked bodies).
 //! - `response`: a response and its serialization.
 //! - `handler`: what the application provides (`Handler`), what it sees of a request, and the
@@ -10,11 +11,13 @@
 //!
 //! The handler is a type parameter, so dispatch is static: no boxing on the hot path.
 
+pub mod budget;
 pub mod conn;
 pub mod handler;
 pub mod request;
 pub mod response;
 
+pub use budget::{Budget, Lease};
 pub use conn::{Limits, Server};
 pub use handler::{Handler, Refusal, Request};
 pub use request::{Field, FrameError, Method};

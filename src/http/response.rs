@@ -3,12 +3,17 @@
 
 use std::io::Write;
 
+use super::budget::Lease;
+
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
     pub headers: Vec<(&'static str, String)>,
+    /// The node budget's share a large body holds (see `http::budget`), kept until the body
+    /// has been written.
+    pub lease: Option<Lease>,
 }
 
 impl Response {
@@ -18,6 +23,7 @@ impl Response {
             content_type: "application/json",
             body,
             headers: Vec::new(),
+            lease: None,
         }
     }
 

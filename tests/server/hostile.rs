@@ -195,3 +195,97 @@ fn host_is_required_once_and_absolute_and_asterisk_targets_are_understood() {
     assert_eq!(r.status, 204);
     assert_eq!(r.header("allow"), Some("GET, HEAD, POST, DELETE"));
 }
+
+/// The node's body budget, as `/api/queue/stats` reports it.
+fn budget_held(addr: std::net::SocketAddr) -> u64 {
+    call(addr, "GET", "/api/queue/stats", None, "").json()["body_budget"]["held_bytes"]
+        .as_u64()
+        .unwrap()
+}
+
+fn wait_for_budget(addr: std::net::SocketAddr, held: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while budget_held(addr) != held {
+        assert!(Instant::now() < deadline, "budget never held {held} bytes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn large_bodies_share_one_node_budget_and_small_requests_still_pass() {
+    const MIB: usize = 1 << 20;
+    let s = Server::start(&["--body-budget-bytes", &(12 * MIB).to_string()]);
+    let (key, _) = new_org(s.addr, "holder");
+    // Ten 200 KB events to page through later, stored while the budget is free.
+    let payload = format!(r#"{{"blob":"{}"}}"#, "p".repeat(200_000));
+    for _ in 0..10 {
+        let r = post_event(
+            s.addr,
+            &key,
+            &format!(r#"{{"type":"big","payload":{payload}}}"#),
+        );
+        assert_eq!(r.status, 202);
+    }
+    wait_for_budget(s.addr, 0);
+    let batch_head = |len: usize| {
+        format!(
+            "POST /api/events/batch HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\nContent-Length: {len}\r\n\r\n{{"
+        )
+    };
+    // Two slow 5 MiB batches hold 10 MiB of the 12 while their bodies trickle in.
+    let holders: Vec<Client> = (0..2)
+        .map(|_| {
+            let mut c = Client::connect(s.addr).unwrap();
+            c.send_raw(batch_head(5 * MIB).as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    wait_for_budget(s.addr, 10 * MIB as u64);
+
+    // A third is answered before its body is read.
+    let mut third = Client::connect(s.addr).unwrap();
+    third.send_raw(batch_head(5 * MIB).as_bytes()).unwrap();
+    let r = third.read_response().unwrap();
+    assert_eq!((r.status, r.code()), (503, "overloaded".to_string()));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.header("connection"), Some("close"));
+
+    // Small requests still pass; a page of large events ends early, within what is left.
+    assert_eq!(
+        post_event(s.addr, &key, r#"{"type":"small","payload":{}}"#).status,
+        202
+    );
+    let page = |query: &str| {
+        let r = call(s.addr, "GET", &format!("/api/inbox{query}"), Some(&key), "");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        (r.body.len(), r.json())
+    };
+    let (bytes, squeezed) = page("?type=big&limit=10");
+    let shown = squeezed["events"].as_array().unwrap().len();
+    assert!((1..10).contains(&shown), "{shown} events in a 2 MiB budget");
+    assert!(bytes < 2 * MIB, "{bytes}");
+    assert_eq!(squeezed["has_more"], true);
+    let cursor = squeezed["next_cursor"].as_str().unwrap().to_string();
+    let (_, rest) = page(&format!("?type=big&limit=10&cursor={cursor}"));
+    assert_eq!(
+        shown + rest["events"].as_array().unwrap().len(),
+        10,
+        "the cursor walk still sees every event"
+    );
+
+    // Released, the budget takes large bodies again: a whole page, a 5 MiB batch.
+    drop(holders);
+    wait_for_budget(s.addr, 0);
+    let (_, whole) = page("?type=big&limit=10");
+    assert_eq!(whole["events"].as_array().unwrap().len(), 10);
+    let event = format!(
+        r#"{{"type":"b","payload":{{"x":"{}"}}}}"#,
+        "y".repeat(5_000)
+    );
+    let events = vec![event; 1000].join(",");
+    let body = format!(r#"{{"events":[{events}]}}"#);
+    assert!(body.len() > 4 * MIB);
+    let r = call(s.addr, "POST", "/api/events/batch", Some(&key), &body);
+    assert!(r.status < 300, "{} {:?}", r.status, r.json());
+    wait_for_budget(s.addr, 0);
+}
