@@ -22,7 +22,7 @@
 //! | 4 | `api`, `persist` | the routes; the only writer of events |
 //! | 3 | `auth`, `queue` | keys and the key cache; rings, doorbell, mailboxes, waiters |
 //! | 2 | `db` | connections, migrations, query threads, every SQL statement |
-//! | 1 | `http`, `cluster`, `ratelimit`, `shutdown`, `stats` | HTTP/1.1 for any handler; the embedded PostgreSQL; token buckets; the stop signal; histograms |
+//! | 1 | `http`, `cluster`, `egress`, `ratelimit`, `shutdown`, `stats` | HTTP/1.1 for any handler; the embedded PostgreSQL; where webhooks may go; token buckets; the stop signal; histograms |
 //! | 0 | `ids` | identifiers |
 
 pub mod api;
@@ -31,6 +31,7 @@ pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod db;
+pub mod egress;
 pub mod http;
 pub mod ids;
 pub mod persist;
@@ -44,7 +45,14 @@ pub mod stats;
 #[cfg(test)]
 const FLOORS: &[&[&str]] = &[
     &["ids"],
-    &["http", "cluster", "ratelimit", "shutdown", "stats"],
+    &[
+        "http",
+        "cluster",
+        "egress",
+        "ratelimit",
+        "shutdown",
+        "stats",
+    ],
     &["db"],
     &["auth", "queue"],
     &["api", "persist"],

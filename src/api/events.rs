@@ -389,4 +389,39 @@ mod tests {
         }
         assert!(validate(br#"{"type":"t","payload":{"a":"\\u0000 \ud83d\ude00 \n"}}"#).is_ok());
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn judged(body: &[u8]) -> Result<(), TestCaseError> {
+            match validate(body) {
+                Ok(e) => {
+                    prop_assert!(e.payload.starts_with('{'), "{}", e.payload);
+                    prop_assert!(jsonb::refusal(e.payload.as_bytes()).is_none());
+                }
+                Err(ApiError::InvalidJson(_) | ApiError::InvalidEvent(_)) => {}
+                Err(other) => prop_assert!(false, "{:?}", other),
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn any_body_is_an_event_or_a_400(body in prop::collection::vec(any::<u8>(), 0..300)) {
+                judged(&body)?;
+            }
+
+            #[test]
+            fn event_shaped_bodies_are_an_event_or_a_400(
+                kind in "[a-z.\\x00]{0,6}|\\PC{0,4}",
+                payload in r#"\{\}|\{"a":[0-9eE.+-]{1,12}\}|\[\]|"x"|null|\{"a":"[\\\\u0-9a-fA-FdD]{0,14}"\}"#,
+                dedup in r#"null|""|"[^"\\\\]{0,6}"|"\\\\u0000"|7"#,
+            ) {
+                let body = format!(r#"{{"type":"{kind}","payload":{payload},"dedup_id":{dedup}}}"#);
+                judged(body.as_bytes())?;
+            }
+        }
+    }
 }

@@ -251,4 +251,30 @@ mod tests {
             }
         }
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #[test]
+            fn any_query_string_parses_or_names_a_parameter(query in "\\PC{0,120}") {
+                match parse_query(&query) {
+                    Ok(q) => prop_assert!((1..=LIMIT_MAX).contains(&q.limit) && q.offset <= OFFSET_MAX),
+                    Err(ApiError::InvalidParameter(..)) => {}
+                    Err(other) => prop_assert!(false, "{:?}", other),
+                }
+            }
+
+            #[test]
+            fn cursors_round_trip_and_nothing_else_decodes(id in any::<u128>(), raw in prop::collection::vec(any::<u8>(), 0..24)) {
+                let id = EventId(Uuid::from_u128(id));
+                prop_assert_eq!(decode_cursor(&encode_cursor(id)), Some(id));
+                let text = URL_SAFE_NO_PAD.encode(&raw);
+                let valid = raw.len() == 17 && raw[0] == CURSOR_V1;
+                prop_assert_eq!(decode_cursor(&text).is_some(), valid);
+            }
+        }
+    }
 }

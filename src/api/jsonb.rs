@@ -214,4 +214,112 @@ mod tests {
         }
         assert_eq!(refusal(br#"{"a":"\\u0000 \ud83d\ude00 \n"}"#), None);
     }
+
+    mod fuzz {
+        //! The scan against a reference computed from the parts a number was built from, and
+        //! against serde_json's reading of the whole document.
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        use super::*;
+
+        /// A JSON number from its parts, and whether PostgreSQL's numeric holds it, computed
+        /// from the parts rather than the text.
+        fn a_number() -> impl Strategy<Value = (String, bool)> {
+            let digits = |n| prop::collection::vec(0u8..10, 1..n);
+            let exponent = prop_oneof![
+                -20i64..20,
+                -16_400i64..-16_300,
+                131_000i64..131_100,
+                Just(EXPONENT_MAX),
+                Just(EXPONENT_MAX + 1),
+                Just(-EXPONENT_MAX - 1),
+            ];
+            (
+                any::<bool>(),
+                digits(6),
+                prop::option::of(digits(6)),
+                prop::option::of(exponent),
+            )
+                .prop_map(|(negative, mut int, frac, exp)| {
+                    if int.len() > 1 {
+                        int[0] = int[0].max(1); // JSON: no leading zero
+                    }
+                    let text =
+                        |d: &[u8]| d.iter().map(|d| char::from(b'0' + d)).collect::<String>();
+                    let mut s = format!("{}{}", if negative { "-" } else { "" }, text(&int));
+                    let frac = frac.unwrap_or_default();
+                    if !frac.is_empty() {
+                        s.push_str(&format!(".{}", text(&frac)));
+                    }
+                    let e = exp.unwrap_or(0);
+                    if let Some(e) = exp {
+                        s.push_str(&format!("e{e}"));
+                    }
+                    let all: Vec<u8> = int.iter().chain(&frac).copied().collect();
+                    let scale = frac.len() as i64 - e;
+                    let fits = e.abs() <= EXPONENT_MAX
+                        && scale <= DSCALE_MAX
+                        && match all.iter().position(|&d| d != 0) {
+                            None => true,
+                            // The leading digit's power of ten.
+                            Some(lead) => int.len() as i64 - 1 - lead as i64 + e <= WEIGHT_MAX,
+                        };
+                    (s, fits)
+                })
+        }
+
+        /// Arbitrary JSON, strings with NUL and escapes included.
+        fn a_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Value::from),
+                "\\PC{0,8}|[\\x00\"\\\\\\[\\]{}]{0,4}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(6, 64, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    prop::collection::btree_map("[a-z\\x00\\[]{0,4}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn has_nul(v: &Value) -> bool {
+            match v {
+                Value::String(s) => s.contains('\0'),
+                Value::Array(a) => a.iter().any(has_nul),
+                Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+                _ => false,
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn numbers_anywhere_are_judged_as_their_parts_say((number, fits) in a_number(), noise in a_value()) {
+                let doc = format!(r#"{{"noise":{noise},"n":[{number}]}}"#);
+                prop_assert_eq!(refusal(doc.as_bytes()).is_none(), fits && !has_nul(&noise), "{}", number);
+            }
+
+            #[test]
+            fn documents_are_refused_only_for_nul_or_depth(v in a_value(), wrap in 0usize..600) {
+                fn depth(v: &Value) -> usize {
+                    match v {
+                        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+                        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+                        _ => 0,
+                    }
+                }
+                // (serde_json reads no deeper than 128 levels, so the reference is computed
+                // from the parts, not by reading the document back.)
+                let doc = format!(r#"{{"v":{}{}{}}}"#, "[".repeat(wrap), v, "]".repeat(wrap));
+                let deep = 1 + wrap + depth(&v) > DEPTH_MAX;
+                prop_assert_eq!(refusal(doc.as_bytes()).is_some(), deep || has_nul(&v));
+            }
+        }
+    }
 }

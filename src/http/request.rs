@@ -497,4 +497,174 @@ mod tests {
         let no_crlf = ChunkedDecoder::new(0).advance(b"1\r\naXX", &mut out, 10);
         assert_eq!(no_crlf, Err(FrameError::Malformed));
     }
+
+    mod fuzz {
+        //! Properties over generated input: framing never panics, agrees with itself however
+        //! the bytes are split into reads, and decodes chunked bodies to what was encoded.
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A request head assembled from plausible and hostile parts.
+        fn a_head() -> impl Strategy<Value = String> {
+            let method = prop::sample::select(vec!["GET", "POST", "HEAD", "OPTIONS", "BREW", ""]);
+            let target = prop::sample::select(vec![
+                "/api/events",
+                "/api/inbox?limit=5&cursor=x",
+                "http://h:1/x?y",
+                "*",
+                "",
+                "/%00",
+            ]);
+            let version = prop::sample::select(vec!["HTTP/1.1", "HTTP/1.0", "HTTP/2", "HTTP/1.1 "]);
+            let field = (
+                prop::sample::select(vec![
+                    "Host",
+                    "Content-Length",
+                    "Transfer-Encoding",
+                    "Connection",
+                    "Expect",
+                    "X-Request-Id",
+                    "X-API-Key",
+                    "Bad Name",
+                ]),
+                prop::sample::select(vec![
+                    "5",
+                    "0",
+                    "+3",
+                    "18446744073709551616",
+                    "chunked",
+                    "gzip, chunked",
+                    "Chunked ",
+                    "close",
+                    "keep-alive",
+                    "100-continue",
+                    "",
+                    " a ",
+                    "\u{1}",
+                ]),
+            );
+            (method, target, version, prop::collection::vec(field, 0..8)).prop_map(
+                |(m, t, v, fields)| {
+                    let mut head = format!("{m} {t} {v}\r\n");
+                    for (name, value) in fields {
+                        head.push_str(&format!("{name}: {value}\r\n"));
+                    }
+                    head.push_str("\r\n");
+                    head
+                },
+            )
+        }
+
+        /// What `parse_head` makes of `buf`, with the ranges read out, so results from
+        /// different buffers compare.
+        /// A head with its fields' names and values.
+        type Parsed = (Head, Vec<(Vec<u8>, Vec<u8>)>);
+
+        fn parsed(buf: &[u8]) -> Result<Option<Parsed>, FrameError> {
+            let mut fields = Vec::new();
+            Ok(parse_head(buf, &mut fields)?.map(|h| {
+                assert!(h.len <= buf.len() && h.path.end <= h.len && h.query.end <= h.len);
+                let named = fields
+                    .iter()
+                    .map(|f| (buf[f.name.clone()].to_vec(), buf[f.value.clone()].to_vec()))
+                    .collect();
+                (h, named)
+            }))
+        }
+
+        fn heads_agree_with_their_prefixes(buf: &[u8]) -> Result<(), TestCaseError> {
+            if let Ok(Some((head, _))) = parsed(buf) {
+                // The server parses the buffer again after every read: every prefix of a head
+                // is incomplete, never an error, and the head alone parses to the same head.
+                for cut in 0..head.len {
+                    prop_assert_eq!(parsed(&buf[..cut]), Ok(None), "cut at {}", cut);
+                }
+                prop_assert_eq!(
+                    parsed(&buf[..head.len]).map(|h| h.map(|h| h.0)),
+                    Ok(Some(head))
+                );
+            }
+            Ok(())
+        }
+
+        /// A chunked body: chunks (with or without an extension), then trailers.
+        fn a_chunked_body() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+            let chunk = (prop::collection::vec(any::<u8>(), 1..40), any::<bool>());
+            let trailer = prop::sample::select(vec!["", "X-T: 1\r\n", "A: b\r\nC: d\r\n"]);
+            (prop::collection::vec(chunk, 0..6), trailer).prop_map(|(chunks, trailer)| {
+                let (mut wire, mut body) = (Vec::new(), Vec::new());
+                for (data, ext) in chunks {
+                    let ext = if ext { ";name=\"v\"" } else { "" };
+                    wire.extend_from_slice(format!("{:x}{ext}\r\n", data.len()).as_bytes());
+                    wire.extend_from_slice(&data);
+                    wire.extend_from_slice(b"\r\n");
+                    body.extend_from_slice(&data);
+                }
+                wire.extend_from_slice(format!("0\r\n{trailer}\r\n").as_bytes());
+                (wire, body)
+            })
+        }
+
+        /// Feeds `wire` to a decoder in reads ending at `cuts`, as the connection does.
+        fn decode_in_reads(
+            wire: &[u8],
+            cuts: &[usize],
+            limit: usize,
+        ) -> (Result<Option<usize>, FrameError>, Vec<u8>) {
+            let mut ends: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+            ends.sort_unstable();
+            ends.push(wire.len());
+            let (mut dec, mut out) = (ChunkedDecoder::new(0), Vec::new());
+            for end in ends {
+                match dec.advance(&wire[..end], &mut out, limit) {
+                    Ok(None) => {}
+                    done => return (done, out),
+                }
+            }
+            (Ok(None), out)
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_frame_without_panicking_and_consistently(
+                buf in prop::collection::vec(any::<u8>(), 0..600),
+            ) {
+                heads_agree_with_their_prefixes(&buf)?;
+            }
+
+            #[test]
+            fn generated_heads_frame_consistently(head in a_head(), tail in ".{0,20}") {
+                heads_agree_with_their_prefixes(format!("{head}{tail}").as_bytes())?;
+            }
+
+            #[test]
+            fn chunked_bodies_decode_to_what_was_encoded_however_they_are_split(
+                (wire, body) in a_chunked_body(),
+                cuts in prop::collection::vec(any::<usize>(), 0..8),
+                next in prop::collection::vec(any::<u8>(), 0..8),
+            ) {
+                let mut stream = wire.clone();
+                stream.extend_from_slice(&next);
+                let (result, out) = decode_in_reads(&stream, &cuts, 1 << 20);
+                prop_assert_eq!(result, Ok(Some(wire.len())));
+                prop_assert_eq!(out, body.clone());
+                // One byte under the body's size is refused, never truncated.
+                if !body.is_empty() {
+                    let (result, _) = decode_in_reads(&wire, &cuts, body.len() - 1);
+                    prop_assert_eq!(result, Err(FrameError::BodyTooLarge));
+                }
+            }
+
+            #[test]
+            fn any_bytes_decode_the_same_in_one_read_or_many(
+                wire in prop::collection::vec(
+                    prop::sample::select(b"0123456789abcdefxyz;= \r\n:".to_vec()), 0..200),
+                cuts in prop::collection::vec(any::<usize>(), 0..8),
+            ) {
+                let once = decode_in_reads(&wire, &[], 64);
+                prop_assert_eq!(decode_in_reads(&wire, &cuts, 64), once);
+            }
+        }
+    }
 }
