@@ -1,13 +1,15 @@
 //! server: start-up and shutdown, in order. The top floor: the only module that sees every
 //! other.
 //!
-//! Start: database (embedded cluster or URL) → migrations → persisters, query threads and the
-//! key listener → one listener per core → cores → wait for SIGTERM/SIGINT or a failed core.
-//! `Running::stop` is the whole shutdown, the same path backwards, each step bounded by the
-//! `shutdown::Stop` budget: cores drain, then persisters commit what the rings hold, then the
-//! query threads and the key listener end, then the embedded cluster stops.
+//! Start: database (embedded cluster or URL) → migrations → persisters, query threads, the
+//! key listener and the cluster's supervisor → one listener per core → cores → wait for
+//! SIGTERM/SIGINT or a failed core. `Running::stop` is the whole shutdown, the same path
+//! backwards, each step bounded by the `shutdown::Stop` budget: cores drain, then persisters
+//! commit what the rings hold, then the query threads and the key listener end, then the
+//! embedded cluster stops.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -30,6 +32,13 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// How long a port found in use is tried again at start-up, and how often (see `probe_free`).
 const BIND_RETRY: Duration = Duration::from_secs(3);
 const BIND_RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How often the supervisor looks whether the embedded PostgreSQL still runs.
+const SUPERVISE_POLL: Duration = Duration::from_millis(100);
+/// Pauses between failed restarts of the embedded PostgreSQL: doubling from the first, up to
+/// the last. After `RESTARTS_BEFORE_LOST` failures in a row the node reports itself not live.
+const RESTART_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+const RESTARTS_BEFORE_LOST: u32 = 5;
 
 enum Stopped {
     Signal(i32),
@@ -133,12 +142,82 @@ fn storage(database: &Database) -> anyhow::Result<Storage> {
     }
 }
 
+/// Watches the embedded PostgreSQL and restarts it when it dies (a `kill -9`, the OOM killer,
+/// a crash): reaps it, waits out its orphaned backends, starts a new postmaster (which runs
+/// crash recovery) and logs each step; restarts that fail are retried with backoff, and after
+/// `RESTARTS_BEFORE_LOST` in a row `/health/live` fails so an orchestrator replaces the node.
+/// Meanwhile persisters and query threads reconnect on their own, and requests get 503
+/// `storage_unavailable` as during any outage.
+struct Supervisor {
+    quit: Arc<AtomicBool>,
+    thread: JoinHandle<Cluster>,
+}
+
+impl Supervisor {
+    fn spawn(mut cluster: Cluster, stats: Arc<Stats>) -> anyhow::Result<Supervisor> {
+        let quit = Arc::new(AtomicBool::new(false));
+        let quitting = quit.clone();
+        let pause = move |d: Duration| {
+            let until = Instant::now() + d;
+            while Instant::now() < until && !quitting.load(Ordering::Relaxed) {
+                std::thread::sleep(SUPERVISE_POLL);
+            }
+            !quitting.load(Ordering::Relaxed)
+        };
+        let thread = std::thread::Builder::new()
+            .name("cluster-supervisor".into())
+            .spawn(move || {
+                while pause(SUPERVISE_POLL) {
+                    let Some(how) = cluster.exited() else {
+                        continue;
+                    };
+                    tracing::error!(exit = %how, "embedded PostgreSQL died; restarting it");
+                    let (mut failures, mut backoff) = (0, RESTART_BACKOFF_FIRST);
+                    loop {
+                        match cluster.restart() {
+                            Ok(()) => {
+                                stats.storage_restarts.add(1);
+                                stats.storage_lost.set(false);
+                                tracing::info!(failures, "embedded PostgreSQL restarted");
+                                break;
+                            }
+                            Err(e) => {
+                                failures += 1;
+                                if failures >= RESTARTS_BEFORE_LOST {
+                                    stats.storage_lost.set(true);
+                                }
+                                tracing::error!(
+                                    failures,
+                                    retry_in_s = backoff.as_secs(),
+                                    error = %format!("{e:#}"),
+                                    "embedded PostgreSQL did not restart"
+                                );
+                            }
+                        }
+                        if !pause(backoff) {
+                            break;
+                        }
+                        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+                    }
+                }
+                cluster
+            })?;
+        Ok(Supervisor { quit, thread })
+    }
+
+    /// Ends the watch (at once, or after a restart under way) and hands the cluster back.
+    fn stop(self) -> Option<Cluster> {
+        self.quit.store(true, Ordering::Relaxed);
+        self.thread.join().ok()
+    }
+}
+
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     // First, so that a port in use fails before any cluster starts. Connections that arrive
     // during start-up wait in the backlog.
     let listeners = bind(config.listen, config.cores)?;
-    let storage = storage(&config.database)?;
+    let mut storage = storage(&config.database)?;
     db::migrate(&storage.db)?;
 
     let cores = config.cores;
@@ -161,6 +240,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .map(|i| Persister::spawn(i, persist.clone()))
         .collect();
     let (queries, query_threads) = QueryPool::spawn(config.query_threads, &storage.db);
+    let embedded = storage.cluster.is_some();
+    let supervisor = match storage.cluster.take() {
+        Some(cluster) => Some(Supervisor::spawn(cluster, stats.clone())?),
+        None => None,
+    };
     let keys = Arc::new(KeyCache::default());
     let key_listener =
         auth::spawn_rotation_listener(storage.db.clone(), keys.clone(), stop.clone());
@@ -226,7 +310,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         cores,
         persisters = config.persisters,
         ack_mode = config.api.ack_mode.as_str(),
-        database = if storage.cluster.is_some() { "embedded" } else { "url" },
+        database = if embedded { "embedded" } else { "url" },
         startup_ms = started.elapsed().as_millis() as u64,
         "listening"
     );
@@ -249,7 +333,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         persisters,
         query_threads,
         key_listener,
-        storage,
+        supervisor,
+        _storage: storage,
     }
     .stop();
     match failed {
@@ -266,7 +351,10 @@ struct Running {
     persisters: Vec<JoinHandle<()>>,
     query_threads: QueryThreads,
     key_listener: JoinHandle<()>,
-    storage: Storage,
+    /// Watches the embedded cluster, and holds it.
+    supervisor: Option<Supervisor>,
+    /// Holds the data directory's lock until the end.
+    _storage: Storage,
 }
 
 impl Running {
@@ -290,7 +378,7 @@ impl Running {
         self.query_threads.join();
         let _ = self.key_listener.join();
         // 4. Last, the database the others wrote to.
-        if let Some(mut cluster) = self.storage.cluster {
+        if let Some(mut cluster) = self.supervisor.and_then(Supervisor::stop) {
             cluster.stop();
         }
         tracing::info!(

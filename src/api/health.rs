@@ -31,7 +31,19 @@ pub async fn health(ctx: &Context) -> Result<Response, ApiError> {
     ))
 }
 
-pub fn live() -> Response {
+/// Live unless the node cannot recover on its own: its embedded PostgreSQL died and would not
+/// restart (an outage it can ride out, such as a database URL that is down, is not a reason
+/// to replace the node).
+pub fn live(ctx: &Context) -> Response {
+    if ctx.stats.storage_lost.get() {
+        return Response::json_value(
+            503,
+            &json!({
+                "status": "failing",
+                "reason": "the embedded PostgreSQL died and does not restart; see the server log",
+            }),
+        );
+    }
     Response::json_value(200, &json!({"status": "ok"}))
 }
 

@@ -244,7 +244,7 @@ async fn dispatch(
 ) -> Result<Response, ApiError> {
     match route {
         Route::Health => health::health(ctx).await,
-        Route::HealthLive => Ok(health::live()),
+        Route::HealthLive => Ok(health::live(ctx)),
         Route::HealthReady => health::ready(ctx).await,
         Route::Events => events::post(ctx, key, req).await,
         Route::EventsBatch => events::post_batch(ctx, key, req).await,

@@ -123,6 +123,10 @@ pub fn show(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
                 "running": ctx.stats.persisters_running.get(),
                 "connected": ctx.stats.persisters_connected.get(),
             },
+            "embedded_postgres": {
+                "restarts": ctx.stats.storage_restarts.get(),
+                "lost": ctx.stats.storage_lost.get(),
+            },
             "body_budget": {
                 "held_bytes": ctx.budget.held(),
                 "max_bytes": ctx.budget.max(),
@@ -233,6 +237,7 @@ pub fn metrics(ctx: &Context) -> Result<Response, ApiError> {
     }
     let _ = writeln!(out, "# HELP triggers_body_budget_held_bytes Bytes of request and response bodies over 64 KiB held now.\n# TYPE triggers_body_budget_held_bytes gauge\ntriggers_body_budget_held_bytes {}", ctx.budget.held());
     let _ = writeln!(out, "# HELP triggers_body_budget_max_bytes The most such bodies may hold (body_budget_bytes).\n# TYPE triggers_body_budget_max_bytes gauge\ntriggers_body_budget_max_bytes {}", ctx.budget.max());
+    let _ = writeln!(out, "# HELP triggers_embedded_postgres_restarts_total Restarts of the embedded PostgreSQL after it died.\n# TYPE triggers_embedded_postgres_restarts_total counter\ntriggers_embedded_postgres_restarts_total {}", ctx.stats.storage_restarts.get());
     let durable = u8::from(ctx.settings.ack_mode == AckMode::Durable);
     let _ = writeln!(out, "# HELP triggers_durable_ack 1 when 2xx means committed, 0 in enqueued mode.\n# TYPE triggers_durable_ack gauge\ntriggers_durable_ack {durable}");
     let _ = writeln!(out, "# HELP triggers_uptime_seconds Seconds since start.\n# TYPE triggers_uptime_seconds gauge\ntriggers_uptime_seconds {}", ctx.stats.started.elapsed().as_secs());

@@ -3,7 +3,8 @@
 //! Finds the server binaries, runs `initdb` into `<data-dir>/postgres` on first start, starts the
 //! postmaster on a unix socket inside the data directory (no TCP port, so nothing collides),
 //! adopts a postmaster left running by a killed server, waits for the backends of a killed
-//! postmaster before starting a new one, and stops it on shutdown. Never turns
+//! postmaster before starting a new one, reaps and restarts a postmaster that died (`exited`,
+//! `restart`: the server's supervisor decides when), and stops it on shutdown. Never turns
 //! `fsync` or `synchronous_commit` off, and never runs two postmasters on one directory (the
 //! server's data-directory lock plus PostgreSQL's own `postmaster.pid` see to that).
 
@@ -336,6 +337,34 @@ impl Cluster {
         self.spawn_postmaster(die_with_parent)?;
         self.wait_ready()?;
         self.ensure_database()
+    }
+
+    /// How the postmaster ended, if it has: reaps it when it was this process's child (a
+    /// killed postmaster left unreaped is a zombie, which blocks a new start on some systems).
+    pub fn exited(&mut self) -> Option<String> {
+        match &mut self.running {
+            None => Some("not running".into()),
+            Some(Running::Child(child)) => match child.try_wait() {
+                Ok(Some(status)) => Some(status.to_string()),
+                Ok(None) => None,
+                Err(e) => Some(format!("cannot be waited for: {e}")),
+            },
+            Some(Running::Adopted(pid)) => {
+                (!is_live_postgres(*pid)).then(|| format!("adopted postmaster {pid} is gone"))
+            }
+        }
+    }
+
+    /// Starts a new postmaster after the last one died, once its orphaned backends are gone,
+    /// and waits until it accepts connections (crash recovery runs first, bounded by the
+    /// start-up timeout).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.exited().is_none() {
+            bail!("the postmaster is still running");
+        }
+        self.running = None;
+        self.spawn_postmaster(false)?;
+        self.wait_ready()
     }
 
     /// Waits for what a killed postmaster left at work (see `orphans`); past `ORPHAN_WAIT` tells

@@ -5,7 +5,7 @@
 //! otherwise. Recording never fails: values past the top are clamped to it. Imports nothing of
 //! the crate.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,20 @@ impl Gauge {
     }
 
     pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A yes or no readable from any thread.
+#[derive(Default)]
+pub struct Flag(AtomicBool);
+
+impl Flag {
+    pub fn set(&self, on: bool) {
+        self.0.store(on, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -167,6 +181,10 @@ pub struct Stats {
     pub persisters_connected: Gauge,
     /// When the server started (`uptime_s`).
     pub started: Instant,
+    /// Times the embedded PostgreSQL was restarted after it died.
+    pub storage_restarts: Counter,
+    /// The embedded PostgreSQL died and could not be restarted: `/health/live` fails.
+    pub storage_lost: Flag,
 }
 
 impl Stats {
@@ -199,6 +217,8 @@ impl Stats {
             persisters_running: Gauge::default(),
             persisters_connected: Gauge::default(),
             started,
+            storage_restarts: Counter::default(),
+            storage_lost: Flag::default(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Nothing answered 2xx is lost: not by a graceful shutdown under load, not by `kill -9` at
 //! random moments, not by PostgreSQL going away; and an event answered 503 is never stored later.
 //!
-//! The crash test runs `CRASH_CYCLES` kill/restart cycles (default 3; `tests/crash.sh` runs 50).
+//! The crash test runs `CRASH_CYCLES` kill cycles (default 3; `tests/crash.sh` runs 50): the
+//! server, its postmaster, or both, by turns.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -153,14 +154,94 @@ fn enqueued_mode_commits_every_queued_event_on_graceful_shutdown() {
     shutdown_under_load_loses_nothing(&["--ack-mode", "enqueued"], "enqueued", true);
 }
 
-fn kill_postmaster(data_dir: &std::path::Path) {
-    let pidfile = std::fs::read_to_string(data_dir.join("postgres/postmaster.pid")).unwrap();
-    let pid: i32 = pidfile.lines().next().unwrap().trim().parse().unwrap();
-    nix::sys::signal::kill(
+/// The embedded cluster's postmaster, once one runs (a restart may be under way).
+fn postmaster_pid(data_dir: &std::path::Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pid = std::fs::read_to_string(data_dir.join("postgres/postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse().ok());
+        match pid {
+            Some(pid) => return pid,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            None => panic!("no postmaster started in {}", data_dir.display()),
+        }
+    }
+}
+
+fn kill_postmaster(data_dir: &std::path::Path) -> i32 {
+    let pid = postmaster_pid(data_dir);
+    // It may be gone already (a start that failed); the test goes on either way.
+    let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    );
+    pid
+}
+
+/// Polls `what` every 50 ms until it holds, for at most `within`.
+fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_killed_embedded_postgres_is_reaped_and_restarted_and_only_a_lost_one_fails_liveness() {
+    let data = data_dir();
+    let _reaper = Reaper(data.path().to_path_buf());
+    let dir = data.path().to_str().unwrap().to_string();
+    let server = Server::start_with(&["--data-dir", &dir, "--storage-wait-ms", "1000"]);
+    let (key, _) = new_org(server.addr, "supervised");
+    let ingest = || post_event(server.addr, &key, r#"{"type":"t","payload":{}}"#).status;
+    let live = || call(server.addr, "GET", "/health/live", None, "").status;
+    assert_eq!(ingest(), 202);
+
+    let restarts = || {
+        call(server.addr, "GET", "/api/queue/stats", None, "").json()["embedded_postgres"]
+            ["restarts"]
+            .as_u64()
+            .unwrap()
+    };
+    let first = kill_postmaster(data.path());
+    // Until the new postmaster runs (a backend of the killed one may still commit for a
+    // moment), an event is stored or refused as storage_unavailable, nothing else.
+    eventually(Duration::from_secs(60), "a new postmaster runs", || {
+        let status = ingest();
+        assert!(matches!(status, 202 | 503), "{status}");
+        assert_eq!(live(), 200, "an outage the node rides out keeps it live");
+        restarts() == 1
+    });
+    eventually(Duration::from_secs(30), "ingest works again", || {
+        ingest() == 202
+    });
+    assert_ne!(first, postmaster_pid(data.path()));
+    // Reaped: no zombie of the killed postmaster is left behind.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{first}")).exists(),
+        "the killed postmaster {first} was not reaped"
+    );
+    assert!(server.log_text().contains("embedded PostgreSQL restarted"));
+
+    // A cluster that cannot start again (its PG_VERSION gone) fails liveness after five
+    // tries, and passes again once a later try succeeds.
+    let version = data.path().join("postgres/PG_VERSION");
+    let away = data.path().join("PG_VERSION.away");
+    std::fs::rename(&version, &away).unwrap();
+    kill_postmaster(data.path());
+    eventually(Duration::from_secs(90), "liveness fails", || live() == 503);
+    assert_eq!(
+        call(server.addr, "GET", "/health/live", None, "").json()["status"],
+        "failing"
+    );
+    std::fs::rename(&away, &version).unwrap();
+    eventually(Duration::from_secs(90), "the node recovers", || {
+        live() == 200 && ingest() == 202
+    });
+    let log = server.log_text();
+    assert!(log.contains("embedded PostgreSQL did not restart"), "{log}");
 }
 
 #[test]
@@ -228,27 +309,31 @@ fn kill_9_at_random_moments_loses_no_acknowledged_event() {
         dedup.store(cycle % 2 == 1, Ordering::Relaxed);
         let before = acked.lock().unwrap().len();
         std::thread::sleep(Duration::from_millis(150 + next() % 1200));
-        server.kill();
-        // Every third cycle the database dies too, as in a power cut: the next start must find
-        // the stale cluster and let PostgreSQL recover it.
-        let postmaster_too = cycle % 3 == 0;
-        if postmaster_too {
+        // By turns: the server alone; the postmaster alone, which the running server must
+        // restart (crash recovery) while clients retry; both at once, as in a power cut, which
+        // the next server must find and recover.
+        let victims = match cycle % 3 {
+            1 => "server",
+            2 => "postmaster",
+            _ => "server and postmaster",
+        };
+        if victims != "postmaster" {
+            server.kill();
+        }
+        if victims != "server" {
             kill_postmaster(data.path());
         }
         let at_kill = acked.lock().unwrap().len();
-        server = Server::start_with(&args);
-        *addr.lock().unwrap() = server.addr;
+        if victims != "postmaster" {
+            server = Server::start_with(&args);
+            *addr.lock().unwrap() = server.addr;
+        }
         eprintln!(
-            "cycle {cycle}/{cycles} ({}): killed {} with {at_kill} acknowledged ({} this cycle)",
+            "cycle {cycle}/{cycles} ({}): killed {victims} with {at_kill} acknowledged ({} this cycle)",
             if cycle % 2 == 1 {
                 "dedup_ids"
             } else {
                 "no dedup_ids"
-            },
-            if postmaster_too {
-                "server and postmaster"
-            } else {
-                "server"
             },
             at_kill - before
         );
