@@ -8,11 +8,13 @@
 //! - `scenario`: what each scenario sends.
 //! - `verify`: reading acknowledged events back.
 //! - `sweep`: stepping the rate up to the highest that holds a p99 bound.
+//! - `hostile`: attacks, one shape at a time, against a server serving a victim tenant.
 //! - `report`, `client`, `copy_ceiling`: the files `--out` writes, the HTTP client, the
 //!   bare-COPY ceiling.
 
 mod client;
 mod copy_ceiling;
+mod hostile;
 mod report;
 mod run;
 mod scenario;
@@ -55,6 +57,9 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         p99_ms: f64,
     },
+    /// Attack a server one shape at a time while a victim tenant runs; report what each attack
+    /// was answered, the server's peak memory and the victim's latency
+    Hostile(hostile::HostileArgs),
     /// The bare-COPY ceiling: binary COPY of event-shaped rows straight into PostgreSQL
     CopyCeiling {
         /// PostgreSQL to measure, e.g. "host=/tmp/trg/run user=triggers dbname=triggers"
@@ -113,6 +118,7 @@ async fn run_all(args: &RunArgs) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run_all(&args).await,
+        Command::Hostile(args) => hostile::hostile(&args).await,
         Command::Sweep {
             run,
             start,

@@ -184,3 +184,84 @@ fn a_sweep_reports_the_highest_rate_that_held() {
         "{text}"
     );
 }
+
+#[test]
+fn every_attack_shape_is_answered_as_documented_with_memory_bounded_and_the_victim_unharmed() {
+    // Timeouts short enough for the slow shapes to be answered within the short runs, and a
+    // body budget that 20 slow 5 MiB batches overrun.
+    let server = Server::start(&[
+        "--header-timeout-ms",
+        "1000",
+        "--body-timeout-ms",
+        "1500",
+        "--body-budget-bytes",
+        "33554432",
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let (url, pid) = (server.url(), server.pid().to_string());
+    // Fails by itself on a victim error or a peak RSS over the bound.
+    loadtest(&[
+        "hostile",
+        "--url",
+        &url,
+        "--server-pid",
+        &pid,
+        "--duration",
+        "1",
+        "--connections",
+        "20",
+        "--idle-connections",
+        "300",
+        "--victim-rate",
+        "200",
+        "--rss-max-mb",
+        "256",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(out.path().join("hostile.json")).unwrap();
+    let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let answers = |attack: &str| -> Vec<String> {
+        let row = rows.iter().find(|r| r["attack"] == attack).unwrap();
+        row["answers"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let expect = |attack: &str, documented: &[&str], allowed: &[&str]| {
+        let got = answers(attack);
+        assert!(
+            documented.iter().any(|d| got.iter().any(|g| g == d)),
+            "{attack}: none of {documented:?} in {got:?}"
+        );
+        for g in &got {
+            assert!(
+                documented.contains(&g.as_str()) || allowed.contains(&g.as_str()),
+                "{attack}: answered {g}; expected {documented:?}"
+            );
+        }
+    };
+    // What an attacker still waiting when the run ends records, and what a closed one does.
+    let pending = ["no answer", "closed", "reset", "cut short"];
+    expect("Slowloris", &["408"], &pending);
+    expect("Idle", &["no answer"], &["closed"]);
+    expect("Pipeline", &["100 answered"], &pending);
+    // Not one smuggled request is served: every framing is refused.
+    expect("Smuggle", &["400", "501"], &pending);
+    expect("ChunkExtension", &["400"], &pending);
+    expect("EndlessBody", &["408", "413", "503"], &pending);
+    expect("NoKeyBigBody", &["401"], &pending);
+    // Past the budget, 503; those within it reach their body deadline.
+    expect(
+        "SlowBatches",
+        &["503"],
+        &["408", "no answer", "closed", "reset"],
+    );
+    expect("BigPages", &["200", "503"], &pending);
+    // A batch answers per event: 200, each refused with 400 inside.
+    expect("RefusedValues", &["200"], &pending);
+    expect("UnknownKeys", &["401"], &pending);
+    expect("Signup", &["429"], &["201", "no answer", "closed", "reset"]);
+}

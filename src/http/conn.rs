@@ -150,13 +150,26 @@ struct Conn {
 }
 
 impl Conn {
+    /// The write buffer is allocated by the first response: an idle connection holds only
+    /// its read buffer.
     fn new(stream: TcpStream, peer: IpAddr, buf_bytes: usize) -> Conn {
         Conn {
             stream,
             peer,
             rbuf: Vec::with_capacity(buf_bytes),
-            wbuf: Vec::with_capacity(buf_bytes),
+            wbuf: Vec::new(),
             fields: Vec::new(),
+        }
+    }
+
+    /// What `rbuf`'s capacity will be once the next `read` has made room.
+    fn capacity_for_next_read(&self) -> usize {
+        let (len, cap) = (self.rbuf.len(), self.rbuf.capacity());
+        if cap - len < READ_CHUNK_MIN {
+            // `Vec`'s amortized growth.
+            (cap * 2).max(len + READ_CHUNK_MIN)
+        } else {
+            cap
         }
     }
 
@@ -531,13 +544,18 @@ async fn read_body(
     let mut decoder = ChunkedDecoder::new(head.len);
     loop {
         let advanced = decoder.advance(&conn.rbuf, chunked, limit);
-        // Every byte read for this body counts, decoded or still waiting in `rbuf`; the budget
-        // counts the memory both buffers hold.
+        // Every byte read for this body counts, decoded or still waiting in `rbuf`. The budget
+        // must cover, before the next read, the memory both buffers may hold after it: the
+        // read buffer's next growth, and the decoded body's if all of the read is body.
         let buffered = conn.rbuf.len() - head.len;
-        if !server
-            .budget
-            .cover(lease, conn.rbuf.capacity() + chunked.capacity())
-        {
+        let rbuf_next = conn.capacity_for_next_read();
+        let incoming = rbuf_next - conn.rbuf.len();
+        let chunked_next = if chunked.capacity() - chunked.len() < incoming {
+            (chunked.capacity() * 2).max(chunked.len() + incoming)
+        } else {
+            chunked.capacity()
+        };
+        if !server.budget.cover(lease, rbuf_next + chunked_next) {
             return Err(Some(Refusal::BodiesBusy));
         }
         match advanced {
