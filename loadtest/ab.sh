@@ -9,12 +9,12 @@
 # A side may name another binary with BIN=/path/to/triggers as its first word:
 #   loadtest/ab.sh /tmp/ab 2 "BIN=/tmp/old/triggers" "" --rate 12000
 # Each run's cluster (hundreds of MB to GBs) is deleted after it; KEEP_DATA=1 keeps it.
-# Needs release builds: cargo build --release --workspace
+# Needs release builds: cargo build --release --workspace. PORT picks the port (default 8091).
 set -euo pipefail
 out="$1" rounds="$2" a="$3" b="$4"
 shift 4
 root="$(cd "$(dirname "$0")/.." && pwd)"
-port=8091
+port="${PORT:-8091}"
 hz=$(getconf CLK_TCK)
 mkdir -p "$out"
 

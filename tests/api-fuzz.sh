@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SCHEMATHESIS_VERSION=4.32.5
 EXAMPLES="${1:-50}"
-VENV=target/schemathesis-venv
+VENV="$PWD/target/schemathesis-venv"
 BIN=target/debug/triggers
 
 if [ ! -x "$VENV/bin/schemathesis" ]; then
@@ -52,6 +52,8 @@ KEY=$(curl -sf -XPOST "$BASE/api/keys/generate" -d '{"organization_name":"api-fu
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["api_key"])')
 
 # One worker: schemathesis 4.x can trip over CPython's AST when its workers draw concurrently.
+# From the temporary directory: schemathesis keeps its reports in `.schemathesis/` there.
+cd "$DATA"
 "$VENV/bin/schemathesis" run "$BASE/openapi.json" --url "$BASE" \
   -H "X-API-Key: $KEY" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,ignored_auth,missing_required_header,unsupported_method,allow_header_conformance \
