@@ -40,9 +40,12 @@ const WRITE_FLUSH_BYTES: usize = 64 * 1024;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest body of a refused request that is still read (and dropped) to keep its connection.
 const SKIP_BODY_BYTES_MAX: usize = 64 * 1024;
-/// Bounds of the lingering close after an error answer (see `Conn::linger`).
+/// Bounds of the lingering close after an error answer (see `Conn::linger`): its time, the
+/// most it reads, and what it reads past the rest of an announced body (all it reads after a
+/// malformed request, whose sender is no ordinary client).
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 const LINGER_BYTES_MAX: usize = 16 * 1024 * 1024;
+const LINGER_SLACK_BYTES: usize = 256 * 1024;
 
 /// The HTTP settings of every core.
 #[derive(Clone, Debug)]
@@ -298,29 +301,49 @@ impl Conn {
         );
     }
 
-    /// Answers a request that cannot be read to its end, then closes.
+    /// Answers a request that cannot be read to its end, then closes, reading at most
+    /// `linger_bytes` meanwhile (see `linger_bytes`).
     async fn fail(
         &mut self,
         server: &Server,
         handler: &impl Handler,
         refusal: Refusal,
         request_id: Option<&str>,
+        linger_bytes: usize,
     ) {
         self.write_refusal(server, handler, refusal, request_id);
         if self.flush().await {
-            self.linger(server).await;
+            self.linger(server, linger_bytes).await;
         }
+    }
+
+    /// What a lingering close after refusing the request whose head is `head` reads at most:
+    /// the rest of the body its client announced (it is still sending it) and a little more,
+    /// up to `LINGER_BYTES_MAX` for a body of unknown length. After a malformed request (no
+    /// head, or broken framing) only the slack: its sender is no ordinary client, and reading
+    /// all it sends would let it spend the core's time on garbage.
+    fn linger_bytes(&self, head: Option<&Head>, refusal: Option<Refusal>) -> usize {
+        let rest = match (head, refusal) {
+            (None, _) | (_, Some(Refusal::Frame(_))) => 0,
+            (Some(h), _) => match h.framing {
+                BodyFraming::None => 0,
+                BodyFraming::Length(n) => (h.len + n).saturating_sub(self.rbuf.len()),
+                BodyFraming::Chunked => LINGER_BYTES_MAX,
+            },
+        };
+        rest.saturating_add(LINGER_SLACK_BYTES)
+            .min(LINGER_BYTES_MAX)
     }
 
     /// Closing with unread input makes the kernel send a reset, which can destroy the error
     /// response before the client reads it (a client still sending a refused 6 MiB body gets
     /// ECONNRESET instead of its 413). So: stop writing, then read and discard for a bounded
-    /// time and amount before closing.
-    async fn linger(&mut self, server: &Server) {
+    /// time and at most `bytes_max` before closing.
+    async fn linger(&mut self, server: &Server, bytes_max: usize) {
         let _ = self.stream.shutdown().await;
         let deadline = Instant::now() + LINGER_TIMEOUT;
         let mut discarded = 0;
-        while discarded < LINGER_BYTES_MAX {
+        while discarded < bytes_max {
             self.rbuf.clear();
             match self
                 .read(server, deadline.saturating_duration_since(Instant::now()))
@@ -388,7 +411,9 @@ async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) 
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(e) => {
-                    conn.fail(server, handler, Refusal::Frame(e), None).await;
+                    let linger = conn.linger_bytes(None, None);
+                    conn.fail(server, handler, Refusal::Frame(e), None, linger)
+                        .await;
                     return None;
                 }
             }
@@ -406,7 +431,9 @@ async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) 
             Ok(_) if idle => head_deadline = Instant::now() + limits.header_timeout,
             Ok(_) => {}
             Err(ReadEnd::Timeout) if !idle => {
-                conn.fail(server, handler, Refusal::Timeout, None).await;
+                let linger = conn.linger_bytes(None, None);
+                conn.fail(server, handler, Refusal::Timeout, None, linger)
+                    .await;
                 return None;
             }
             Err(_) => return None,
@@ -434,7 +461,9 @@ async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) 
     let (body, consumed) = match read {
         Ok(read) => read,
         Err(Some(refusal)) => {
-            conn.fail(server, handler, refusal, Some(&request_id)).await;
+            let linger = conn.linger_bytes(Some(&head), Some(refusal));
+            conn.fail(server, handler, refusal, Some(&request_id), linger)
+                .await;
             return None;
         }
         Err(None) => return None,
@@ -491,7 +520,8 @@ async fn refuse_early(
     let Some(skip) = skip else {
         conn.answer(server, response, request_id, head, false, false);
         if conn.flush().await {
-            conn.linger(server).await;
+            let linger = conn.linger_bytes(Some(head), None);
+            conn.linger(server, linger).await;
         }
         return None;
     };
