@@ -262,6 +262,11 @@ fn every_attack_shape_is_answered_as_documented_with_memory_bounded_and_the_vict
     expect("BigPages", &["200", "503"], &pending);
     // A batch answers per event: 200, each refused with 400 inside.
     expect("RefusedValues", &["200"], &pending);
-    expect("UnknownKeys", &["401"], &pending);
+    // Looked up and refused until the address has guessed 60 in a minute, then refused unread.
+    expect(
+        "UnknownKeys",
+        &["429"],
+        &["401", "no answer", "closed", "reset"],
+    );
     expect("Signup", &["429"], &["201", "no answer", "closed", "reset"]);
 }

@@ -27,7 +27,7 @@ pub async fn one(
     key: Option<KeyHash>,
     req: &Request<'_>,
 ) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(key).await?;
+    let org = ctx.authenticate(key, req.peer).await?;
     let id = req
         .path
         .strip_prefix("/api/ack/")
@@ -77,7 +77,7 @@ pub async fn many(
     key: Option<KeyHash>,
     req: &Request<'_>,
 ) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(key).await?;
+    let org = ctx.authenticate(key, req.peer).await?;
     let input: AckIn = parse_body(req.body, |why| {
         ApiError::InvalidRequest(format!("expected {{\"event_ids\": [id, ...]}}: {why}"))
     })?;

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -60,8 +60,28 @@ pub struct Settings {
 pub struct Limits {
     /// Ingest tokens per organization, by tier.
     pub orgs: Limiter<OrgId>,
-    /// Self-serve key generation per client address.
+    /// Self-serve key generation per client address (`client_bucket`).
     pub keygen: Limiter<IpAddr>,
+    /// Keys presented that no organization holds, per client address (`client_bucket`).
+    pub unknown_keys: Limiter<IpAddr>,
+}
+
+/// Unknown keys one client address may present per minute (its burst too). Past it, keys the
+/// node has not seen yet are refused 429 before they are looked up: guessing keys would
+/// otherwise keep the query threads busy, and with them every tenant's inbox, acks and first
+/// look-ups. Keys already known still pass.
+const UNKNOWN_KEYS_PER_MINUTE: u64 = 60;
+
+/// The bucket a client address draws from: an IPv6 client's whole /64, which one host
+/// commonly holds, counts as one address.
+pub(super) fn client_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+    }
 }
 
 /// What the API needs from the rest of the server, built once; each core's `Context` takes
@@ -160,13 +180,30 @@ impl Context {
         auth::check_format(key).ok_or(ApiError::InvalidApiKey)
     }
 
-    /// The organization behind the key `admit` found in the request's head (`key_hash`).
-    pub(super) async fn authenticate(&self, key: Option<KeyHash>) -> Result<Arc<Org>, ApiError> {
+    /// The organization behind the key `admit` found in the head of a request from `peer`
+    /// (`key_hash`). A key not in the cache is looked up only while `peer` has presented fewer
+    /// than `UNKNOWN_KEYS_PER_MINUTE` unknown keys.
+    pub(super) async fn authenticate(
+        &self,
+        key: Option<KeyHash>,
+        peer: IpAddr,
+    ) -> Result<Arc<Org>, ApiError> {
         let hash = key.ok_or(ApiError::MissingApiKey)?;
+        if let Some(org) = self.keys.get(&hash) {
+            return Ok(org);
+        }
+        let (unknown, bucket) = (&self.limits.unknown_keys, client_bucket(peer));
+        unknown
+            .check(bucket, UNKNOWN_KEYS_PER_MINUTE, 1, Instant::now())
+            .map_err(|l| ApiError::RateLimited(l.retry_after_s))?;
         auth::authenticate(&self.keys, &self.queries, hash)
             .await
             .map_err(|e| match e {
-                AuthError::Invalid => ApiError::InvalidApiKey,
+                AuthError::Invalid => {
+                    // Refused or not, this one is counted.
+                    let _ = unknown.take(bucket, UNKNOWN_KEYS_PER_MINUTE, 1, Instant::now());
+                    ApiError::InvalidApiKey
+                }
                 AuthError::Query(q) => q.into(),
             })
     }
@@ -224,6 +261,21 @@ fn presented_key<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_client_counts_as_its_whole_64_and_ipv4_as_its_address() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_bucket(a), client_bucket(b));
+        assert_ne!(client_bucket(a), client_bucket(other));
+        assert_eq!(
+            client_bucket(a),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
+        );
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(client_bucket(v4), v4);
+    }
 
     #[test]
     fn the_key_is_x_api_key_else_the_bearer_token_and_two_different_ones_are_ambiguous() {

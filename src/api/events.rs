@@ -194,7 +194,7 @@ async fn accept(
     req: &Request<'_>,
     quota: &mut QuotaHeaders,
 ) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(key).await?;
+    let org = ctx.authenticate(key, req.peer).await?;
     let valid = validate(req.body)?;
     charge(ctx, &org, 1, quota)?;
     let event = queued(ctx, org.id, valid, Instant::now());
@@ -282,7 +282,7 @@ async fn accept_batch(
     req: &Request<'_>,
     quota: &mut QuotaHeaders,
 ) -> Result<(Response, [u64; 3]), ApiError> {
-    let org = ctx.authenticate(key).await?;
+    let org = ctx.authenticate(key, req.peer).await?;
     let input: BatchIn = parse_body(req.body, |why| {
         ApiError::InvalidRequest(format!("expected {{\"events\": [event, ...]}}: {why}"))
     })?;

@@ -157,7 +157,7 @@ pub async fn list(
     key: Option<KeyHash>,
     req: &Request<'_>,
 ) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(key).await?;
+    let org = ctx.authenticate(key, req.peer).await?;
     let q = parse_query(req.query)?;
     let limit = q.limit;
     let org_id = org.id;

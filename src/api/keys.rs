@@ -2,13 +2,12 @@
 //! `GET /api/keys` describes the caller's organization; `POST /api/keys/rotate` replaces the key.
 //! A plaintext key appears once, in the response that creates it.
 
-use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::json;
 
-use super::context::Context;
+use super::context::{client_bucket, Context};
 use super::error::{parse_body, ApiError};
 use crate::auth::NewKey;
 use crate::db::orgs::{self, Org};
@@ -24,18 +23,6 @@ struct GenerateIn {
     tier: Option<String>,
 }
 
-/// Whose signup bucket an address draws from: an IPv6 client's whole /64, which one host
-/// commonly holds, counts as one address.
-fn signup_bucket(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(prefix))
-        }
-    }
-}
-
 fn tier_limit(tier: Option<&Tier>) -> serde_json::Value {
     json!(tier.and_then(|t| t.per_minute))
 }
@@ -49,7 +36,7 @@ pub async fn generate(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiE
         let now = std::time::Instant::now();
         ctx.limits
             .keygen
-            .take(signup_bucket(req.peer), settings.keygen_per_minute, 1, now)
+            .take(client_bucket(req.peer), settings.keygen_per_minute, 1, now)
             .map_err(|l| ApiError::RateLimited(l.retry_after_s))?;
     }
     let input: GenerateIn = parse_body(req.body, |why| {
@@ -110,8 +97,12 @@ pub async fn generate(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiE
     ))
 }
 
-pub async fn show(ctx: &Context, key: Option<KeyHash>) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(key).await?;
+pub async fn show(
+    ctx: &Context,
+    key: Option<KeyHash>,
+    req: &Request<'_>,
+) -> Result<Response, ApiError> {
+    let org = ctx.authenticate(key, req.peer).await?;
     let org_id = org.id;
     let webhook = ctx
         .queries
@@ -134,8 +125,12 @@ pub async fn show(ctx: &Context, key: Option<KeyHash>) -> Result<Response, ApiEr
 /// Replaces the caller's key. The old key is refused by every core of this node before the
 /// response leaves (the cache is shared, and look-ups racing with the rotation retry), and by
 /// other nodes once they hear the NOTIFY sent in the same transaction.
-pub async fn rotate(ctx: &Context, key: Option<KeyHash>) -> Result<Response, ApiError> {
-    let old = ctx.authenticate(key).await?;
+pub async fn rotate(
+    ctx: &Context,
+    key: Option<KeyHash>,
+    req: &Request<'_>,
+) -> Result<Response, ApiError> {
+    let old = ctx.authenticate(key, req.peer).await?;
     let key = NewKey::generate();
     let rotated_at = now_micros();
     let org = Arc::new(Org {
@@ -164,24 +159,4 @@ pub async fn rotate(ctx: &Context, key: Option<KeyHash>) -> Result<Response, Api
             "rotated_at": rfc3339(rotated_at).to_string(),
         }),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_ipv6_client_signs_up_from_its_whole_64_and_ipv4_from_its_address() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
-        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(signup_bucket(a), signup_bucket(b));
-        assert_ne!(signup_bucket(a), signup_bucket(other));
-        assert_eq!(
-            signup_bucket(a),
-            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
-        );
-        let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(signup_bucket(v4), v4);
-    }
 }

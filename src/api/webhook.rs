@@ -51,7 +51,7 @@ pub async fn config(
     key: Option<KeyHash>,
     req: &Request<'_>,
 ) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(key).await?;
+    let org = ctx.authenticate(key, req.peer).await?;
     let org_id = org.id;
     let queries = &ctx.queries;
     match req.method {

@@ -102,6 +102,23 @@ impl<K: Hash + Eq + Copy> Default for Limiter<K> {
 impl<K: Hash + Eq + Copy> Limiter<K> {
     /// Takes `n` tokens from `key`'s bucket of `per_minute` (also its burst). All or nothing.
     pub fn take(&self, key: K, per_minute: u64, n: u64, now: Instant) -> Result<Quota, Limited> {
+        self.draw(key, per_minute, n, true, now)
+    }
+
+    /// Whether `n` tokens could be taken now, taking none: for costs known only afterwards
+    /// (check first, `take` once the cost is known).
+    pub fn check(&self, key: K, per_minute: u64, n: u64, now: Instant) -> Result<Quota, Limited> {
+        self.draw(key, per_minute, n, false, now)
+    }
+
+    fn draw(
+        &self,
+        key: K,
+        per_minute: u64,
+        n: u64,
+        take: bool,
+        now: Instant,
+    ) -> Result<Quota, Limited> {
         let burst = per_minute as f64;
         let per_second = per_minute as f64 / 60.0;
         let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
@@ -125,7 +142,9 @@ impl<K: Hash + Eq + Copy> Limiter<K> {
             reset_s: ((burst - tokens) / per_second).ceil().max(0.0) as u64,
         };
         if b.tokens >= n as f64 {
-            b.tokens -= n as f64;
+            if take {
+                b.tokens -= n as f64;
+            }
             Ok(quota(b.tokens))
         } else {
             let short = n as f64 - b.tokens;
@@ -178,6 +197,19 @@ mod tests {
         let later = t0 + Duration::from_secs(600);
         assert_eq!(l.take(1, 60, 60, later).unwrap().remaining, 0);
         assert!(l.take(1, 60, 1, later).is_err());
+    }
+
+    #[test]
+    fn check_tells_what_take_would_do_and_takes_nothing() {
+        let l = Limiter::default();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(l.check("a", 2, 1, t0).is_ok());
+        }
+        l.take("a", 2, 2, t0).unwrap();
+        let refused = l.check("a", 2, 1, t0).unwrap_err();
+        assert_eq!(refused.retry_after_s, 30);
+        assert!(l.take("a", 2, 1, t0).is_err());
     }
 
     #[test]

@@ -289,3 +289,37 @@ fn large_bodies_share_one_node_budget_and_small_requests_still_pass() {
     assert!(r.status < 300, "{} {:?}", r.status, r.json());
     wait_for_budget(s.addr, 0);
 }
+
+#[test]
+fn an_address_guessing_keys_is_refused_before_its_guesses_are_looked_up() {
+    let s = Server::start(&[]);
+    let (key, _) = new_org(s.addr, "known");
+    assert_eq!(
+        post_event(s.addr, &key, r#"{"type":"t","payload":{}}"#).status,
+        202
+    );
+    let guess = || {
+        let stranger = triggers::auth::NewKey::generate().plaintext;
+        call(s.addr, "GET", "/api/inbox", Some(&stranger), "")
+    };
+    // Each guess is looked up and refused, up to the address's budget of 60 a minute...
+    for _ in 0..60 {
+        let r = guess();
+        assert_eq!((r.status, r.code()), (401, "invalid_api_key".to_string()));
+    }
+    // ...then refused before any look-up, with the time to wait.
+    let r = guess();
+    assert_eq!((r.status, r.code()), (429, "rate_limited".to_string()));
+    assert!(r
+        .header("retry-after")
+        .is_some_and(|s| s.parse::<u64>().unwrap() >= 1));
+    // A key the node knows still passes from the same address.
+    assert_eq!(
+        post_event(s.addr, &key, r#"{"type":"t","payload":{}}"#).status,
+        202
+    );
+    assert_eq!(
+        call(s.addr, "GET", "/api/inbox", Some(&key), "").status,
+        200
+    );
+}
