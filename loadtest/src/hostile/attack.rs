@@ -160,144 +160,161 @@ pub struct Setup {
     pub answers: Answers,
 }
 
+/// How a slow shape sends: `head`, then `piece` every `every` (as fast as the server reads
+/// when zero); with `hold`, the connection stays open past the answer.
+struct Drip {
+    head: String,
+    piece: Vec<u8>,
+    every: Duration,
+    hold: bool,
+}
+
+/// The slow shapes' sending; `None` for the shapes that send whole requests.
+fn drip(shape: Attack, host: &str, key: &str) -> Option<Drip> {
+    let drip = |head: String, piece: Vec<u8>, every: Duration, hold: bool| {
+        Some(Drip {
+            head,
+            piece,
+            every,
+            hold,
+        })
+    };
+    let ms = Duration::from_millis;
+    match shape {
+        Attack::Slowloris => drip(
+            format!("POST /api/events HTTP/1.1\r\nHost: {host}\r\nX-Pad: "),
+            b"a".to_vec(),
+            ms(500),
+            false,
+        ),
+        Attack::ChunkExtension => drip(
+            format!("POST /api/events HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\nTransfer-Encoding: chunked\r\n\r\n1b;x="),
+            vec![b'a'; 64 * 1024],
+            Duration::ZERO,
+            false,
+        ),
+        Attack::EndlessBody => drip(
+            format!("POST /api/events/batch HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            format!("4000\r\n{}\r\n", "x".repeat(0x4000)).into_bytes(),
+            ms(50),
+            false,
+        ),
+        Attack::NoKeyBigBody => drip(
+            format!("POST /api/events/batch HTTP/1.1\r\nHost: {host}\r\nContent-Length: 4000000\r\n\r\n"),
+            vec![b'x'; 1024],
+            ms(10),
+            false,
+        ),
+        Attack::SlowBatches => drip(
+            format!("POST /api/events/batch HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\nContent-Length: 5242880\r\n\r\n{{"),
+            vec![b' '; 1024],
+            ms(1000),
+            true,
+        ),
+        // The answer's head is read; its body never is.
+        Attack::BigPages => drip(
+            format!("GET /api/inbox?limit=1000&status=all HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\n\r\n"),
+            Vec::new(),
+            Duration::ZERO,
+            true,
+        ),
+        _ => None,
+    }
+}
+
+/// A whole request of the shapes that send one per connection; `None` for the others.
+fn whole_request(shape: Attack, host: &str, key: &str) -> Option<String> {
+    let post = |path: &str, key: Option<&str>, body: &str| {
+        let key = key.map_or(String::new(), |k| format!("X-API-Key: {k}\r\n"));
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\n{key}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    match shape {
+        Attack::RefusedValues => {
+            let events = vec![r#"{"type":"x","payload":{"n":1e999999}}"#; 1000].join(",");
+            Some(post(
+                "/api/events/batch",
+                Some(key),
+                &format!(r#"{{"events":[{events}]}}"#),
+            ))
+        }
+        Attack::Signup => Some(post(
+            "/api/keys/generate",
+            None,
+            r#"{"organization_name":"flood"}"#,
+        )),
+        Attack::UnknownKeys => {
+            let stranger = triggers::auth::NewKey::generate().plaintext;
+            Some(format!(
+                "GET /api/inbox HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {stranger}\r\n\r\n"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// 100 pipelined requests in one write on a fresh connection; whether all were answered.
+async fn pipeline(target: &Target, until: Instant) -> String {
+    let Ok(mut c) = TcpStream::connect(target.addr).await else {
+        return "refused".into();
+    };
+    let one = format!("GET /health/live HTTP/1.1\r\nHost: {}\r\n\r\n", target.host);
+    if c.write_all(one.repeat(100).as_bytes()).await.is_err() {
+        return "reset".into();
+    }
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let seen = buf.windows(9).filter(|w| w == b"HTTP/1.1 ").count();
+        if seen >= 100 && buf.ends_with(b"}") {
+            return "100 answered".into();
+        }
+        match tokio::time::timeout_at(until.into(), c.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return "cut short".into(),
+        }
+    }
+}
+
 /// One attacker connection's loop.
 pub async fn attack(shape: Attack, s: Arc<Setup>, n: usize) {
-    let host = &s.target.host;
-    let key = &s.key;
-    let until = s.until;
+    let (host, key, until) = (&s.target.host, &s.key, s.until);
     let mut round = 0usize;
     while Instant::now() < until {
         round += 1;
-        let answer = match shape {
-            Attack::Slowloris => {
-                let head = format!("POST /api/events HTTP/1.1\r\nHost: {host}\r\nX-Pad: ");
-                send_and_drip(
-                    &s.target,
-                    head.into_bytes(),
-                    b"a".to_vec(),
-                    Duration::from_millis(500),
-                    until,
-                    false,
-                )
-                .await
-            }
-            Attack::Idle => {
-                let Ok(stream) = TcpStream::connect(s.target.addr).await else {
-                    record(&s.answers, "refused");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
-                let (mut read, _write) = stream.into_split();
-                first_status(&mut read, until).await
-            }
-            Attack::Pipeline => {
-                let Ok(mut c) = TcpStream::connect(s.target.addr).await else {
-                    record(&s.answers, "refused");
-                    continue;
-                };
-                let one = format!("GET /health/live HTTP/1.1\r\nHost: {host}\r\n\r\n");
-                if c.write_all(one.repeat(100).as_bytes()).await.is_err() {
-                    record(&s.answers, "reset");
-                    continue;
+        let answer = if let Some(d) = drip(shape, host, key) {
+            send_and_drip(
+                &s.target,
+                d.head.into_bytes(),
+                d.piece,
+                d.every,
+                until,
+                d.hold,
+            )
+            .await
+        } else if let Some(request) = whole_request(shape, host, key) {
+            send_once(&s.target, request.as_bytes(), until).await
+        } else {
+            match shape {
+                Attack::Idle => match TcpStream::connect(s.target.addr).await {
+                    Ok(stream) => {
+                        let (mut read, _write) = stream.into_split();
+                        first_status(&mut read, until).await
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        "refused".into()
+                    }
+                },
+                Attack::Pipeline => pipeline(&s.target, until).await,
+                Attack::Smuggle => {
+                    let requests = smuggling_requests(host, key);
+                    let request = &requests[(n + round) % requests.len()];
+                    send_once(&s.target, request, until).await
                 }
-                let mut buf = Vec::new();
-                let mut chunk = vec![0u8; 64 * 1024];
-                let answered = loop {
-                    let seen = buf.windows(9).filter(|w| w == b"HTTP/1.1 ").count();
-                    if seen >= 100 && buf.ends_with(b"}") {
-                        break "100 answered";
-                    }
-                    match tokio::time::timeout_at(until.into(), c.read(&mut chunk)).await {
-                        Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                        _ => break "cut short",
-                    }
-                };
-                answered.to_string()
-            }
-            Attack::Smuggle => {
-                let requests = smuggling_requests(host, key);
-                let request = &requests[(n + round) % requests.len()];
-                send_once(&s.target, request, until).await
-            }
-            Attack::ChunkExtension => {
-                let head = format!("POST /api/events HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\nTransfer-Encoding: chunked\r\n\r\n1b;x=");
-                send_and_drip(
-                    &s.target,
-                    head.into_bytes(),
-                    vec![b'a'; 64 * 1024],
-                    Duration::ZERO,
-                    until,
-                    false,
-                )
-                .await
-            }
-            Attack::EndlessBody => {
-                let head = format!("POST /api/events/batch HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\nTransfer-Encoding: chunked\r\n\r\n");
-                let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000)).into_bytes();
-                send_and_drip(
-                    &s.target,
-                    head.into_bytes(),
-                    chunk,
-                    Duration::from_millis(50),
-                    until,
-                    false,
-                )
-                .await
-            }
-            Attack::NoKeyBigBody => {
-                let head = format!("POST /api/events/batch HTTP/1.1\r\nHost: {host}\r\nContent-Length: 4000000\r\n\r\n");
-                send_and_drip(
-                    &s.target,
-                    head.into_bytes(),
-                    vec![b'x'; 1024],
-                    Duration::from_millis(10),
-                    until,
-                    false,
-                )
-                .await
-            }
-            Attack::SlowBatches => {
-                let head = format!("POST /api/events/batch HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\nContent-Length: 5242880\r\n\r\n{{");
-                send_and_drip(
-                    &s.target,
-                    head.into_bytes(),
-                    vec![b' '; 1024],
-                    Duration::from_secs(1),
-                    until,
-                    true,
-                )
-                .await
-            }
-            Attack::BigPages => {
-                // The answer's head is read; its body never is.
-                let request = format!("GET /api/inbox?limit=1000&status=all HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\n\r\n");
-                send_and_drip(
-                    &s.target,
-                    request.into_bytes(),
-                    Vec::new(),
-                    Duration::from_secs(3600),
-                    until,
-                    true,
-                )
-                .await
-            }
-            Attack::RefusedValues => {
-                let events = vec![r#"{"type":"x","payload":{"n":1e999999}}"#; 1000].join(",");
-                let body = format!(r#"{{"events":[{events}]}}"#);
-                let request = format!("POST /api/events/batch HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-                send_once(&s.target, request.as_bytes(), until).await
-            }
-            Attack::Signup => {
-                let body = r#"{"organization_name":"flood"}"#;
-                let request = format!("POST /api/keys/generate HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-                send_once(&s.target, request.as_bytes(), until).await
-            }
-            Attack::UnknownKeys => {
-                let stranger = triggers::auth::NewKey::generate().plaintext;
-                let request = format!(
-                    "GET /api/inbox HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {stranger}\r\n\r\n"
-                );
-                send_once(&s.target, request.as_bytes(), until).await
+                _ => unreachable!("{shape:?} drips or sends whole requests"),
             }
         };
         record(&s.answers, answer);
