@@ -12,8 +12,9 @@ use uuid::Uuid;
 use super::context::Context;
 use super::error::{parse_body, ApiError};
 use crate::db::events;
+use crate::db::orgs::Org;
 use crate::http::{Request, Response};
-use crate::ids::{rfc3339, EventId, KeyHash};
+use crate::ids::{rfc3339, EventId};
 
 const IDS_MAX: usize = 1000;
 
@@ -22,12 +23,7 @@ fn event_id(text: &str) -> Option<EventId> {
     Uuid::parse_str(text).ok().map(EventId)
 }
 
-pub async fn one(
-    ctx: &Context,
-    key: Option<KeyHash>,
-    req: &Request<'_>,
-) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(key, req.peer).await?;
+pub async fn one(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Response, ApiError> {
     let id = req
         .path
         .strip_prefix("/api/ack/")
@@ -72,12 +68,7 @@ fn requested_ids(values: Vec<serde_json::Value>) -> Result<Vec<String>, ApiError
     Ok(ids)
 }
 
-pub async fn many(
-    ctx: &Context,
-    key: Option<KeyHash>,
-    req: &Request<'_>,
-) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(key, req.peer).await?;
+pub async fn many(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Response, ApiError> {
     let input: AckIn = parse_body(req.body, |why| {
         ApiError::InvalidRequest(format!("expected {{\"event_ids\": [id, ...]}}: {why}"))
     })?;

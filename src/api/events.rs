@@ -14,7 +14,7 @@ use super::jsonb;
 use crate::db::events::{EventRow, JsonText};
 use crate::db::orgs::Org;
 use crate::http::{Request, Response};
-use crate::ids::{now_micros, rfc3339, EventId, KeyHash, OrgId};
+use crate::ids::{now_micros, rfc3339, EventId, OrgId};
 use crate::queue::{Entry, Event, Outcome, RingFull};
 use crate::ratelimit::{self, Quota};
 
@@ -107,13 +107,9 @@ pub fn validate(body: &[u8]) -> Result<EventIn<'_>, ApiError> {
     })
 }
 
-pub async fn post(
-    ctx: &Context,
-    key: Option<KeyHash>,
-    req: &Request<'_>,
-) -> Result<Response, ApiError> {
+pub async fn post(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Response, ApiError> {
     let mut quota = None;
-    let result = accept(ctx, key, req, &mut quota).await;
+    let result = accept(ctx, org, req, &mut quota).await;
     let stats = ctx.core_stats();
     match &result {
         Ok(_) => stats.accepted.add(1),
@@ -190,13 +186,12 @@ fn push(ctx: &Context, entry: Entry) -> Result<(), ApiError> {
 
 async fn accept(
     ctx: &Context,
-    key: Option<KeyHash>,
+    org: &Org,
     req: &Request<'_>,
     quota: &mut QuotaHeaders,
 ) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(key, req.peer).await?;
     let valid = validate(req.body)?;
-    charge(ctx, &org, 1, quota)?;
+    charge(ctx, org, 1, quota)?;
     let event = queued(ctx, org.id, valid, Instant::now());
     let mut body = Vec::with_capacity(160);
     let _ = write!(
@@ -254,14 +249,10 @@ fn as_text<S: Serializer>(id: &Option<EventId>, s: S) -> Result<S::Ok, S::Error>
 
 /// `POST /api/events/batch`: up to `BATCH_EVENTS_MAX` events, each validated on its own, all
 /// valid ones committed in one transaction; results in request order.
-pub async fn post_batch(
-    ctx: &Context,
-    key: Option<KeyHash>,
-    req: &Request<'_>,
-) -> Result<Response, ApiError> {
+pub async fn post_batch(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Response, ApiError> {
     let stats = ctx.core_stats();
     let mut quota = None;
-    let result = accept_batch(ctx, key, req, &mut quota).await;
+    let result = accept_batch(ctx, org, req, &mut quota).await;
     match &result {
         Ok((_, counts)) => {
             stats.accepted.add(counts[0]);
@@ -278,11 +269,10 @@ pub async fn post_batch(
 /// The response, and how many items were accepted, duplicates, and refused.
 async fn accept_batch(
     ctx: &Context,
-    key: Option<KeyHash>,
+    org: &Org,
     req: &Request<'_>,
     quota: &mut QuotaHeaders,
 ) -> Result<(Response, [u64; 3]), ApiError> {
-    let org = ctx.authenticate(key, req.peer).await?;
     let input: BatchIn = parse_body(req.body, |why| {
         ApiError::InvalidRequest(format!("expected {{\"events\": [event, ...]}}: {why}"))
     })?;
@@ -297,7 +287,7 @@ async fn accept_batch(
     // One token per event that will be stored; all or none.
     let valid = checked.iter().filter(|c| c.is_ok()).count() as u64;
     if valid > 0 {
-        charge(ctx, &org, valid, quota)?;
+        charge(ctx, org, valid, quota)?;
     }
     let now = Instant::now();
     // Each item: the event's position in `group` or why it was refused.

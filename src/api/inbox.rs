@@ -15,8 +15,9 @@ use uuid::Uuid;
 use super::context::Context;
 use super::error::ApiError;
 use crate::db::events::{self, PageQuery, Status, StoredEvent};
+use crate::db::orgs::Org;
 use crate::http::{Request, Response};
-use crate::ids::{rfc3339, EventId, KeyHash};
+use crate::ids::{rfc3339, EventId};
 
 const LIMIT_DEFAULT: u32 = 100;
 const LIMIT_MAX: u32 = 1000;
@@ -152,12 +153,7 @@ struct Page {
     limit: u32,
 }
 
-pub async fn list(
-    ctx: &Context,
-    key: Option<KeyHash>,
-    req: &Request<'_>,
-) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(key, req.peer).await?;
+pub async fn list(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Response, ApiError> {
     let q = parse_query(req.query)?;
     let limit = q.limit;
     let org_id = org.id;

@@ -12,7 +12,7 @@ use super::error::{parse_body, ApiError};
 use crate::auth::NewKey;
 use crate::db::orgs::{self, Org};
 use crate::http::{Request, Response};
-use crate::ids::{now_micros, rfc3339, KeyHash, OrgId};
+use crate::ids::{now_micros, rfc3339, OrgId};
 use crate::ratelimit::{Tier, Tiers};
 
 const ORG_NAME_CHARS_MAX: usize = 255;
@@ -97,12 +97,7 @@ pub async fn generate(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiE
     ))
 }
 
-pub async fn show(
-    ctx: &Context,
-    key: Option<KeyHash>,
-    req: &Request<'_>,
-) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(key, req.peer).await?;
+pub async fn show(ctx: &Context, org: &Org) -> Result<Response, ApiError> {
     let org_id = org.id;
     let webhook = ctx
         .queries
@@ -125,12 +120,7 @@ pub async fn show(
 /// Replaces the caller's key. The old key is refused by every core of this node before the
 /// response leaves (the cache is shared, and look-ups racing with the rotation retry), and by
 /// other nodes once they hear the NOTIFY sent in the same transaction.
-pub async fn rotate(
-    ctx: &Context,
-    key: Option<KeyHash>,
-    req: &Request<'_>,
-) -> Result<Response, ApiError> {
-    let old = ctx.authenticate(key, req.peer).await?;
+pub async fn rotate(ctx: &Context, old: &Org) -> Result<Response, ApiError> {
     let key = NewKey::generate();
     let rotated_at = now_micros();
     let org = Arc::new(Org {

@@ -23,6 +23,7 @@ use std::time::Duration;
 pub use context::{AckMode, Context, Settings, Shared};
 pub use error::ApiError;
 
+use crate::db::orgs::Org;
 use crate::http::{Handler, Method, Refusal, Request, Response};
 use crate::ids::KeyHash;
 
@@ -235,26 +236,23 @@ impl Handler for Context {
     }
 }
 
-/// Runs `route`'s handler; `key` is what `admit` found for the routes that need a key.
+/// Runs `route`'s handler. A route that needs a key gets the organization behind the key
+/// `admit` found, authenticated here, once, for every such route.
 async fn dispatch(
     ctx: &Context,
     route: Route,
     key: Option<KeyHash>,
     req: &Request<'_>,
 ) -> Result<Response, ApiError> {
+    if let Credential::Key = route.credential() {
+        let org = ctx.authenticate(key, req.peer).await?;
+        return dispatch_tenant(ctx, route, &org, req).await;
+    }
     match route {
         Route::Health => health::health(ctx).await,
         Route::HealthLive => Ok(health::live(ctx)),
         Route::HealthReady => health::ready(ctx).await,
-        Route::Events => events::post(ctx, key, req).await,
-        Route::EventsBatch => events::post_batch(ctx, key, req).await,
         Route::KeysGenerate => keys::generate(ctx, req).await,
-        Route::Keys => keys::show(ctx, key, req).await,
-        Route::KeysRotate => keys::rotate(ctx, key, req).await,
-        Route::Inbox => inbox::list(ctx, key, req).await,
-        Route::AckOne => ack::one(ctx, key, req).await,
-        Route::AckMany => ack::many(ctx, key, req).await,
-        Route::WebhookConfig => webhook::config(ctx, key, req).await,
         Route::QueueStats => stats::show(ctx, req),
         Route::Metrics => stats::metrics(ctx),
         Route::OpenApi => Ok(Response::text(
@@ -262,6 +260,27 @@ async fn dispatch(
             "application/json",
             OPENAPI_JSON.as_bytes().to_vec(),
         )),
+        tenant => unreachable!("{tenant:?} needs a key: dispatched above"),
+    }
+}
+
+/// Runs the handler of a route that needs a key, for `org`.
+async fn dispatch_tenant(
+    ctx: &Context,
+    route: Route,
+    org: &Org,
+    req: &Request<'_>,
+) -> Result<Response, ApiError> {
+    match route {
+        Route::Events => events::post(ctx, org, req).await,
+        Route::EventsBatch => events::post_batch(ctx, org, req).await,
+        Route::Keys => keys::show(ctx, org).await,
+        Route::KeysRotate => keys::rotate(ctx, org).await,
+        Route::Inbox => inbox::list(ctx, org, req).await,
+        Route::AckOne => ack::one(ctx, org, req).await,
+        Route::AckMany => ack::many(ctx, org, req).await,
+        Route::WebhookConfig => webhook::config(ctx, org, req).await,
+        open => unreachable!("{open:?} needs no key: dispatched by `dispatch`"),
     }
 }
 

@@ -11,10 +11,10 @@ use serde_json::json;
 
 use super::context::Context;
 use super::error::{parse_body, ApiError};
-use crate::db::orgs;
+use crate::db::orgs::{self, Org};
 use crate::egress::{self, Refused};
 use crate::http::{Method, Request, Response};
-use crate::ids::{now_micros, rfc3339, KeyHash};
+use crate::ids::{now_micros, rfc3339};
 
 /// Random bytes in a signing secret (Standard Webhooks allows 24 to 64).
 const SECRET_BYTES: usize = 32;
@@ -46,12 +46,7 @@ fn new_secret() -> String {
     )
 }
 
-pub async fn config(
-    ctx: &Context,
-    key: Option<KeyHash>,
-    req: &Request<'_>,
-) -> Result<Response, ApiError> {
-    let org = ctx.authenticate(key, req.peer).await?;
+pub async fn config(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Response, ApiError> {
     let org_id = org.id;
     let queries = &ctx.queries;
     match req.method {
