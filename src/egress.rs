@@ -172,23 +172,23 @@ pub const URL_BYTES_MAX: usize = 2048;
 /// Checks a webhook URL: absolute http or https, a host, a port that is not 0, no credentials
 /// (a secret in a URL is stored and shown back), and unless `allow_private`, a public host.
 pub fn check_url(raw: &str, allow_private: bool) -> Result<url::Url, Refused> {
-    let invalid = |why: String| Refused::Invalid(why);
+    let invalid = |why: &str| Refused::Invalid(why.to_string());
     if raw.len() > URL_BYTES_MAX {
-        return Err(invalid(format!("is longer than {URL_BYTES_MAX} bytes")));
+        return Err(invalid(&format!("is longer than {URL_BYTES_MAX} bytes")));
     }
-    let url = url::Url::parse(raw).map_err(|e| invalid(format!("is not an absolute URL: {e}")))?;
+    let url = url::Url::parse(raw).map_err(|e| invalid(&format!("is not an absolute URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid("must use http or https".into()));
+        return Err(invalid("must use http or https"));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid(
-            "must not carry credentials; the signing secret authenticates deliveries".into(),
+            "must not carry credentials; the signing secret authenticates deliveries",
         ));
     }
     if url.port() == Some(0) {
-        return Err(invalid("must not use port 0".into()));
+        return Err(invalid("must not use port 0"));
     }
-    let host = url.host().ok_or_else(|| invalid("has no host".into()))?;
+    let host = url.host().ok_or_else(|| invalid("has no host"))?;
     if allow_private {
         return Ok(url);
     }

@@ -116,7 +116,7 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
 struct Storage {
     db: postgres::Config,
     cluster: Option<Cluster>,
-    _lock: Option<std::fs::File>,
+    lock: Option<std::fs::File>,
 }
 
 fn storage(database: &Database) -> anyhow::Result<Storage> {
@@ -124,7 +124,7 @@ fn storage(database: &Database) -> anyhow::Result<Storage> {
         Database::Url(url) => Ok(Storage {
             db: url.parse().context("parsing the database URL")?,
             cluster: None,
-            _lock: None,
+            lock: None,
         }),
         Database::Embedded { data_dir } => {
             let lock = lock_data_dir(data_dir)?;
@@ -136,7 +136,7 @@ fn storage(database: &Database) -> anyhow::Result<Storage> {
             Ok(Storage {
                 db: cluster.client_config(),
                 cluster: Some(cluster),
-                _lock: Some(lock),
+                lock: Some(lock),
             })
         }
     }
@@ -217,8 +217,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // First, so that a port in use fails before any cluster starts. Connections that arrive
     // during start-up wait in the backlog.
     let listeners = bind(config.listen, config.cores)?;
-    let mut storage = storage(&config.database)?;
-    db::migrate(&storage.db)?;
+    let Storage {
+        db,
+        cluster,
+        lock: data_dir_lock,
+    } = storage(&config.database)?;
+    db::migrate(&db)?;
 
     let cores = config.cores;
     let hub = Arc::new(Hub::new(
@@ -232,22 +236,20 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let persist = Arc::new(persist::Shared {
         hub: hub.clone(),
         limits: config.batch.clone(),
-        db: storage.db.clone(),
+        db: db.clone(),
         stop: stop.clone(),
         stats: stats.clone(),
     });
     let persisters = (0..config.persisters)
         .map(|i| Persister::spawn(i, persist.clone()))
         .collect();
-    let (queries, query_threads) = QueryPool::spawn(config.query_threads, &storage.db);
-    let embedded = storage.cluster.is_some();
-    let supervisor = match storage.cluster.take() {
+    let (queries, query_threads) = QueryPool::spawn(config.query_threads, &db);
+    let supervisor = match cluster {
         Some(cluster) => Some(Supervisor::spawn(cluster, stats.clone())?),
         None => None,
     };
     let keys = Arc::new(KeyCache::default());
-    let key_listener =
-        auth::spawn_rotation_listener(storage.db.clone(), keys.clone(), stop.clone());
+    let key_listener = auth::spawn_rotation_listener(db, keys.clone(), stop.clone());
     let budget = http::Budget::new(config.http.body_budget_bytes);
     let parts = core::Parts {
         http: config.http.clone(),
@@ -310,7 +312,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         cores,
         persisters = config.persisters,
         ack_mode = config.api.ack_mode.as_str(),
-        database = if embedded { "embedded" } else { "url" },
+        database = if supervisor.is_some() { "embedded" } else { "url" },
         startup_ms = started.elapsed().as_millis() as u64,
         "listening"
     );
@@ -334,7 +336,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         query_threads,
         key_listener,
         supervisor,
-        _storage: storage,
+        _data_dir_lock: data_dir_lock,
     }
     .stop();
     match failed {
@@ -353,8 +355,8 @@ struct Running {
     key_listener: JoinHandle<()>,
     /// Watches the embedded cluster, and holds it.
     supervisor: Option<Supervisor>,
-    /// Holds the data directory's lock until the end.
-    _storage: Storage,
+    /// The embedded cluster's data directory lock, held until the end.
+    _data_dir_lock: Option<std::fs::File>,
 }
 
 impl Running {

@@ -29,7 +29,7 @@ impl Budget {
     }
 
     /// An empty lease, to be resized as its body grows.
-    pub fn lease(self: &Arc<Self>) -> Lease {
+    fn lease(self: &Arc<Self>) -> Lease {
         Lease {
             budget: self.clone(),
             counted: 0,
@@ -85,11 +85,6 @@ impl Lease {
         }
         grew.is_ok()
     }
-
-    /// Bytes this lease counts against the budget.
-    pub fn counted(&self) -> usize {
-        self.counted
-    }
 }
 
 impl Drop for Lease {
@@ -120,7 +115,7 @@ mod tests {
         let mut b = budget.lease();
         // Past the budget: refused, nothing changes.
         assert!(!b.resize(5 * FREE_BYTES));
-        assert_eq!((budget.held(), b.counted()), (6 * FREE_BYTES, 0));
+        assert_eq!((budget.held(), b.counted), (6 * FREE_BYTES, 0));
         assert!(b.resize(4 * FREE_BYTES));
         assert_eq!(budget.held(), 10 * FREE_BYTES);
         // Small bodies still pass when the budget is spent.

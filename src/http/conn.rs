@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use monoio::buf::IoBufMut;
+use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{
     AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent, Canceller,
 };
@@ -238,15 +238,9 @@ impl Conn {
         }
     }
 
-    /// Writes a large response body straight from the handler's buffer, after `flush`.
-    async fn write_body(&mut self, body: Vec<u8>) -> bool {
-        matches!(
-            monoio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(body)).await,
-            Ok((Ok(_), _))
-        )
-    }
-
-    async fn write_now(&mut self, bytes: &'static [u8]) -> bool {
+    /// Writes `bytes` at once, past the write buffer (`flush` it first): a large response
+    /// body straight from the handler's buffer, or `100 Continue`.
+    async fn write_now(&mut self, bytes: impl IoBuf) -> bool {
         matches!(
             monoio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(bytes)).await,
             Ok((Ok(_), _))
@@ -488,7 +482,7 @@ async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) 
     let large = response.body.len() > WRITE_FLUSH_BYTES && head.method != Method::Head;
     conn.answer(server, &response, &request_id, &head, keep_alive, large);
     if large {
-        if !conn.flush().await || !conn.write_body(response.body).await {
+        if !conn.flush().await || !conn.write_now(response.body).await {
             return None;
         }
     } else {

@@ -145,7 +145,7 @@ pub struct CoreStats {
     pub accepted: Counter,
     /// 409s sent.
     pub duplicates: Counter,
-    /// 4xx other than 409 on ingest (bad input, bad key).
+    /// 4xx other than 409 on ingest for an authenticated organization (bad input, rate limit).
     pub rejected: Counter,
     /// 503 `overloaded`: the ring was full.
     pub overloaded: Counter,
