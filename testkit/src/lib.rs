@@ -400,6 +400,28 @@ impl Client {
     }
 }
 
+/// Runs `each(i, client)` for `i` in `0..n`, each on a thread with its own connection (so
+/// `SO_REUSEPORT` spreads them over the cores), all released at once; their results in order.
+pub fn all_at_once<T: Send + 'static>(
+    addr: SocketAddr,
+    n: usize,
+    each: impl Fn(usize, &mut Client) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let barrier = Arc::new(std::sync::Barrier::new(n));
+    let each = Arc::new(each);
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let (barrier, each) = (barrier.clone(), each.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr).unwrap();
+                barrier.wait();
+                each(i, &mut c)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 /// One request on a fresh connection.
 pub fn call(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: &str) -> Resp {
     let mut c = Client::connect(addr).unwrap();

@@ -1,6 +1,5 @@
 //! The contract's routes over real sockets against a real PostgreSQL.
 
-use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -50,25 +49,15 @@ fn concurrent_posts_of_one_dedup_id_commit_once_and_409s_name_the_stored_event()
     let s = server();
     let (key, org) = new_org(s.addr, "dups");
     let n = 32;
-    let barrier = Arc::new(Barrier::new(n));
-    let threads: Vec<_> = (0..n)
-        .map(|_| {
-            let (addr, key, barrier) = (s.addr, key.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                // Each client on its own connection, so SO_REUSEPORT spreads them over cores.
-                let mut c = Client::connect(addr).unwrap();
-                barrier.wait();
-                c.request(
-                    "POST",
-                    "/api/events",
-                    &[("X-API-Key", &key)],
-                    br#"{"type":"t","payload":{"n":1},"dedup_id":"same"}"#,
-                )
-                .unwrap()
-            })
-        })
-        .collect();
-    let responses: Vec<Resp> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let responses: Vec<Resp> = all_at_once(s.addr, n, move |_, c| {
+        c.request(
+            "POST",
+            "/api/events",
+            &[("X-API-Key", &key)],
+            br#"{"type":"t","payload":{"n":1},"dedup_id":"same"}"#,
+        )
+        .unwrap()
+    });
     let accepted: Vec<&Resp> = responses.iter().filter(|r| r.status == 202).collect();
     let dups: Vec<&Resp> = responses.iter().filter(|r| r.status == 409).collect();
     assert_eq!(accepted.len(), 1, "{responses:?}");

@@ -467,34 +467,24 @@ fn a_full_ring_is_503_overloaded_at_once_and_nothing_refused_is_stored() {
     cluster.stop();
     // With PostgreSQL gone the persister holds at most one ring's worth besides its batch, so
     // most of these find the ring full.
-    let n = 80;
-    let barrier = Arc::new(std::sync::Barrier::new(n));
-    let threads: Vec<_> = (0..n)
-        .map(|i| {
-            let (addr, key, barrier) = (s.addr, key.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr).unwrap();
-                barrier.wait();
-                let started = Instant::now();
-                let body = format!(r#"{{"type":"t","payload":{{}},"dedup_id":"f{i}"}}"#);
-                let r = c
-                    .request(
-                        "POST",
-                        "/api/events",
-                        &[("X-API-Key", &key)],
-                        body.as_bytes(),
-                    )
-                    .unwrap();
-                (
-                    r.status,
-                    r.code(),
-                    r.header("retry-after").is_some(),
-                    started.elapsed(),
-                )
-            })
-        })
-        .collect();
-    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let results = all_at_once(s.addr, 80, move |i, c| {
+        let started = Instant::now();
+        let body = format!(r#"{{"type":"t","payload":{{}},"dedup_id":"f{i}"}}"#);
+        let r = c
+            .request(
+                "POST",
+                "/api/events",
+                &[("X-API-Key", &key)],
+                body.as_bytes(),
+            )
+            .unwrap();
+        (
+            r.status,
+            r.code(),
+            r.header("retry-after").is_some(),
+            started.elapsed(),
+        )
+    });
     let overloaded: Vec<_> = results.iter().filter(|r| r.1 == "overloaded").collect();
     assert!(!overloaded.is_empty(), "{results:?}");
     for (status, code, retry_after, took) in &results {

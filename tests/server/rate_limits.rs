@@ -1,7 +1,6 @@
 //! Tiered rate limits: exact across cores, one token per event, headers on every ingest
 //! response; self-serve key generation limited per address; the optional admin token.
 
-use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use serde_json::json;
@@ -14,28 +13,17 @@ fn a_tier_holds_across_cores_and_every_answer_says_where_it_stands() {
     let s = Server::start(&[]);
     let (key, _) = new_org_tier(s.addr, "free-tier", "free"); // 100 per minute, burst 100
     let started = Instant::now();
-    let threads = 8;
-    let barrier = Arc::new(Barrier::new(threads));
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (addr, key, barrier) = (s.addr, key.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                // Own connection per thread: SO_REUSEPORT spreads them over both cores.
-                let mut c = Client::connect(addr).unwrap();
-                barrier.wait();
-                (0..20)
-                    .map(|_| {
-                        c.request("POST", "/api/events", &[("X-API-Key", &key)], EVENT)
-                            .unwrap()
-                    })
-                    .collect::<Vec<Resp>>()
+    let all: Vec<Resp> = all_at_once(s.addr, 8, move |_, c| {
+        (0..20)
+            .map(|_| {
+                c.request("POST", "/api/events", &[("X-API-Key", &key)], EVENT)
+                    .unwrap()
             })
-        })
-        .collect();
-    let all: Vec<Resp> = handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
+            .collect::<Vec<Resp>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     let elapsed = started.elapsed().as_secs_f64();
     let accepted = all.iter().filter(|r| r.status == 202).count();
     let limited: Vec<&Resp> = all.iter().filter(|r| r.status == 429).collect();
