@@ -55,6 +55,12 @@ pub struct HostileArgs {
     /// Write the table (hostile.md) and the figures (hostile.json) here
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Scheduling niceness (0-19) of the attackers' thread. On a machine whose few CPUs the
+    /// attackers, the victim and the server share, 19 takes the attack's own client CPU out of
+    /// the victim's way, as if the attackers ran elsewhere; the server still serves every
+    /// attacker connection.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub attacker_nice: i32,
 }
 
 /// Resident memory of `pid` now, in bytes.
@@ -81,6 +87,17 @@ fn watch_rss(pid: u32, until: Instant) -> tokio::task::JoinHandle<u64> {
         }
         peak
     })
+}
+
+/// Lowers the calling thread's priority to niceness `nice` (on Linux a thread's own).
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // `None` is the caller, which Linux takes to mean the calling thread.
+    if let Err(e) = rustix::process::setpriority_process(None, nice) {
+        eprintln!("attackers: setpriority({nice}): {e}");
+    }
 }
 
 /// Posts `n` events of ~250 KB for the attackers' tenant, so its inbox pages are large.
@@ -193,8 +210,10 @@ pub async fn hostile(args: &HostileArgs) -> anyhow::Result<()> {
         let rss = watch_rss(args.server_pid, until);
         // The attackers run on a runtime of their own, so their tasks never delay the victim's
         // in one scheduler (they still share the machine's CPUs with it and the server).
+        let nice = args.attacker_nice;
         let attackers_rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
+            .on_thread_start(move || lower_priority(nice))
             .enable_all()
             .build()?;
         for n in 0..connections {
@@ -243,9 +262,13 @@ fn victim_errors(o: &Outcome) -> u64 {
 
 fn render(rows: &[Row], args: &HostileArgs) -> String {
     let mut t = format!(
-        "Victim: one tenant at {} req/s for {} s per row; attackers: {} connections per shape ({} for idle).\n\n\
+        "Victim: one tenant at {} req/s for {} s per row; attackers: {} connections per shape ({} for idle), niceness {}.\n\n\
          | attack | attackers were answered | server peak RSS MB | victim p50 ms | victim p99 ms | victim errors |\n|---|---|---|---|---|---|\n",
-        args.victim_rate, args.duration, args.connections, args.idle_connections
+        args.victim_rate,
+        args.duration,
+        args.connections,
+        args.idle_connections,
+        args.attacker_nice
     );
     for r in rows {
         let answers: Vec<String> = r
