@@ -19,6 +19,8 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use crate::api::{self, AckMode};
+use crate::delivery::{self, Schedule};
+use crate::hooks::MemoryLimits;
 use crate::http;
 use crate::persist::BatchLimits;
 use crate::ratelimit::Tiers;
@@ -142,6 +144,22 @@ keys! {
     /// Accept webhook URLs on private, loopback and link-local addresses (for tests and
     /// private networks)
     webhook_allow_private: bool = required, env "TRIGGERS_WEBHOOK_ALLOW_PRIVATE";
+    /// Push committed events to their organizations' webhooks
+    webhook_delivery: bool = required, env "TRIGGERS_WEBHOOK_DELIVERY";
+    /// Delay before each delivery attempt, the first (0s: at once) first, comma-separated
+    webhook_retry_schedule: String = required, env "TRIGGERS_WEBHOOK_RETRY_SCHEDULE";
+    /// Longest wait a receiver's Retry-After (on 429 or 503) may ask for, in seconds
+    webhook_retry_after_max_s: u64 = required, env "TRIGGERS_WEBHOOK_RETRY_AFTER_MAX_S", range 1..=86400;
+    /// Longest a delivery attempt may take: connecting, sending and reading the answer
+    webhook_timeout_ms: u64 = required, env "TRIGGERS_WEBHOOK_TIMEOUT_MS", range 100..=300000;
+    /// Longest a delivery attempt may take to connect
+    webhook_connect_timeout_ms: u64 = required, env "TRIGGERS_WEBHOOK_CONNECT_TIMEOUT_MS", range 100..=300000;
+    /// Delivery attempts in flight to one endpoint from one node
+    webhook_concurrency: usize = required, env "TRIGGERS_WEBHOOK_CONCURRENCY", range 1..=1024;
+    /// Deliveries a node holds in memory at once; the rest wait in the database
+    webhook_memory_jobs: usize = required, env "TRIGGERS_WEBHOOK_MEMORY_JOBS", range 1..=10000000;
+    /// Event bytes those deliveries may hold
+    webhook_memory_bytes: usize = required, env "TRIGGERS_WEBHOOK_MEMORY_BYTES", range 1048576..=68719476736;
     /// Keys one client address (IPv6: one /64) may create per minute through self-serve signup
     keygen_per_minute: u64 = required, env "TRIGGERS_KEYGEN_PER_MINUTE", range 1..=1000000;
     /// Highest tier self-serve signup may choose (by events per minute); any tier needs the
@@ -173,6 +191,9 @@ pub struct Config {
     pub batch: BatchLimits,
     pub http: http::Limits,
     pub api: api::Settings,
+    /// `None`: delivery is off.
+    pub delivery: Option<delivery::Settings>,
+    pub memory: MemoryLimits,
     pub shutdown_timeout: Duration,
 }
 
@@ -239,6 +260,27 @@ impl Config {
                 tiers,
                 admin_token: v.admin_token.filter(|t| !t.is_empty()),
                 webhook_allow_private: v.webhook_allow_private,
+            },
+            delivery: v
+                .webhook_delivery
+                .then(|| -> anyhow::Result<delivery::Settings> {
+                    Ok(delivery::Settings {
+                        schedule: Schedule::parse(
+                            &v.webhook_retry_schedule,
+                            Duration::from_secs(v.webhook_retry_after_max_s),
+                        )
+                        .map_err(|e| anyhow::anyhow!("config key `webhook_retry_schedule`: {e}"))?,
+                        timeout: ms(v.webhook_timeout_ms),
+                        connect_timeout: ms(v.webhook_connect_timeout_ms),
+                        concurrency: v.webhook_concurrency,
+                        allow_private: v.webhook_allow_private,
+                    })
+                })
+                .transpose()?,
+            memory: MemoryLimits {
+                jobs: v.webhook_memory_jobs,
+                bytes: v.webhook_memory_bytes,
+                lease: delivery::lease_for(ms(v.webhook_timeout_ms)),
             },
             shutdown_timeout: ms(v.shutdown_timeout_ms),
         })

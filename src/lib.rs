@@ -31,7 +31,9 @@ pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod db;
+pub mod delivery;
 pub mod egress;
+pub mod hooks;
 pub mod http;
 pub mod ids;
 pub mod persist;
@@ -54,8 +56,8 @@ const FLOORS: &[&[&str]] = &[
         "stats",
     ],
     &["db"],
-    &["auth", "queue"],
-    &["api", "persist"],
+    &["auth", "hooks", "queue"],
+    &["api", "delivery", "persist"],
     &["core"],
     &["config"],
     &["server"],

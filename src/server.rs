@@ -1,12 +1,13 @@
 //! server: start-up and shutdown, in order. The top floor: the only module that sees every
 //! other.
 //!
-//! Start: database (embedded cluster or URL) → migrations → persisters, query threads, the
-//! key listener and the cluster's supervisor → one listener per core → cores → wait for
-//! SIGTERM/SIGINT or a failed core. `Running::stop` is the whole shutdown, the same path
-//! backwards, each step bounded by the `shutdown::Stop` budget: cores drain, then persisters
-//! commit what the rings hold, then the query threads and the key listener end, then the
-//! embedded cluster stops.
+//! Start: database (embedded cluster or URL) → migrations → webhook delivery (with the
+//! endpoints read) → persisters, query threads, the key listener and the cluster's supervisor →
+//! one listener per core → cores → wait for SIGTERM/SIGINT or a failed core. `Running::stop`
+//! is the whole shutdown, the same path backwards, each step bounded by the `shutdown::Stop`
+//! budget: cores drain, then persisters commit what the rings hold, then delivery finishes its
+//! attempts in flight and gives the rest back to the table, then the query threads and the key
+//! listener end, then the embedded cluster stops.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +22,8 @@ use crate::auth::{self, KeyCache};
 use crate::cluster::{self, Cluster};
 use crate::config::{Config, Database};
 use crate::db::{self, QueryPool, QueryThreads};
+use crate::delivery::Engine;
+use crate::hooks::{Endpoint, Hooks};
 use crate::persist::{self, Persister};
 use crate::queue::{Hub, RING_BYTES_MAX};
 use crate::shutdown::Stop;
@@ -39,6 +42,8 @@ const SUPERVISE_POLL: Duration = Duration::from_millis(100);
 const RESTART_BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const RESTARTS_BEFORE_LOST: u32 = 5;
+/// Attempts in flight at shutdown get at least this long to finish, whatever the budget left.
+const DELIVERY_STOP_MIN: Duration = Duration::from_millis(500);
 
 enum Stopped {
     Signal(i32),
@@ -233,7 +238,31 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     ));
     let stats = Arc::new(Stats::new(cores, config.persisters, started));
     let stop = Arc::new(Stop::new(cores, config.shutdown_timeout));
+    let hooks = Arc::new(Hooks::new(config.memory));
+    // Before the persisters: events committed from the first moment on are queued for the
+    // webhooks that exist.
+    let delivery = match config.delivery.clone() {
+        Some(settings) => {
+            let endpoints = db::connect(&db)
+                .and_then(|mut c| db::deliveries::endpoints(&mut c))
+                .context("reading webhook endpoints")?;
+            hooks.replace_all(
+                endpoints
+                    .into_iter()
+                    .map(|(org, url, secret)| (org, Endpoint { url, secret }))
+                    .collect(),
+            );
+            Some(Engine::spawn(
+                settings,
+                hooks.clone(),
+                db.clone(),
+                stats.delivery.clone(),
+            ))
+        }
+        None => None,
+    };
     let persist = Arc::new(persist::Shared {
+        hooks: hooks.clone(),
         hub: hub.clone(),
         limits: config.batch.clone(),
         db: db.clone(),
@@ -261,6 +290,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             keys,
             stats,
             budget,
+            hooks,
         )),
         hub: hub.clone(),
         stop: stop.clone(),
@@ -333,6 +363,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         hub,
         core_threads,
         persisters,
+        delivery,
         query_threads,
         key_listener,
         supervisor,
@@ -351,6 +382,7 @@ struct Running {
     hub: Arc<Hub>,
     core_threads: Vec<JoinHandle<()>>,
     persisters: Vec<JoinHandle<()>>,
+    delivery: Option<Engine>,
     query_threads: QueryThreads,
     key_listener: JoinHandle<()>,
     /// Watches the embedded cluster, and holds it.
@@ -376,10 +408,20 @@ impl Running {
             let _ = t.join();
         }
         let left = self.hub.queued();
-        // 3. Nothing asks the query threads any more.
+        // 3. Delivery: attempts in flight finish within the budget; what is left is given
+        // back to the table.
+        if let Some(engine) = self.delivery {
+            let by = self
+                .stop
+                .finish_by()
+                .unwrap_or_else(Instant::now)
+                .max(Instant::now() + DELIVERY_STOP_MIN);
+            engine.stop(by);
+        }
+        // 4. Nothing asks the query threads any more.
         self.query_threads.join();
         let _ = self.key_listener.join();
-        // 4. Last, the database the others wrote to.
+        // 5. Last, the database the others wrote to.
         if let Some(mut cluster) = self.supervisor.and_then(Supervisor::stop) {
             cluster.stop();
         }

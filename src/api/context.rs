@@ -13,6 +13,7 @@ use super::error::ApiError;
 use crate::auth::{self, AuthError, KeyCache};
 use crate::db::orgs::Org;
 use crate::db::QueryPool;
+use crate::hooks::Hooks;
 use crate::http::{Budget, Request};
 use crate::ids::{KeyHash, OrgId};
 use crate::queue::{Hub, Waiters};
@@ -94,6 +95,7 @@ pub struct Shared {
     stats: Arc<Stats>,
     limits: Arc<Limits>,
     budget: Arc<Budget>,
+    hooks: Arc<Hooks>,
 }
 
 impl Shared {
@@ -104,6 +106,7 @@ impl Shared {
         keys: Arc<KeyCache>,
         stats: Arc<Stats>,
         budget: Arc<Budget>,
+        hooks: Arc<Hooks>,
     ) -> Shared {
         Shared {
             settings: Arc::new(settings),
@@ -113,6 +116,7 @@ impl Shared {
             stats,
             limits: Arc::default(),
             budget,
+            hooks,
         }
     }
 }
@@ -128,6 +132,8 @@ pub struct Context {
     pub(super) limits: Arc<Limits>,
     /// The node's bound on large bodies: an inbox page leases what it holds.
     pub(super) budget: Arc<Budget>,
+    /// This node's view of webhook endpoints: a change made here applies to it at once.
+    pub(super) hooks: Arc<Hooks>,
     pub(super) waiters: Waiters,
 }
 
@@ -142,6 +148,7 @@ impl Context {
             stats: shared.stats.clone(),
             limits: shared.limits.clone(),
             budget: shared.budget.clone(),
+            hooks: shared.hooks.clone(),
             waiters: Waiters::new(core, shared.settings.storage_wait),
         }
     }

@@ -33,6 +33,8 @@ pub enum ApiError {
     EventNotFound,
     InvalidWebhookUrl(String),
     WebhookUrlNotAllowed(String),
+    /// Enabling or disabling a webhook the organization has not configured.
+    WebhookNotConfigured,
     /// A body field of a non-event request is missing or wrong.
     InvalidRequest(String),
     DuplicateEvent(EventId),
@@ -59,7 +61,7 @@ impl ApiError {
             | ApiError::InvalidWebhookUrl(_)
             | ApiError::WebhookUrlNotAllowed(_)
             | ApiError::AmbiguousCredentials => 400,
-            ApiError::EventNotFound => 404,
+            ApiError::EventNotFound | ApiError::WebhookNotConfigured => 404,
             ApiError::TierNotAllowed(_) => 403,
             ApiError::DuplicateEvent(_) => 409,
             ApiError::NotFound => 404,
@@ -82,6 +84,7 @@ impl ApiError {
             ApiError::EventNotFound => "event_not_found",
             ApiError::InvalidWebhookUrl(_) => "invalid_webhook_url",
             ApiError::WebhookUrlNotAllowed(_) => "webhook_url_not_allowed",
+            ApiError::WebhookNotConfigured => "webhook_not_configured",
             ApiError::DuplicateEvent(_) => "duplicate_event",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -110,6 +113,9 @@ impl ApiError {
             | ApiError::WebhookUrlNotAllowed(why) => why.clone(),
             ApiError::InvalidParameter(name, why) => format!("Invalid `{name}`: {why}"),
             ApiError::EventNotFound => "Event not found".into(),
+            ApiError::WebhookNotConfigured => {
+                "No webhook is configured: POST /api/webhook/config first".into()
+            }
             ApiError::DuplicateEvent(_) => {
                 "An event with this dedup_id was already accepted".into()
             }

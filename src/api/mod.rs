@@ -8,6 +8,7 @@
 //! touch) and `error` (every failure's status, code and body), never this file.
 
 mod ack;
+mod attempts;
 mod context;
 pub mod error;
 pub mod events;
@@ -52,6 +53,9 @@ pub enum Route {
     AckOne,
     AckMany,
     WebhookConfig,
+    WebhookEnable,
+    WebhookDisable,
+    EventAttempts,
     QueueStats,
     Metrics,
     OpenApi,
@@ -92,18 +96,28 @@ pub const ROUTES: &[(&str, Route, Methods)] = &[
     ("/api/ack", Route::AckMany, WRITE),
     ("/api/ack/{id}", Route::AckOne, WRITE),
     ("/api/webhook/config", Route::WebhookConfig, CONFIG),
+    ("/api/webhook/enable", Route::WebhookEnable, WRITE),
+    ("/api/webhook/disable", Route::WebhookDisable, WRITE),
+    ("/api/events/{id}/attempts", Route::EventAttempts, READ),
     ("/api/queue/stats", Route::QueueStats, READ),
     ("/metrics", Route::Metrics, READ),
     ("/openapi.json", Route::OpenApi, READ),
 ];
 
-fn path_matches(pattern: &str, path: &str) -> bool {
-    match pattern.strip_suffix("{id}") {
-        Some(prefix) => path
+/// The segment `{id}` stands for in `path`, if `path` matches `pattern` (`Some("")` for a
+/// pattern without `{id}`).
+fn path_id<'a>(pattern: &str, path: &'a str) -> Option<&'a str> {
+    match pattern.split_once("{id}") {
+        Some((prefix, suffix)) => path
             .strip_prefix(prefix)
-            .is_some_and(|id| !id.is_empty() && !id.contains('/')),
-        None => pattern == path,
+            .and_then(|rest| rest.strip_suffix(suffix))
+            .filter(|id| !id.is_empty() && !id.contains('/')),
+        None => (pattern == path).then_some(""),
     }
+}
+
+fn path_matches(pattern: &str, path: &str) -> bool {
+    path_id(pattern, path).is_some()
 }
 
 impl Route {
@@ -133,7 +147,10 @@ impl Route {
             | Route::Inbox
             | Route::AckOne
             | Route::AckMany
-            | Route::WebhookConfig => Credential::Key,
+            | Route::WebhookConfig
+            | Route::WebhookEnable
+            | Route::WebhookDisable
+            | Route::EventAttempts => Credential::Key,
         }
     }
 
@@ -280,6 +297,9 @@ async fn dispatch_tenant(
         Route::AckOne => ack::one(ctx, org, req).await,
         Route::AckMany => ack::many(ctx, org, req).await,
         Route::WebhookConfig => webhook::config(ctx, org, req).await,
+        Route::WebhookEnable => webhook::enable(ctx, org, true).await,
+        Route::WebhookDisable => webhook::enable(ctx, org, false).await,
+        Route::EventAttempts => attempts::list(ctx, org, req).await,
         open => unreachable!("{open:?} needs no key: dispatched by `dispatch`"),
     }
 }

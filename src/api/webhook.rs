@@ -1,9 +1,13 @@
 //! api::webhook: `POST` / `GET` / `DELETE /api/webhook/config`, where an organization's events
-//! are pushed. The signing secret (Standard Webhooks, `whsec_` + base64) is shown once, when
-//! set. URLs with credentials or port 0 are refused; so, unless the operator allows private
-//! targets (`webhook_allow_private`), are URLs whose host `egress` finds not public (special-
-//! purpose addresses in every form, single-label and special-use names); since a name can
-//! resolve anywhere, delivery checks the resolved address again with the same classifier.
+//! are pushed, and `POST /api/webhook/enable` / `disable`. The signing secret (Standard
+//! Webhooks, `whsec_` + base64) is shown once, when set. URLs with credentials or port 0 are
+//! refused; so, unless the operator allows private targets (`webhook_allow_private`), are URLs
+//! whose host `egress` finds not public (special-purpose addresses in every form, single-label
+//! and special-use names); since a name can resolve anywhere, delivery checks the resolved
+//! address again with the same classifier.
+//!
+//! Every change applies to this node's `Hooks` at once (events committed after the answer are
+//! pushed, or not), and to other nodes within a second (they re-read every endpoint).
 
 use base64::Engine;
 use serde::Deserialize;
@@ -11,8 +15,10 @@ use serde_json::json;
 
 use super::context::Context;
 use super::error::{parse_body, ApiError};
+use crate::db::deliveries;
 use crate::db::orgs::{self, Org};
 use crate::egress::{self, Refused};
+use crate::hooks::Endpoint;
 use crate::http::{Method, Request, Response};
 use crate::ids::{now_micros, rfc3339};
 
@@ -67,6 +73,13 @@ pub async fn config(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respo
                     orgs::set_webhook(c, org_id, &stored_url, &stored_secret, updated_at)
                 })
                 .await?;
+            ctx.hooks.set(
+                org_id,
+                Some(Endpoint {
+                    url: url.to_string(),
+                    secret: secret.clone(),
+                }),
+            );
             Ok(Response::json_value(
                 200,
                 &json!({
@@ -80,6 +93,7 @@ pub async fn config(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respo
             queries
                 .run("delete webhook", move |c| orgs::clear_webhook(c, org_id))
                 .await?;
+            ctx.hooks.set(org_id, None);
             Ok(Response::json(204, Vec::new()))
         }
         _ => {
@@ -91,16 +105,49 @@ pub async fn config(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respo
                 .as_ref()
                 .and(hook.secret)
                 .map(|s| s.chars().take(SECRET_SHOWN_LEN).collect::<String>());
+            let configured = hook.url.is_some();
             Ok(Response::json_value(
                 200,
                 &json!({
                     "webhook_url": hook.url,
                     "secret_prefix": secret_prefix,
-                    "updated_at": hook.updated_at.filter(|_| hook.url.is_some()).map(|t| rfc3339(t).to_string()),
+                    "updated_at": hook.updated_at.filter(|_| configured).map(|t| rfc3339(t).to_string()),
+                    "enabled": configured && hook.enabled,
+                    "disabled_reason": hook.disabled_reason.filter(|_| configured),
                 }),
             ))
         }
     }
+}
+
+/// `POST /api/webhook/enable` (`on`) or `/disable`. Disabling keeps what is queued: enabling
+/// delivers it. Events committed while disabled are not queued (replay covers them).
+pub async fn enable(ctx: &Context, org: &Org, on: bool) -> Result<Response, ApiError> {
+    let org_id = org.id;
+    let hook = ctx
+        .queries
+        .run("enable webhook", move |c| {
+            let changed = if on {
+                deliveries::enable(c, org_id)?
+            } else {
+                deliveries::disable(c, org_id, "manual")?
+            };
+            changed.then(|| orgs::webhook(c, org_id)).transpose()
+        })
+        .await?
+        .ok_or(ApiError::WebhookNotConfigured)?;
+    let endpoint = match (on, hook.url, hook.secret) {
+        (true, Some(url), Some(secret)) => Some(Endpoint { url, secret }),
+        _ => None,
+    };
+    ctx.hooks.set(org_id, endpoint);
+    Ok(Response::json_value(
+        200,
+        &json!({
+            "enabled": on,
+            "disabled_reason": hook.disabled_reason,
+        }),
+    ))
 }
 
 #[cfg(test)]

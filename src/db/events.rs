@@ -152,6 +152,14 @@ pub enum Written {
     Skipped { holder: Option<EventId> },
 }
 
+/// Webhook deliveries to queue with a batch: one `deliveries` row per new event of these
+/// organizations, in the batch's transaction.
+pub struct Deliveries<'a> {
+    pub orgs: &'a [OrgId],
+    /// The committing node takes the rows in memory until then; `None`: due for any node.
+    pub lease_until: Option<SystemTime>,
+}
+
 /// A persister's connection, with its staging table and statements ready.
 pub struct Writer {
     client: Client,
@@ -160,6 +168,8 @@ pub struct Writer {
     /// A COPY landed rows in staging that no INSERT has moved (the attempt failed after it).
     staging_dirty: bool,
     insert: Statement,
+    /// `insert`, also queueing deliveries for new events of the organizations in `$1`.
+    insert_queueing: Statement,
     lookup: Statement,
 }
 
@@ -182,6 +192,23 @@ impl Writer {
              ON CONFLICT DO NOTHING
              RETURNING id"
         ))?;
+        // Only rows this statement inserts are queued: a replayed batch's rows that an earlier,
+        // committed attempt stored were queued by that attempt.
+        let insert_queueing = client.prepare(&format!(
+            "WITH moved AS (DELETE FROM staging RETURNING {columns}),
+             inserted AS (
+                 INSERT INTO events ({columns})
+                 SELECT {columns} FROM moved
+                 ORDER BY org_id, dedup_id, id
+                 ON CONFLICT DO NOTHING
+                 RETURNING org_id, id),
+             queued AS (
+                 INSERT INTO deliveries (org_id, event_id, due_at, lease_until)
+                 SELECT org_id, id, now(), $2::timestamptz FROM inserted
+                 WHERE org_id = ANY($1::uuid[])
+                 ON CONFLICT DO NOTHING)
+             SELECT id FROM inserted"
+        ))?;
         // For rows the INSERT skipped: the stored events holding their dedup_ids (their own
         // ids when a replayed batch had in fact committed). Runs after the commit, on
         // committed rows.
@@ -195,6 +222,7 @@ impl Writer {
             staged_rows: 0,
             staging_dirty: false,
             insert,
+            insert_queueing,
             lookup,
         })
     }
@@ -209,14 +237,16 @@ impl Writer {
     /// A first attempt at a batch without dedup_ids cannot conflict (its ids are new), so it is
     /// one COPY straight into `events`: two round trips, plain inserts. Everything else takes
     /// three: COPY into staging (a temp table: its own transaction writes no WAL and waits for
-    /// no flush), COPY's end, and the INSERT … ON CONFLICT whose commit holds every row.
+    /// no flush), COPY's end, and the INSERT … ON CONFLICT whose commit holds every row (and
+    /// the `deliveries` rows of `deliveries`, when given).
     pub fn write<R: AsRef<EventRow>>(
         &mut self,
         rows: &[R],
         replay: bool,
+        deliveries: Option<&Deliveries<'_>>,
     ) -> Result<Vec<Written>, postgres::Error> {
         let rows = || rows.iter().map(AsRef::as_ref);
-        if !replay && rows().all(|r| r.dedup_id.is_none()) {
+        if !replay && deliveries.is_none() && rows().all(|r| r.dedup_id.is_none()) {
             let copied = copy_rows(&mut self.client, "events", rows())?;
             assert_eq!(copied as usize, rows().len(), "COPY must take every row");
             return Ok(vec![Written::Inserted; rows().len()]);
@@ -229,12 +259,13 @@ impl Writer {
         self.staging_dirty = true;
         let copied = copy_rows(&mut self.client, "staging", rows())?;
         assert_eq!(copied as usize, rows().len(), "COPY must take every row");
-        let inserted: HashSet<EventId> = self
-            .client
-            .query(&self.insert, &[])?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let moved = match deliveries {
+            None => self.client.query(&self.insert, &[])?,
+            Some(d) => self
+                .client
+                .query(&self.insert_queueing, &[&d.orgs, &d.lease_until])?,
+        };
+        let inserted: HashSet<EventId> = moved.iter().map(|r| r.get(0)).collect();
         self.staging_dirty = false;
         self.staged_rows += rows().len();
         let skipped: Vec<&EventRow> = rows()

@@ -3,6 +3,7 @@
 //!
 //! - `events`: the COPY row layout, batch writes (persisters), inbox pages and acks.
 //! - `orgs`: organizations, their API keys and webhook configuration.
+//! - `deliveries`: the webhook delivery queue and its attempts.
 //! - `pool`: the query threads that run everything but event writes off the cores.
 //! - `conn`: how every connection to PostgreSQL is opened.
 //!
@@ -10,6 +11,7 @@
 //! behaves exactly like one that does not exist.
 
 mod conn;
+pub mod deliveries;
 pub mod events;
 pub mod orgs;
 mod pool;
@@ -20,7 +22,7 @@ use anyhow::Context;
 use bytes::BytesMut;
 use postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 
-pub use conn::{connect, CONNECT_TIMEOUT, CONNECT_WARN_EVERY};
+pub use conn::{connect, Link, CONNECT_TIMEOUT, CONNECT_WARN_EVERY};
 pub use pool::{QueryError, QueryPool, QueryThreads};
 
 use crate::ids::{EventId, OrgId};

@@ -104,11 +104,15 @@ pub struct Webhook {
     pub url: Option<String>,
     pub secret: Option<String>,
     pub updated_at: Option<SystemTime>,
+    pub enabled: bool,
+    /// Why it is disabled: "gone" (it answered 410) or "manual".
+    pub disabled_reason: Option<String>,
 }
 
 pub fn webhook(client: &mut Client, org: OrgId) -> Result<Webhook, postgres::Error> {
     let row = client.query_opt(
-        "SELECT webhook_url, webhook_secret, webhook_updated_at
+        "SELECT webhook_url, webhook_secret, webhook_updated_at, webhook_enabled,
+                webhook_disabled_reason
          FROM organizations WHERE org_id = $1",
         &[&org],
     )?;
@@ -116,9 +120,12 @@ pub fn webhook(client: &mut Client, org: OrgId) -> Result<Webhook, postgres::Err
         url: r.get(0),
         secret: r.get(1),
         updated_at: r.get(2),
+        enabled: r.get(3),
+        disabled_reason: r.get(4),
     }))
 }
 
+/// Sets `org`'s webhook, enabled; deliveries waiting for a disabled endpoint are due now.
 pub fn set_webhook(
     client: &mut Client,
     org: OrgId,
@@ -126,21 +133,32 @@ pub fn set_webhook(
     secret: &str,
     at: SystemTime,
 ) -> Result<(), postgres::Error> {
-    client.execute(
+    let mut tx = client.transaction()?;
+    tx.execute(
         "UPDATE organizations
-         SET webhook_url = $2, webhook_secret = $3, webhook_updated_at = $4
+         SET webhook_url = $2, webhook_secret = $3, webhook_updated_at = $4,
+             webhook_enabled = true, webhook_disabled_reason = NULL
          WHERE org_id = $1",
         &[&org, &url, &secret, &at],
     )?;
-    Ok(())
+    tx.execute(
+        "UPDATE deliveries SET due_at = now() WHERE org_id = $1 AND due_at = 'infinity'",
+        &[&org],
+    )?;
+    tx.commit()
 }
 
+/// Removes `org`'s webhook and every delivery still queued for it (the events stay in the
+/// inbox).
 pub fn clear_webhook(client: &mut Client, org: OrgId) -> Result<(), postgres::Error> {
-    client.execute(
+    let mut tx = client.transaction()?;
+    tx.execute(
         "UPDATE organizations
-         SET webhook_url = NULL, webhook_secret = NULL, webhook_updated_at = now()
+         SET webhook_url = NULL, webhook_secret = NULL, webhook_updated_at = now(),
+             webhook_enabled = true, webhook_disabled_reason = NULL
          WHERE org_id = $1",
         &[&org],
     )?;
-    Ok(())
+    tx.execute("DELETE FROM deliveries WHERE org_id = $1", &[&org])?;
+    tx.commit()
 }

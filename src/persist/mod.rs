@@ -21,8 +21,10 @@ use postgres::error::SqlState;
 
 pub use batch::BatchLimits;
 
-use crate::db::events::Writer;
+use crate::db::events::{Deliveries, Writer, Written};
 use crate::db::CONNECT_WARN_EVERY;
+use crate::hooks::{Hooks, Job};
+use crate::ids::{now_micros, OrgId};
 use crate::queue::{Completion, Entry, Event, Hub, Outcome};
 use crate::shutdown::Stop;
 use crate::stats::{LogEvery, PersistStats, Stats};
@@ -40,6 +42,8 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// What every persister shares with the rest of the server.
 pub struct Shared {
     pub hub: Arc<Hub>,
+    /// Which organizations' events are pushed to webhooks, and delivery's hand-off.
+    pub hooks: Arc<Hooks>,
     pub limits: BatchLimits,
     pub db: postgres::Config,
     pub stop: Arc<Stop>,
@@ -209,8 +213,10 @@ impl Persister {
         // After a failure whose outcome is unknown, rows may already be stored: from then on
         // only the ON CONFLICT path may write this batch.
         let mut replay = false;
+        let mut push = Push::plan(&self.shared.hooks, &batch);
         loop {
             if batch.is_empty() {
+                push.abandon(&self.shared.hooks);
                 return;
             }
             if self.writer.is_none() {
@@ -223,16 +229,17 @@ impl Persister {
                     }
                     Err(e) => {
                         self.log_connect_failure(&e);
-                        self.pause(&mut batch);
+                        self.pause(&mut batch, &mut push);
                         continue;
                     }
                 }
             }
             let writer = self.writer.as_mut().expect("connected above");
             let started = Instant::now();
-            match writer.write(&batch, replay) {
+            match writer.write(&batch, replay, push.deliveries().as_ref()) {
                 Ok(written) => {
                     self.backoff = BACKOFF_MIN;
+                    push.hand_off(&self.shared.hooks, &written);
                     let outcomes: Vec<Outcome> = batch
                         .iter()
                         .zip(written)
@@ -246,6 +253,7 @@ impl Persister {
                     let closed = writer.is_closed();
                     match classify(&e, closed) {
                         Failure::Data(why) if batch.len() == 1 => {
+                            push.abandon(&self.shared.hooks);
                             self.log_refusal(&why);
                             self.my_stats().refused.add(1);
                             self.answer(
@@ -256,6 +264,7 @@ impl Persister {
                             return;
                         }
                         Failure::Data(_) => {
+                            push.abandon(&self.shared.hooks);
                             // Find the refused rows; the others still commit.
                             for part in batch::split_for_retry(batch) {
                                 self.persist(part);
@@ -267,13 +276,13 @@ impl Persister {
                             tracing::warn!(persister = self.index, error = %e, "lost the PostgreSQL connection; will replay the batch");
                             self.set_writer(None);
                             self.my_stats().retries.add(1);
-                            self.pause(&mut batch);
+                            self.pause(&mut batch, &mut push);
                         }
                         Failure::Transient => {
                             replay = true;
                             tracing::warn!(persister = self.index, error = %e, "batch failed; retrying");
                             self.my_stats().retries.add(1);
-                            self.pause(&mut batch);
+                            self.pause(&mut batch, &mut push);
                         }
                     }
                 }
@@ -284,7 +293,7 @@ impl Persister {
     /// Waits before the next attempt. Meanwhile events keep their deadlines: those in the held
     /// batch and in the rings that run out of time are answered now, so no waiting client is
     /// left past its budget and no event answered 503 is stored later.
-    fn pause(&mut self, batch: &mut Vec<Event>) {
+    fn pause(&mut self, batch: &mut Vec<Event>, push: &mut Push) {
         std::thread::sleep(self.backoff);
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         let now = Instant::now();
@@ -299,11 +308,17 @@ impl Persister {
                 events = dropped.len(),
                 "shutdown budget spent with PostgreSQL unreachable: dropping queued events"
             );
+            push.abandon(&self.shared.hooks);
             self.expire(dropped);
             return;
         }
         let (kept, expired) = outcome::split_expired(std::mem::take(batch), now);
         *batch = kept;
+        if !expired.is_empty() {
+            // The plan named rows that will not be written now.
+            push.abandon(&self.shared.hooks);
+            *push = Push::plan(&self.shared.hooks, batch);
+        }
         self.expire(expired);
         let backlog_max: usize = self.shared.hub.rings.iter().map(|r| r.capacity()).sum();
         for ring in &self.shared.hub.rings {
@@ -370,5 +385,91 @@ impl Persister {
                 mailboxes[core].deliver(completions);
             }
         }
+    }
+}
+
+/// The webhook deliveries a batch queues: the organizations whose events are pushed, and the
+/// jobs this node takes in memory when its delivery engine has room (leased in the batch's own
+/// transaction, handed over after the commit).
+struct Push {
+    orgs: Vec<OrgId>,
+    /// Index in the batch of each job, and the job.
+    jobs: Vec<(usize, Job)>,
+    /// What `Hooks::reserve` took for `jobs`; `None`: the rows are left for any node's claim.
+    reserved: Option<(usize, usize)>,
+    lease_until: std::time::SystemTime,
+}
+
+impl Push {
+    fn plan(hooks: &Hooks, batch: &[Event]) -> Push {
+        let mut orgs: Vec<OrgId> = Vec::new();
+        for e in batch {
+            if !orgs.contains(&e.row.org) && hooks.pushes_to(e.row.org) {
+                orgs.push(e.row.org);
+            }
+        }
+        let lease_until = now_micros() + hooks.lease();
+        let mut push = Push {
+            jobs: Vec::new(),
+            reserved: None,
+            lease_until,
+            orgs,
+        };
+        if push.orgs.is_empty() {
+            return push;
+        }
+        let jobs: Vec<(usize, Job)> = batch
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| push.orgs.contains(&e.row.org))
+            .map(|(i, e)| {
+                let r = &e.row;
+                let job = Job {
+                    org: r.org,
+                    id: r.id,
+                    kind: r.kind.clone(),
+                    payload: r.payload.0.clone(),
+                    dedup_id: r.dedup_id.clone(),
+                    created_at: r.created_at,
+                    attempts: 0,
+                    lease_until,
+                };
+                (i, job)
+            })
+            .collect();
+        let bytes = jobs.iter().map(|(_, j)| j.bytes()).sum();
+        if hooks.reserve(jobs.len(), bytes) {
+            push.reserved = Some((jobs.len(), bytes));
+            push.jobs = jobs;
+        }
+        push
+    }
+
+    fn deliveries(&self) -> Option<Deliveries<'_>> {
+        (!self.orgs.is_empty()).then(|| Deliveries {
+            orgs: &self.orgs,
+            lease_until: self.reserved.map(|_| self.lease_until),
+        })
+    }
+
+    /// After the commit: the jobs of rows this write stored go to delivery.
+    fn hand_off(&mut self, hooks: &Hooks, written: &[Written]) {
+        let Some(reserved) = self.reserved.take() else {
+            return;
+        };
+        let jobs = std::mem::take(&mut self.jobs)
+            .into_iter()
+            .filter(|(i, _)| written[*i] == Written::Inserted)
+            .map(|(_, j)| j)
+            .collect();
+        hooks.hand_off(jobs, reserved);
+    }
+
+    /// The batch will not be written as planned: give the memory back.
+    fn abandon(&mut self, hooks: &Hooks) {
+        if let Some((jobs, bytes)) = self.reserved.take() {
+            hooks.release(jobs, bytes);
+        }
+        self.jobs.clear();
     }
 }

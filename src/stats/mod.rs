@@ -172,6 +172,34 @@ pub struct PersistStats {
     pub retries: Counter,
 }
 
+/// Recorded by webhook delivery (`delivery`).
+#[derive(Default)]
+pub struct DeliveryStats {
+    /// Attempts made (requests sent, or refused before sending).
+    pub attempted: Counter,
+    pub delivered: Counter,
+    /// Attempts that failed with attempts left.
+    pub retrying: Counter,
+    /// Deliveries whose last attempt failed.
+    pub failed: Counter,
+    /// Endpoints disabled after answering 410 Gone.
+    pub disabled: Counter,
+    /// Rows taken from the table (retries, and rows a stopped node left).
+    pub claimed: Counter,
+    /// Event created → its first attempt begins.
+    pub first_attempt_us: Recorder,
+    /// One attempt, request sent to answer read.
+    pub attempt_us: Recorder,
+    /// Event created → delivered.
+    pub end_to_end_us: Recorder,
+}
+
+impl Default for Recorder {
+    fn default() -> Recorder {
+        Recorder::latency()
+    }
+}
+
 pub struct Stats {
     pub cores: Vec<CoreStats>,
     pub persisters: Vec<PersistStats>,
@@ -185,6 +213,7 @@ pub struct Stats {
     pub storage_restarts: Counter,
     /// The embedded PostgreSQL died and could not be restarted: `/health/live` fails.
     pub storage_lost: Flag,
+    pub delivery: std::sync::Arc<DeliveryStats>,
 }
 
 impl Stats {
@@ -219,6 +248,7 @@ impl Stats {
             started,
             storage_restarts: Counter::default(),
             storage_lost: Flag::default(),
+            delivery: std::sync::Arc::default(),
         }
     }
 

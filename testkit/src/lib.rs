@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use triggers::cluster::Cluster;
 
+mod receiver;
+pub use receiver::{Received, Receiver, Reply};
+
 /// A PostgreSQL cluster owned by a helper thread that lives as long as the test process: the
 /// postmaster is tied to that thread's life, so no cluster outlives the tests.
 pub struct TestCluster {
@@ -175,7 +178,8 @@ impl Server {
 
     /// Starts a server with these flags and extra environment variables. Tests create their
     /// organizations self-serve on the unlimited tier (`new_org`), so signup may pick it unless
-    /// the test sets `--keygen-tier-max` itself.
+    /// the test sets `--keygen-tier-max` itself. Webhook delivery is off unless the test sets
+    /// `--webhook-delivery`.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let unless_given = |flag: &str, default: &'static [&'static str]| -> &[&str] {
             if args.contains(&flag) {
@@ -190,6 +194,12 @@ impl Server {
             .args(unless_given(
                 "--keygen-tier-max",
                 &["--keygen-tier-max", "unlimited"],
+            ))
+            // Nodes sharing a database claim each other's due deliveries: only the tests of
+            // delivery run it, with one set of delivery settings.
+            .args(unless_given(
+                "--webhook-delivery",
+                &["--webhook-delivery", "false"],
             ))
             .args(args)
             .envs(env.iter().copied())

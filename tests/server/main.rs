@@ -13,3 +13,4 @@ mod inbox_ack;
 mod keys_webhooks;
 mod openapi;
 mod rate_limits;
+mod webhooks;

@@ -1,0 +1,48 @@
+//! api::attempts: `GET /api/events/{id}/attempts`: every webhook delivery attempt made for one
+//! of the organization's events, oldest first. Another organization's event, a malformed id
+//! and an unknown one are the same 404 / `not_found`.
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::context::Context;
+use super::error::ApiError;
+use crate::db::deliveries;
+use crate::db::orgs::Org;
+use crate::http::{Request, Response};
+use crate::ids::{rfc3339, EventId};
+
+pub async fn list(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Response, ApiError> {
+    let id = req
+        .path
+        .strip_prefix("/api/events/")
+        .and_then(|rest| rest.strip_suffix("/attempts"))
+        .and_then(|text| Uuid::parse_str(text).ok())
+        .map(EventId)
+        .ok_or(ApiError::EventNotFound)?;
+    let org_id = org.id;
+    let attempts = ctx
+        .queries
+        .run("delivery attempts", move |c| {
+            deliveries::attempts(c, org_id, id)
+        })
+        .await?
+        .ok_or(ApiError::EventNotFound)?;
+    let shown: Vec<Value> = attempts
+        .iter()
+        .map(|a| {
+            json!({
+                "attempt": a.attempt,
+                "attempted_at": rfc3339(a.attempted_at).to_string(),
+                "status_code": a.status_code,
+                "error": a.error,
+                "latency_ms": f64::from(a.latency_us) / 1000.0,
+                "response": a.response,
+            })
+        })
+        .collect();
+    Ok(Response::json_value(
+        200,
+        &json!({"event_id": id.to_string(), "attempts": shown}),
+    ))
+}

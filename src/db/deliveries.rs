@@ -1,0 +1,334 @@
+//! db::deliveries: every statement on `deliveries` (the queue of events still to push) and
+//! `delivery_attempts` (what each push did), and the endpoints delivery reads from
+//! `organizations`. Rows are leased: `lease_until` is both the lease and its fence, so an
+//! outcome recorded late by a node whose lease ran out touches nothing another node took.
+
+use std::time::{Duration, SystemTime};
+
+use postgres::Client;
+
+use crate::ids::{EventId, OrgId};
+
+/// Every organization with an enabled webhook: (org, url, secret).
+pub fn endpoints(client: &mut Client) -> Result<Vec<(OrgId, String, String)>, postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT org_id, webhook_url, webhook_secret FROM organizations
+             WHERE webhook_url IS NOT NULL AND webhook_secret IS NOT NULL AND webhook_enabled",
+            &[],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// A delivery a claim took, with its event.
+pub struct Claimed {
+    pub org: OrgId,
+    pub id: EventId,
+    pub attempts: i16,
+    pub lease_until: SystemTime,
+    pub kind: String,
+    pub payload: String,
+    pub dedup_id: Option<String>,
+    pub created_at: SystemTime,
+}
+
+/// Takes up to `limit` due deliveries of enabled endpoints whose payloads add up to at most
+/// `bytes` (the first is taken whatever its size), oldest due first, leasing them for `lease`.
+/// Organizations in `skip` (this node holds enough of theirs) are left for later; rows another
+/// node is claiming are skipped, not waited for; deliveries whose event no longer exists are
+/// dropped.
+pub fn claim(
+    client: &mut Client,
+    limit: i64,
+    bytes: i64,
+    lease: Duration,
+    skip: &[OrgId],
+) -> Result<Vec<Claimed>, postgres::Error> {
+    let lease_s = lease.as_secs_f64();
+    let mut tx = client.transaction()?;
+    let rows = tx.query(
+        "WITH due AS (
+             SELECT d.org_id, d.event_id, d.due_at FROM deliveries d
+             JOIN organizations o ON o.org_id = d.org_id
+             WHERE d.due_at <= now()
+               AND (d.lease_until IS NULL OR d.lease_until < now())
+               AND o.webhook_enabled AND o.webhook_url IS NOT NULL
+               AND d.org_id <> ALL($4::uuid[])
+             ORDER BY d.due_at
+             LIMIT $1
+             FOR UPDATE OF d SKIP LOCKED),
+         sized AS (
+             SELECT due.org_id, due.event_id,
+                    e.type, e.payload::text AS payload, e.dedup_id, e.created_at,
+                    sum(coalesce(octet_length(e.payload::text), 0))
+                        OVER (ORDER BY due.due_at, due.event_id) AS running,
+                    row_number() OVER (ORDER BY due.due_at, due.event_id) AS n
+             FROM due LEFT JOIN events e ON e.org_id = due.org_id AND e.id = due.event_id),
+         taken AS (SELECT * FROM sized WHERE n = 1 OR running <= $2),
+         leased AS (
+             UPDATE deliveries d
+             SET lease_until = date_trunc('milliseconds', now() + make_interval(secs => $3))
+             FROM taken WHERE d.org_id = taken.org_id AND d.event_id = taken.event_id
+             RETURNING d.org_id, d.event_id, d.attempts, d.lease_until)
+         SELECT l.org_id, l.event_id, l.attempts, l.lease_until,
+                t.type, t.payload, t.dedup_id, t.created_at
+         FROM leased l JOIN taken t ON t.org_id = l.org_id AND t.event_id = l.event_id",
+        &[&limit, &bytes, &lease_s, &skip],
+    )?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut orphans: (Vec<OrgId>, Vec<EventId>) = (Vec::new(), Vec::new());
+    for r in rows {
+        let kind: Option<String> = r.get(4);
+        match kind {
+            Some(kind) => claimed.push(Claimed {
+                org: r.get(0),
+                id: r.get(1),
+                attempts: r.get(2),
+                lease_until: r.get(3),
+                kind,
+                payload: r.get(5),
+                dedup_id: r.get(6),
+                created_at: r.get(7),
+            }),
+            None => {
+                orphans.0.push(r.get(0));
+                orphans.1.push(r.get(1));
+            }
+        }
+    }
+    if !orphans.0.is_empty() {
+        tx.execute(
+            "DELETE FROM deliveries d USING unnest($1::uuid[], $2::uuid[]) AS k(org_id, event_id)
+             WHERE d.org_id = k.org_id AND d.event_id = k.event_id",
+            &[&orphans.0, &orphans.1],
+        )?;
+    }
+    tx.commit()?;
+    Ok(claimed)
+}
+
+/// What became of one leased delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Delivered: the row goes, the event is `delivered`.
+    Delivered,
+    /// Try again at this time.
+    Retry(SystemTime),
+    /// The last attempt failed: the row goes, the event is `failed`.
+    Failed,
+    /// The endpoint is disabled: the row waits until it is enabled again.
+    Pause,
+    /// Not attempted: the lease is given back, the row due as it was.
+    Release,
+}
+
+/// One attempt, as recorded and as `GET /api/events/{id}/attempts` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub attempt: i16,
+    pub attempted_at: SystemTime,
+    pub status_code: Option<i16>,
+    pub error: Option<String>,
+    pub latency_us: i32,
+    pub response: Option<String>,
+}
+
+/// One leased delivery's outcome: what to do with the row, and the attempt made, if any.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub org: OrgId,
+    pub id: EventId,
+    pub lease_until: SystemTime,
+    pub attempts: i16,
+    pub next: Next,
+    pub attempt: Option<Attempt>,
+}
+
+/// Records `outcomes` in one transaction: attempts inserted, rows moved on, events marked.
+/// A row whose lease is no longer `lease_until` is left alone (another node took it); its
+/// attempt is still recorded, since it happened.
+pub fn record(
+    client: &mut Client,
+    outcomes: &[Outcome],
+    at: SystemTime,
+) -> Result<(), postgres::Error> {
+    let mut tx = client.transaction()?;
+    let made: Vec<&Outcome> = outcomes.iter().filter(|o| o.attempt.is_some()).collect();
+    if !made.is_empty() {
+        let col = |f: fn(&Attempt) -> i64| -> Vec<i64> {
+            made.iter()
+                .map(|o| f(o.attempt.as_ref().expect("filtered")))
+                .collect()
+        };
+        let a = |o: &&Outcome| o.attempt.clone().expect("filtered");
+        tx.execute(
+            "INSERT INTO delivery_attempts
+                 (org_id, event_id, attempt, attempted_at, status_code, error, latency_us, response)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[]::int2[], $4::timestamptz[],
+                                  $5::int2[], $6::text[], $7::int8[]::int4[], $8::text[])
+             ON CONFLICT DO NOTHING",
+            &[
+                &made.iter().map(|o| o.org).collect::<Vec<_>>(),
+                &made.iter().map(|o| o.id).collect::<Vec<_>>(),
+                &col(|a| i64::from(a.attempt)),
+                &made.iter().map(|o| a(o).attempted_at).collect::<Vec<_>>(),
+                &made.iter().map(|o| a(o).status_code).collect::<Vec<_>>(),
+                &made.iter().map(|o| a(o).error).collect::<Vec<_>>(),
+                &col(|a| i64::from(a.latency_us)),
+                &made.iter().map(|o| a(o).response).collect::<Vec<_>>(),
+            ],
+        )?;
+    }
+    // Rows that go: delivered and failed.
+    let gone: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| matches!(o.next, Next::Delivered | Next::Failed))
+        .collect();
+    if !gone.is_empty() {
+        tx.execute(
+            "DELETE FROM deliveries d
+             USING unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS k(org_id, event_id, lease)
+             WHERE d.org_id = k.org_id AND d.event_id = k.event_id AND d.lease_until = k.lease",
+            &[
+                &gone.iter().map(|o| o.org).collect::<Vec<_>>(),
+                &gone.iter().map(|o| o.id).collect::<Vec<_>>(),
+                &gone.iter().map(|o| o.lease_until).collect::<Vec<_>>(),
+            ],
+        )?;
+        // A delivered event is `delivered` whatever it was; a failed one only if still pending
+        // (a consumer may have acknowledged it meanwhile).
+        tx.execute(
+            "UPDATE events e
+             SET status = CASE WHEN k.delivered THEN 'delivered' ELSE 'failed' END,
+                 delivered_at = CASE WHEN k.delivered THEN coalesce(e.delivered_at, $4) END
+             FROM unnest($1::uuid[], $2::uuid[], $3::bool[]) AS k(org_id, id, delivered)
+             WHERE e.org_id = k.org_id AND e.id = k.id
+               AND (k.delivered OR e.status = 'pending')
+               AND e.status <> 'delivered'",
+            &[
+                &gone.iter().map(|o| o.org).collect::<Vec<_>>(),
+                &gone.iter().map(|o| o.id).collect::<Vec<_>>(),
+                &gone
+                    .iter()
+                    .map(|o| o.next == Next::Delivered)
+                    .collect::<Vec<_>>(),
+                &at,
+            ],
+        )?;
+    }
+    // Rows that stay: their next due time (`infinity` while paused), the lease given back.
+    let stay: Vec<(&Outcome, Option<SystemTime>)> = outcomes
+        .iter()
+        .filter_map(|o| match o.next {
+            Next::Retry(t) => Some((o, Some(t))),
+            Next::Pause => Some((o, None)),
+            Next::Release => Some((o, Some(SystemTime::UNIX_EPOCH))),
+            Next::Delivered | Next::Failed => None,
+        })
+        .collect();
+    if !stay.is_empty() {
+        // UNIX_EPOCH marks "due as it was"; NULL marks "paused".
+        tx.execute(
+            "UPDATE deliveries d
+             SET attempts = k.attempts::int2,
+                 due_at = CASE WHEN k.due IS NULL THEN 'infinity'
+                               WHEN k.due = 'epoch' THEN d.due_at ELSE k.due END,
+                 lease_until = NULL
+             FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::int8[], $5::timestamptz[])
+                  AS k(org_id, event_id, lease, attempts, due)
+             WHERE d.org_id = k.org_id AND d.event_id = k.event_id AND d.lease_until = k.lease",
+            &[
+                &stay.iter().map(|(o, _)| o.org).collect::<Vec<_>>(),
+                &stay.iter().map(|(o, _)| o.id).collect::<Vec<_>>(),
+                &stay.iter().map(|(o, _)| o.lease_until).collect::<Vec<_>>(),
+                &stay
+                    .iter()
+                    .map(|(o, _)| i64::from(o.attempts))
+                    .collect::<Vec<_>>(),
+                &stay.iter().map(|(_, due)| *due).collect::<Vec<_>>(),
+            ],
+        )?;
+    }
+    tx.commit()
+}
+
+/// Disables `org`'s endpoint (`reason`: "gone", "manual"): its queued deliveries wait.
+pub fn disable(client: &mut Client, org: OrgId, reason: &str) -> Result<bool, postgres::Error> {
+    let mut tx = client.transaction()?;
+    let n = tx.execute(
+        "UPDATE organizations SET webhook_enabled = false, webhook_disabled_reason = $2
+         WHERE org_id = $1 AND webhook_url IS NOT NULL",
+        &[&org, &reason],
+    )?;
+    tx.execute(
+        "UPDATE deliveries SET due_at = 'infinity' WHERE org_id = $1",
+        &[&org],
+    )?;
+    tx.commit()?;
+    Ok(n == 1)
+}
+
+/// Enables `org`'s endpoint again: what waited is due now.
+pub fn enable(client: &mut Client, org: OrgId) -> Result<bool, postgres::Error> {
+    let mut tx = client.transaction()?;
+    let n = tx.execute(
+        "UPDATE organizations SET webhook_enabled = true, webhook_disabled_reason = NULL
+         WHERE org_id = $1 AND webhook_url IS NOT NULL",
+        &[&org],
+    )?;
+    tx.execute(
+        "UPDATE deliveries SET due_at = now() WHERE org_id = $1 AND due_at = 'infinity'",
+        &[&org],
+    )?;
+    tx.commit()?;
+    Ok(n == 1)
+}
+
+/// The attempts made to deliver `org`'s event `id`, oldest first; `None` when `org` has no
+/// such event.
+pub fn attempts(
+    client: &mut Client,
+    org: OrgId,
+    id: EventId,
+) -> Result<Option<Vec<Attempt>>, postgres::Error> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM events WHERE org_id = $1 AND id = $2",
+            &[&org, &id],
+        )?
+        .is_some();
+    if !exists {
+        return Ok(None);
+    }
+    let rows = client.query(
+        "SELECT attempt, attempted_at, status_code, error, latency_us, response
+         FROM delivery_attempts WHERE org_id = $1 AND event_id = $2
+         ORDER BY attempted_at, attempt",
+        &[&org, &id],
+    )?;
+    Ok(Some(
+        rows.iter()
+            .map(|r| Attempt {
+                attempt: r.get(0),
+                attempted_at: r.get(1),
+                status_code: r.get(2),
+                error: r.get(3),
+                latency_us: r.get(4),
+                response: r.get(5),
+            })
+            .collect(),
+    ))
+}
+
+/// Deliveries queued and not yet made, for the stats: (due now or later, paused).
+pub fn backlog(client: &mut Client) -> Result<(i64, i64), postgres::Error> {
+    let r = client.query_one(
+        "SELECT count(*) FILTER (WHERE due_at <> 'infinity'),
+                count(*) FILTER (WHERE due_at = 'infinity')
+         FROM deliveries",
+        &[],
+    )?;
+    Ok((r.get(0), r.get(1)))
+}

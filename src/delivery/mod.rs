@@ -1,0 +1,598 @@
+//! delivery: pushes committed events to their organizations' webhooks, at least once. Imports
+//! `hooks`, `db`, `egress`, `stats` and `ids`.
+//!
+//! The database is the queue (`deliveries`, one row per event still to push, leased by the node
+//! working on it). Two threads per node, both off the cores:
+//!
+//! - the sender (`delivery`, an async runtime of its own) makes attempts: jobs arrive from
+//!   persisters (freshly committed events, leased in their own transaction) and from claims;
+//!   each endpoint has its own queue and at most `concurrency` attempts in flight, so a slow
+//!   endpoint holds only its own jobs.
+//! - the store (`delivery-store`) records outcomes in batches (attempts, rows moved on, events
+//!   marked), claims due rows from the table (retries, and anything a dead node left), and
+//!   refreshes the node's view of endpoints.
+//!
+//! Memory is bounded by `hooks::MemoryLimits`: a job holds its share from its hand-off or claim
+//! until its outcome is recorded. What does not fit stays in the table until there is room.
+//!
+//! - `send`: one attempt over HTTP (address checks, signature, body, answer classes).
+//! - `sign`: Standard Webhooks signatures.
+//! - `schedule`: retry delays, jitter, `Retry-After`.
+
+mod schedule;
+mod send;
+mod sign;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+pub use schedule::Schedule;
+pub use sign::signature;
+
+use crate::db::deliveries::{self, Claimed, Next, Outcome};
+use crate::db::Link;
+use crate::hooks::{Endpoint, Hooks, Intake, Job};
+use crate::ids::{now_micros, EventId, OrgId};
+use crate::stats::DeliveryStats;
+
+/// How often due rows are claimed when the last claim found fewer than it asked for.
+const CLAIM_EVERY: Duration = Duration::from_millis(250);
+/// Rows one claim takes at most.
+const CLAIM_ROWS_MAX: usize = 500;
+/// How often the node re-reads every endpoint (changes made on other nodes arrive so).
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// Outcomes wait at most this long to be recorded with others.
+const RECORD_LINGER: Duration = Duration::from_millis(5);
+/// An endpoint with this many jobs per allowed attempt in flight queued on this node takes no
+/// more from claims.
+const QUEUED_PER_SLOT: usize = 4;
+
+/// How delivery runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub schedule: Schedule,
+    /// Longest an attempt may take, connection, request and answer together.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Attempts in flight to one endpoint from one node.
+    pub concurrency: usize,
+    /// Deliver to private, loopback and link-local addresses (tests, private networks).
+    pub allow_private: bool,
+}
+
+/// How long a node holds a row it works on before any node may take it again. A job starts its
+/// attempt only with the timeout and a margin of its lease left (else it is given back), so a
+/// live node's lease never runs out under an attempt; the rest is the time a job may wait in
+/// memory.
+pub fn lease_for(timeout: Duration) -> Duration {
+    timeout * 4
+}
+
+/// A finished job: its outcome, and the memory it gives back once recorded.
+struct Done {
+    outcome: Outcome,
+    bytes: usize,
+    /// The endpoint answered 410: disable it.
+    gone: bool,
+}
+
+enum Msg {
+    Jobs(Vec<Job>),
+    Finished(OrgId, EventId),
+}
+
+/// The sender's intake, as persisters and the store see it.
+struct Inbox {
+    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
+}
+
+impl Intake for Inbox {
+    fn take(&self, jobs: Vec<Job>) {
+        // The sender outlives every hand-off but the last ones of a shutdown; jobs it never
+        // takes keep their leases, which run out.
+        let _ = self.tx.send(Msg::Jobs(jobs));
+    }
+}
+
+/// State the two threads share.
+struct Shared {
+    settings: Settings,
+    hooks: Arc<Hooks>,
+    stats: Arc<DeliveryStats>,
+    /// Endpoints with enough queued on this node: claims skip them.
+    busy: Mutex<HashSet<OrgId>>,
+    done: Mutex<Vec<Done>>,
+    stopping: AtomicBool,
+    /// When stopping: attempts in flight past this instant are cut off.
+    deadline: Mutex<Option<Instant>>,
+    /// The sender has ended: nothing more will be done.
+    sender_ended: AtomicBool,
+}
+
+/// The running engine.
+pub struct Engine {
+    shared: Arc<Shared>,
+    inbox: Arc<Inbox>,
+    sender: JoinHandle<()>,
+    store: JoinHandle<()>,
+}
+
+impl Engine {
+    pub fn spawn(
+        settings: Settings,
+        hooks: Arc<Hooks>,
+        db: postgres::Config,
+        stats: Arc<DeliveryStats>,
+    ) -> Engine {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            settings,
+            hooks: hooks.clone(),
+            stats,
+            busy: Mutex::default(),
+            done: Mutex::default(),
+            stopping: AtomicBool::new(false),
+            deadline: Mutex::new(None),
+            sender_ended: AtomicBool::new(false),
+        });
+        let store = {
+            let (shared, tx) = (shared.clone(), tx.clone());
+            std::thread::Builder::new()
+                .name("delivery-store".into())
+                .spawn(move || Store::new(shared, db, tx).run())
+                .expect("spawning the delivery store")
+        };
+        let sender = {
+            let shared = shared.clone();
+            let store_thread = store.thread().clone();
+            let finished = tx.clone();
+            std::thread::Builder::new()
+                .name("delivery".into())
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("building the delivery runtime");
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&runtime, sender(shared.clone(), rx, finished, store_thread));
+                    shared.sender_ended.store(true, Ordering::Release);
+                })
+                .expect("spawning the delivery sender")
+        };
+        let inbox = Arc::new(Inbox { tx });
+        hooks.connect(inbox.clone());
+        Engine {
+            shared,
+            inbox,
+            sender,
+            store,
+        }
+    }
+
+    /// Stops taking jobs, lets attempts in flight finish until `by`, gives back the leases of
+    /// jobs not made, records every outcome, and ends both threads.
+    pub fn stop(self, by: Instant) {
+        self.shared.hooks.disconnect();
+        *self.shared.deadline.lock().expect("deadline lock") = Some(by);
+        self.shared.stopping.store(true, Ordering::Release);
+        // Wakes the sender, which sees `stopping`.
+        let _ = self.inbox.tx.send(Msg::Jobs(Vec::new()));
+        let _ = self.sender.join();
+        self.store.thread().unpark();
+        let _ = self.store.join();
+    }
+}
+
+/// One endpoint's jobs on this node.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    in_flight: usize,
+}
+
+/// A job in flight, as far as a shutdown that cannot wait for it needs to know it.
+struct Flying {
+    lease_until: SystemTime,
+    attempts: u16,
+    bytes: usize,
+}
+
+/// The sender: one queue per endpoint, attempts as local tasks.
+async fn sender(
+    shared: Arc<Shared>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Msg>,
+    finished: tokio::sync::mpsc::UnboundedSender<Msg>,
+    store: std::thread::Thread,
+) {
+    let s = &shared.settings;
+    let client = send::client(s.connect_timeout, s.timeout, s.concurrency, s.allow_private);
+    let mut queues: HashMap<OrgId, Queue> = HashMap::new();
+    let mut flying: HashMap<(OrgId, EventId), Flying> = HashMap::new();
+    loop {
+        let deadline = *shared.deadline.lock().expect("deadline lock");
+        let msg = match deadline {
+            Some(by) => match tokio::time::timeout_at(by.into(), rx.recv()).await {
+                Ok(m) => m,
+                Err(_) => break,
+            },
+            None => rx.recv().await,
+        };
+        let Some(msg) = msg else { break };
+        let stopping = shared.stopping.load(Ordering::Acquire);
+        let org = match msg {
+            Msg::Jobs(jobs) => {
+                for job in jobs {
+                    queues.entry(job.org).or_default().jobs.push_back(job);
+                }
+                None
+            }
+            Msg::Finished(org, id) => {
+                flying.remove(&(org, id));
+                if let Some(q) = queues.get_mut(&org) {
+                    q.in_flight -= 1;
+                }
+                Some(org)
+            }
+        };
+        if stopping {
+            // Jobs not started go back to the table, due as they were.
+            let left: Vec<Job> = queues.values_mut().flat_map(|q| q.jobs.drain(..)).collect();
+            finish(
+                &shared,
+                left.into_iter().map(|j| released(j, false)),
+                &store,
+            );
+            if flying.is_empty() {
+                break;
+            }
+            continue;
+        }
+        let orgs: Vec<OrgId> = match org {
+            Some(o) => vec![o],
+            None => queues.keys().copied().collect(),
+        };
+        for org in orgs {
+            let Some(q) = queues.get_mut(&org) else {
+                continue;
+            };
+            while q.in_flight < s.concurrency {
+                let Some(job) = q.jobs.pop_front() else { break };
+                q.in_flight += 1;
+                flying.insert(
+                    (job.org, job.id),
+                    Flying {
+                        lease_until: job.lease_until,
+                        attempts: job.attempts,
+                        bytes: job.bytes(),
+                    },
+                );
+                let (shared, client, finished, store) = (
+                    shared.clone(),
+                    client.clone(),
+                    finished.clone(),
+                    store.clone(),
+                );
+                tokio::task::spawn_local(async move {
+                    let (org, id) = (job.org, job.id);
+                    let done = run(&shared, &client, job).await;
+                    finish(&shared, std::iter::once(done), &store);
+                    let _ = finished.send(Msg::Finished(org, id));
+                });
+            }
+            let busy = q.jobs.len() >= s.concurrency * QUEUED_PER_SLOT;
+            if q.jobs.is_empty() && q.in_flight == 0 {
+                queues.remove(&org);
+            }
+            let mut set = shared.busy.lock().expect("busy lock");
+            if busy {
+                set.insert(org);
+            } else {
+                set.remove(&org);
+            }
+        }
+    }
+    // Out of time: attempts still in flight are dropped with the runtime. Whether their
+    // receivers got them is unknown, so they count as not made: their leases are given back
+    // and the deliveries made again (with the same `webhook-id`).
+    let cut: Vec<Done> = flying
+        .into_iter()
+        .map(|((org, id), f)| Done {
+            bytes: f.bytes,
+            outcome: Outcome {
+                org,
+                id,
+                lease_until: f.lease_until,
+                attempts: f.attempts as i16,
+                next: Next::Release,
+                attempt: None,
+            },
+            gone: false,
+        })
+        .collect();
+    let left: Vec<Job> = queues.values_mut().flat_map(|q| q.jobs.drain(..)).collect();
+    finish(
+        &shared,
+        cut.into_iter()
+            .chain(left.into_iter().map(|j| released(j, false))),
+        &store,
+    );
+}
+
+/// Hands finished jobs to the store.
+fn finish(shared: &Shared, done: impl Iterator<Item = Done>, store: &std::thread::Thread) {
+    let mut list = shared.done.lock().expect("done lock");
+    let before = list.len();
+    list.extend(done);
+    if list.len() > before {
+        store.unpark();
+    }
+}
+
+/// A job given back unmade: its lease ends, the row due as it was.
+fn released(job: Job, paused: bool) -> Done {
+    Done {
+        bytes: job.bytes(),
+        outcome: Outcome {
+            org: job.org,
+            id: job.id,
+            lease_until: job.lease_until,
+            attempts: job.attempts as i16,
+            next: if paused { Next::Pause } else { Next::Release },
+            attempt: None,
+        },
+        gone: false,
+    }
+}
+
+/// One job: the attempt, if it can be made, and what follows from it.
+async fn run(shared: &Shared, client: &reqwest::Client, job: Job) -> Done {
+    let s = &shared.settings;
+    let Some(endpoint) = shared.hooks.endpoint(job.org) else {
+        // Deleted or disabled since the job was queued: the row waits (or is gone with it).
+        return released(job, true);
+    };
+    let lease_left = job
+        .lease_until
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    // Twice the timeout: the attempt, and as much again for recording its outcome.
+    if lease_left < s.timeout * 2 {
+        return released(job, false);
+    }
+    shared.stats.attempted.add(1);
+    if job.attempts == 0 {
+        let waited = SystemTime::now()
+            .duration_since(job.created_at)
+            .unwrap_or_default();
+        shared.stats.first_attempt_us.record_duration(waited);
+    }
+    let sent = send::attempt(client, &endpoint, &job, s.allow_private).await;
+    shared
+        .stats
+        .attempt_us
+        .record(sent.attempt.latency_us.max(0) as u64);
+    let made = job.attempts + 1;
+    let (next, gone) = match sent.kind {
+        send::Answer::Delivered => {
+            shared.stats.delivered.add(1);
+            let took = SystemTime::now()
+                .duration_since(job.created_at)
+                .unwrap_or_default();
+            shared.stats.end_to_end_us.record_duration(took);
+            (Next::Delivered, false)
+        }
+        send::Answer::Gone => (Next::Pause, true),
+        send::Answer::Failed { retry_after } => {
+            match s
+                .schedule
+                .next_delay(made as usize, retry_after, unit_random())
+            {
+                Some(wait) => {
+                    shared.stats.retrying.add(1);
+                    (Next::Retry(now_micros() + wait), false)
+                }
+                None => {
+                    shared.stats.failed.add(1);
+                    (Next::Failed, false)
+                }
+            }
+        }
+    };
+    Done {
+        bytes: job.bytes(),
+        outcome: Outcome {
+            org: job.org,
+            id: job.id,
+            lease_until: job.lease_until,
+            attempts: made as i16,
+            next,
+            attempt: Some(sent.attempt),
+        },
+        gone,
+    }
+}
+
+fn unit_random() -> f64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source failed");
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The store thread: records outcomes, claims due rows, refreshes endpoints.
+struct Store {
+    shared: Arc<Shared>,
+    db: postgres::Config,
+    link: Link,
+    to_sender: tokio::sync::mpsc::UnboundedSender<Msg>,
+    /// Outcomes taken from the sender, not yet recorded (PostgreSQL may be away).
+    pending: Vec<Done>,
+    next_claim: Instant,
+    next_refresh: Instant,
+}
+
+impl Store {
+    fn new(
+        shared: Arc<Shared>,
+        db: postgres::Config,
+        to_sender: tokio::sync::mpsc::UnboundedSender<Msg>,
+    ) -> Store {
+        let now = Instant::now();
+        Store {
+            shared,
+            db,
+            to_sender,
+            link: Link::new("delivery store"),
+            pending: Vec::new(),
+            next_claim: now,
+            next_refresh: now,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            let ended = self.shared.sender_ended.load(Ordering::Acquire);
+            self.pending
+                .append(&mut self.shared.done.lock().expect("done lock"));
+            let now = Instant::now();
+            if !self.pending.is_empty() {
+                self.record(now);
+            }
+            if ended
+                && self.pending.is_empty()
+                && self.shared.done.lock().expect("done lock").is_empty()
+            {
+                break;
+            }
+            if ended && !self.pending.is_empty() && self.link.get(&self.db, now).is_none() {
+                // PostgreSQL is away at shutdown: the leases run out and other nodes (or this
+                // one, restarted) take the rows again.
+                tracing::warn!(
+                    outcomes = self.pending.len(),
+                    "delivery outcomes not recorded at shutdown"
+                );
+                break;
+            }
+            let stopping = self.shared.stopping.load(Ordering::Acquire);
+            if !stopping && now >= self.next_refresh {
+                self.refresh(now);
+            }
+            if !stopping && now >= self.next_claim {
+                self.claim(now);
+            }
+            let wake = self.next_claim.min(self.next_refresh);
+            let pause = if self.pending.is_empty() {
+                wake.saturating_duration_since(Instant::now())
+            } else {
+                RECORD_LINGER
+            };
+            std::thread::park_timeout(pause.max(Duration::from_millis(1)).min(CLAIM_EVERY));
+        }
+    }
+
+    fn record(&mut self, now: Instant) {
+        let Some(client) = self.link.get(&self.db, now) else {
+            return;
+        };
+        let outcomes: Vec<Outcome> = self.pending.iter().map(|d| d.outcome.clone()).collect();
+        if let Err(e) = deliveries::record(client, &outcomes, now_micros()) {
+            tracing::warn!(error = %e, outcomes = outcomes.len(), "recording delivery outcomes failed; will retry");
+            return;
+        }
+        let gone: HashSet<OrgId> = self
+            .pending
+            .iter()
+            .filter(|d| d.gone)
+            .map(|d| d.outcome.org)
+            .collect();
+        for org in gone {
+            match deliveries::disable(client, org, "gone") {
+                Ok(_) => {
+                    tracing::info!(%org, "webhook endpoint answered 410 Gone: disabled");
+                    self.shared.stats.disabled.add(1);
+                    self.shared.hooks.set(org, None);
+                }
+                Err(e) => tracing::warn!(%org, error = %e, "disabling a gone endpoint failed"),
+            }
+        }
+        let (jobs, bytes) = (
+            self.pending.len(),
+            self.pending.iter().map(|d| d.bytes).sum(),
+        );
+        self.shared.hooks.release(jobs, bytes);
+        self.pending.clear();
+    }
+
+    fn refresh(&mut self, now: Instant) {
+        self.next_refresh = now + REFRESH_EVERY;
+        let Some(client) = self.link.get(&self.db, now) else {
+            return;
+        };
+        match deliveries::endpoints(client) {
+            Ok(list) => self.shared.hooks.replace_all(
+                list.into_iter()
+                    .map(|(org, url, secret)| (org, Endpoint { url, secret }))
+                    .collect(),
+            ),
+            Err(e) => tracing::warn!(error = %e, "reading webhook endpoints failed"),
+        }
+    }
+
+    fn claim(&mut self, now: Instant) {
+        self.next_claim = now + CLAIM_EVERY;
+        let (room_jobs, room_bytes) = self.shared.hooks.room();
+        let limit = room_jobs.min(CLAIM_ROWS_MAX);
+        if limit == 0 || room_bytes == 0 {
+            return;
+        }
+        let skip: Vec<OrgId> = self
+            .shared
+            .busy
+            .lock()
+            .expect("busy lock")
+            .iter()
+            .copied()
+            .collect();
+        let Some(client) = self.link.get(&self.db, now) else {
+            return;
+        };
+        let lease = self.shared.hooks.lease();
+        let jobs: Vec<Job> =
+            match deliveries::claim(client, limit as i64, room_bytes as i64, lease, &skip) {
+                Ok(rows) => rows.into_iter().map(job_of).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming due deliveries failed");
+                    return;
+                }
+            };
+        if jobs.len() == limit {
+            // More may be due: look again at once.
+            self.next_claim = now;
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        // Sized to the room read above; only a persister's concurrent hand-off can push the
+        // total past the bound, by at most this claim.
+        self.shared
+            .hooks
+            .hold(jobs.len(), jobs.iter().map(Job::bytes).sum());
+        self.shared.stats.claimed.add(jobs.len() as u64);
+        let _ = self.to_sender.send(Msg::Jobs(jobs));
+    }
+}
+
+fn job_of(c: Claimed) -> Job {
+    Job {
+        org: c.org,
+        id: c.id,
+        kind: c.kind.into(),
+        payload: c.payload.into_bytes().into(),
+        dedup_id: c.dedup_id.map(Into::into),
+        created_at: c.created_at,
+        attempts: c.attempts.max(0) as u16,
+        lease_until: c.lease_until,
+    }
+}

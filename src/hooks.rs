@@ -1,0 +1,290 @@
+//! hooks: the seam between ingest and webhook delivery. Which organizations this node pushes
+//! events to (their endpoints, as last read), how many delivery jobs it may hold in memory, and
+//! the hand-off of freshly committed events from persisters to delivery. Imports `db` and `ids`.
+//!
+//! A persister asks `Hooks::pushes_to` for each organization of a batch; if any does, it
+//! commits the batch together with one `deliveries` row per new event, leased to this node
+//! when `Hooks::reserve` found room (the hand-off), or due for any node's claim when not.
+//! After the commit it hands the leased jobs over with `Hooks::hand_off`. Nothing here blocks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use crate::ids::{EventId, OrgId};
+
+/// Where one organization's events are pushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub url: String,
+    /// The Standard Webhooks signing secret, `whsec_` + base64.
+    pub secret: String,
+}
+
+/// One event to deliver, with what its body is made of.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub org: OrgId,
+    pub id: EventId,
+    pub kind: Box<str>,
+    /// The payload's JSON text.
+    pub payload: Box<[u8]>,
+    pub dedup_id: Option<Box<str>>,
+    pub created_at: SystemTime,
+    /// Attempts already made.
+    pub attempts: u16,
+    /// The lease this node holds on the job's `deliveries` row; also the fence that keeps a
+    /// late outcome from touching a row another node has taken since.
+    pub lease_until: SystemTime,
+}
+
+impl Job {
+    /// Memory the job holds, as the in-memory bound counts it.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Job>()
+            + self.kind.len()
+            + self.payload.len()
+            + self.dedup_id.as_ref().map_or(0, |d| d.len())
+    }
+}
+
+/// Receives handed-off jobs (the delivery engine's intake).
+pub trait Intake: Send + Sync {
+    fn take(&self, jobs: Vec<Job>);
+}
+
+/// How many jobs, and how many bytes of them, this node may hold in memory, and how long it
+/// leases what it holds.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryLimits {
+    pub jobs: usize,
+    pub bytes: usize,
+    pub lease: std::time::Duration,
+}
+
+#[derive(Default)]
+struct Held {
+    jobs: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// The node's view of webhook endpoints, and its delivery memory.
+pub struct Hooks {
+    endpoints: RwLock<HashMap<OrgId, Arc<Endpoint>>>,
+    /// `endpoints` is not empty: lets persisters skip the lock while nobody has a webhook.
+    any: AtomicBool,
+    limits: MemoryLimits,
+    held: Held,
+    intake: Mutex<Option<Arc<dyn Intake>>>,
+}
+
+impl Hooks {
+    pub fn new(limits: MemoryLimits) -> Hooks {
+        Hooks {
+            endpoints: RwLock::default(),
+            any: AtomicBool::new(false),
+            limits,
+            held: Held::default(),
+            intake: Mutex::new(None),
+        }
+    }
+
+    /// Connects the delivery engine; until then nothing is handed off (rows wait for a claim).
+    pub fn connect(&self, intake: Arc<dyn Intake>) {
+        *self.intake.lock().expect("hooks intake lock") = Some(intake);
+    }
+
+    pub fn disconnect(&self) {
+        *self.intake.lock().expect("hooks intake lock") = None;
+    }
+
+    /// Whether events of `org` are pushed (it has an enabled webhook).
+    pub fn pushes_to(&self, org: OrgId) -> bool {
+        self.any.load(Ordering::Relaxed)
+            && self
+                .endpoints
+                .read()
+                .expect("hooks lock")
+                .contains_key(&org)
+    }
+
+    /// Where `org`'s events go now, if anywhere.
+    pub fn endpoint(&self, org: OrgId) -> Option<Arc<Endpoint>> {
+        self.endpoints
+            .read()
+            .expect("hooks lock")
+            .get(&org)
+            .cloned()
+    }
+
+    /// Sets (or, with `None`, removes) `org`'s endpoint.
+    pub fn set(&self, org: OrgId, endpoint: Option<Endpoint>) {
+        let mut map = self.endpoints.write().expect("hooks lock");
+        match endpoint {
+            Some(e) => {
+                if map.get(&org).is_none_or(|old| **old != e) {
+                    map.insert(org, Arc::new(e));
+                }
+            }
+            None => {
+                map.remove(&org);
+            }
+        }
+        self.any.store(!map.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Replaces every endpoint with what the database holds (a periodic refresh: changes made
+    /// on other nodes arrive this way).
+    pub fn replace_all(&self, endpoints: HashMap<OrgId, Endpoint>) {
+        let mut map = self.endpoints.write().expect("hooks lock");
+        map.retain(|org, _| endpoints.contains_key(org));
+        for (org, e) in endpoints {
+            if map.get(&org).is_none_or(|old| **old != e) {
+                map.insert(org, Arc::new(e));
+            }
+        }
+        self.any.store(!map.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Reserves room for `jobs` jobs of `bytes` bytes in memory; false (nothing reserved) when
+    /// they do not fit or no engine takes hand-offs.
+    pub fn reserve(&self, jobs: usize, bytes: usize) -> bool {
+        if self.intake.lock().expect("hooks intake lock").is_none() {
+            return false;
+        }
+        let held_jobs = self.held.jobs.fetch_add(jobs, Ordering::AcqRel) + jobs;
+        let held_bytes = self.held.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        if held_jobs > self.limits.jobs || held_bytes > self.limits.bytes {
+            self.release(jobs, bytes);
+            return false;
+        }
+        true
+    }
+
+    /// Counts jobs the engine claimed, sized to the room it read.
+    pub fn hold(&self, jobs: usize, bytes: usize) {
+        self.held.jobs.fetch_add(jobs, Ordering::AcqRel);
+        self.held.bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Gives back what `reserve` took, once jobs are done (or were never made).
+    pub fn release(&self, jobs: usize, bytes: usize) {
+        self.held.jobs.fetch_sub(jobs, Ordering::AcqRel);
+        self.held.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Jobs held in memory now, and how many more fit.
+    pub fn held_jobs(&self) -> usize {
+        self.held.jobs.load(Ordering::Relaxed)
+    }
+
+    pub fn room(&self) -> (usize, usize) {
+        (
+            self.limits
+                .jobs
+                .saturating_sub(self.held.jobs.load(Ordering::Relaxed)),
+            self.limits
+                .bytes
+                .saturating_sub(self.held.bytes.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// How long a node holds the rows it works on.
+    pub fn lease(&self) -> std::time::Duration {
+        self.limits.lease
+    }
+
+    /// Hands committed, leased jobs to the engine: `jobs` are some of those `reserve` made room
+    /// for (`reserved`: their count and bytes), the rest were not stored. If the engine is
+    /// gone meanwhile, everything is given back and the leases run out.
+    pub fn hand_off(&self, jobs: Vec<Job>, reserved: (usize, usize)) {
+        let intake = self.intake.lock().expect("hooks intake lock").clone();
+        let Some(intake) = intake else {
+            self.release(reserved.0, reserved.1);
+            return;
+        };
+        let bytes = jobs.iter().map(Job::bytes).sum::<usize>();
+        self.release(
+            reserved.0.saturating_sub(jobs.len()),
+            reserved.1.saturating_sub(bytes),
+        );
+        if !jobs.is_empty() {
+            intake.take(jobs);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Sink(Mutex<Vec<Job>>);
+    impl Intake for Sink {
+        fn take(&self, jobs: Vec<Job>) {
+            self.0.lock().unwrap().extend(jobs);
+        }
+    }
+
+    fn job() -> Job {
+        Job {
+            org: OrgId(uuid::Uuid::nil()),
+            id: EventId(uuid::Uuid::nil()),
+            kind: "t".into(),
+            payload: b"{}".to_vec().into(),
+            dedup_id: None,
+            created_at: SystemTime::UNIX_EPOCH,
+            attempts: 0,
+            lease_until: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn memory_is_bounded_in_jobs_and_bytes_and_given_back() {
+        let hooks = Hooks::new(MemoryLimits {
+            jobs: 2,
+            bytes: 1000,
+            lease: std::time::Duration::from_secs(60),
+        });
+        assert!(!hooks.reserve(1, 10), "no engine connected: no hand-off");
+        let sink = Arc::new(Sink(Mutex::new(Vec::new())));
+        hooks.connect(sink.clone());
+        assert!(hooks.reserve(2, 100));
+        assert!(!hooks.reserve(1, 1), "jobs bound");
+        hooks.release(1, 50);
+        assert!(!hooks.reserve(1, 951), "bytes bound");
+        assert_eq!(hooks.held_jobs(), 1);
+        let j = job();
+        let b = j.bytes();
+        hooks.release(1, 50);
+        assert!(hooks.reserve(2, 2 * b));
+        hooks.hand_off(vec![j], (2, 2 * b));
+        assert_eq!(
+            hooks.room(),
+            (1, 1000 - b),
+            "the job not stored is given back"
+        );
+        assert_eq!(sink.0.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn endpoints_are_set_replaced_and_removed() {
+        let hooks = Hooks::new(MemoryLimits {
+            jobs: 1,
+            bytes: 1,
+            lease: std::time::Duration::from_secs(60),
+        });
+        let (a, b) = (OrgId(uuid::Uuid::now_v7()), OrgId(uuid::Uuid::now_v7()));
+        assert!(!hooks.pushes_to(a));
+        let e = Endpoint {
+            url: "http://x/".into(),
+            secret: "whsec_x".into(),
+        };
+        hooks.set(a, Some(e.clone()));
+        assert!(hooks.pushes_to(a) && !hooks.pushes_to(b));
+        hooks.replace_all(HashMap::from([(b, e)]));
+        assert!(!hooks.pushes_to(a) && hooks.pushes_to(b));
+        hooks.set(b, None);
+        assert!(!hooks.pushes_to(b));
+    }
+}

@@ -1,0 +1,471 @@
+//! Webhook delivery against a real receiver on loopback: what arrives and how it is signed
+//! (checked with the independent `standardwebhooks` implementation), retries and their end,
+//! `Retry-After`, `410 Gone`, address checks at connect time, and a node killed mid-delivery.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::*;
+
+/// Delivery flags for tests: loopback receivers allowed, short attempts (leases are 4 times
+/// the timeout), a short schedule.
+const FAST: &[&str] = &[
+    "--webhook-delivery",
+    "true",
+    "--webhook-allow-private",
+    "true",
+    "--webhook-timeout-ms",
+    "3000",
+    "--webhook-retry-schedule",
+    "0s, 200ms, 200ms",
+];
+
+/// The `FAST` flags, less those `extra` gives again, then `extra`.
+fn fast(extra: &[&str]) -> Vec<String> {
+    FAST.chunks(2)
+        .filter(|f| !extra.contains(&f[0]))
+        .flatten()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn argv(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
+}
+
+/// A server on the shared cluster with `fast(extra)`.
+fn start(extra: &[&str]) -> Server {
+    Server::start(&argv(&fast(extra)))
+}
+
+/// Configures `url` as the webhook of the organization of `key`; returns the secret.
+fn configure(addr: SocketAddr, key: &str, url: &str) -> String {
+    let r = call(
+        addr,
+        "POST",
+        "/api/webhook/config",
+        Some(key),
+        &format!(r#"{{"webhook_url":"{url}"}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["secret"].as_str().unwrap().to_string()
+}
+
+fn post(addr: SocketAddr, key: &str, kind: &str, n: u64) -> String {
+    let r = post_event(
+        addr,
+        key,
+        &format!(r#"{{"type":"{kind}","payload":{{"n":{n}}}}}"#),
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+fn event(addr: SocketAddr, key: &str, id: &str) -> Value {
+    let page = call(
+        addr,
+        "GET",
+        "/api/inbox?status=all&limit=1000",
+        Some(key),
+        "",
+    )
+    .json();
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("event {id} not in the inbox"))
+}
+
+fn attempts(addr: SocketAddr, key: &str, id: &str) -> Vec<Value> {
+    let r = call(
+        addr,
+        "GET",
+        &format!("/api/events/{id}/attempts"),
+        Some(key),
+        "",
+    );
+    assert_eq!(r.status, 200);
+    r.json()["attempts"].as_array().unwrap().clone()
+}
+
+/// Polls until the event's status is `status`.
+fn wait_status(addr: SocketAddr, key: &str, id: &str, status: &str) -> Value {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = event(addr, key, id);
+        if e["status"] == status {
+            return e;
+        }
+        assert!(
+            std::time::Instant::now() < until && (e["status"] == "pending" || status == "pending"),
+            "event {id} is {} (wanted {status}); attempts: {:?}",
+            e["status"],
+            attempts(addr, key, id)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn verify(secret: &str, r: &Received) {
+    let wh = standardwebhooks::Webhook::new(secret).expect("a whsec_ secret");
+    let mut headers = http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        headers.insert(name, r.header(name).parse().unwrap());
+    }
+    wh.verify(&r.body, &headers)
+        .unwrap_or_else(|e| panic!("signature refused by standardwebhooks: {e:?}"));
+}
+
+#[test]
+fn committed_events_arrive_once_signed_as_standard_webhooks_verify_and_are_delivered() {
+    let s = start(&[]);
+    let rx = Receiver::start();
+    let (key, _) = new_org(s.addr, "push");
+    let secret = configure(s.addr, &key, &rx.url());
+    let mut ids: Vec<String> = (0..10).map(|n| post(s.addr, &key, "single", n)).collect();
+    let batch = call(
+        s.addr,
+        "POST",
+        "/api/events/batch",
+        Some(&key),
+        r#"{"events":[{"type":"b","payload":{"x":1},"dedup_id":"d-1"},{"type":"b","payload":{"x":2}}]}"#,
+    );
+    assert_eq!(batch.status, 200);
+    for e in batch.json()["results"].as_array().unwrap() {
+        ids.push(e["id"].as_str().unwrap().to_string());
+    }
+    let got = rx.wait_for(Duration::from_secs(10), "12 deliveries", |g| g.len() >= 12);
+    std::thread::sleep(Duration::from_millis(300));
+    let got_now = rx.received();
+    assert_eq!(got_now.len(), 12, "each event exactly once");
+    let mut seen = HashSet::new();
+    for r in &got {
+        verify(&secret, r);
+        assert_eq!(r.header("content-type"), "application/json");
+        let body = r.json();
+        let id = body["id"].as_str().unwrap();
+        assert_eq!(r.header("webhook-id"), id, "webhook-id is the event id");
+        assert!(seen.insert(id.to_string()));
+        let stored = event(s.addr, &key, id);
+        for field in ["type", "payload", "dedup_id", "created_at"] {
+            assert_eq!(body[field], stored[field], "{field}");
+        }
+        let ts: u64 = r.header("webhook-timestamp").parse().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(now.abs_diff(ts) < 60);
+    }
+    assert_eq!(seen, ids.iter().cloned().collect::<HashSet<_>>());
+    // A tampered body fails the independent check: the test checks something.
+    let mut bad = got[0].clone();
+    bad.body.push(b' ');
+    assert!(std::panic::catch_unwind(|| verify(&secret, &bad)).is_err());
+    for id in &ids {
+        let e = wait_status(s.addr, &key, id, "delivered");
+        assert!(e["delivered_at"].is_string());
+        let a = attempts(s.addr, &key, id);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(
+            (a[0]["attempt"].as_i64(), a[0]["status_code"].as_i64()),
+            (Some(1), Some(200))
+        );
+        assert_eq!(a[0]["response"], "ok");
+    }
+    // Unknown, malformed and other organizations' events: 404.
+    let (other, _) = new_org(s.addr, "other");
+    for (k, path) in [
+        (&other, format!("/api/events/{}/attempts", ids[0])),
+        (&key, "/api/events/nope/attempts".to_string()),
+    ] {
+        let r = call(s.addr, "GET", &path, Some(k), "");
+        assert_eq!((r.status, r.code()), (404, "event_not_found".to_string()));
+    }
+}
+
+#[test]
+fn failures_are_retried_on_the_schedule_then_the_event_is_failed_with_every_attempt_recorded() {
+    let s = start(&[]);
+    let rx = Receiver::start();
+    rx.answer(|_, _| Reply::status(500));
+    let (key, _) = new_org(s.addr, "failing");
+    configure(s.addr, &key, &rx.url());
+    let id = post(s.addr, &key, "t", 1);
+    wait_status(s.addr, &key, &id, "failed");
+    let got = rx.received();
+    assert_eq!(got.len(), 3, "three attempts on a three-step schedule");
+    assert!(got.iter().all(|r| r.header("webhook-id") == id));
+    let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_millis(150)),
+        "{gaps:?}"
+    );
+    let a = attempts(s.addr, &key, &id);
+    let numbers: Vec<i64> = a.iter().map(|x| x["attempt"].as_i64().unwrap()).collect();
+    assert_eq!(numbers, [1, 2, 3]);
+    assert!(a
+        .iter()
+        .all(|x| x["status_code"] == 500 && x["error"] == "server_error"));
+    assert_eq!(a[0]["response"], "answer 500");
+    let failed = call(s.addr, "GET", "/api/inbox?status=failed", Some(&key), "").json();
+    assert_eq!(failed["events"][0]["id"], id);
+}
+
+#[test]
+fn retry_after_on_429_sets_the_next_attempt() {
+    // Without Retry-After the second attempt would come an hour later.
+    let s = start(&["--webhook-retry-schedule", "0s, 1h"]);
+    let rx = Receiver::start();
+    rx.answer(|_, n| match n {
+        0 => Reply::Status(
+            429,
+            vec![("retry-after".into(), "1".into())],
+            "slow down".into(),
+        ),
+        _ => Reply::ok(),
+    });
+    let (key, _) = new_org(s.addr, "retry-after");
+    configure(s.addr, &key, &rx.url());
+    let id = post(s.addr, &key, "t", 1);
+    wait_status(s.addr, &key, &id, "delivered");
+    let got = rx.received();
+    assert_eq!(got.len(), 2);
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_millis(900) && gap < Duration::from_secs(5),
+        "{gap:?}"
+    );
+    let a = attempts(s.addr, &key, &id);
+    assert_eq!(a[0]["status_code"], 429);
+    assert_eq!(a[1]["status_code"], 200);
+}
+
+#[test]
+fn gone_disables_the_endpoint_and_enabling_it_delivers_what_waited() {
+    let s = start(&[]);
+    let rx = Receiver::start();
+    rx.answer(|_, _| Reply::status(410));
+    let (key, _) = new_org(s.addr, "gone");
+    configure(s.addr, &key, &rx.url());
+    let first = post(s.addr, &key, "t", 1);
+    rx.wait_for(Duration::from_secs(10), "the first attempt", |g| {
+        !g.is_empty()
+    });
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let config = loop {
+        let c = call(s.addr, "GET", "/api/webhook/config", Some(&key), "").json();
+        if c["enabled"] == false || std::time::Instant::now() > until {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(config["enabled"], false, "{config}");
+    assert_eq!(config["disabled_reason"], "gone");
+    // Disabled: nothing more is sent, and the event waits, pending.
+    let later = post(s.addr, &key, "t", 2);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(rx.received().len(), 1);
+    assert_eq!(event(s.addr, &key, &first)["status"], "pending");
+    // Enabled again (the receiver now takes events): what waited is delivered; events
+    // committed while disabled were not queued.
+    rx.answer(|_, _| Reply::ok());
+    let r = call(s.addr, "POST", "/api/webhook/enable", Some(&key), "");
+    assert_eq!(
+        (r.status, r.json()["enabled"].clone()),
+        (200, Value::Bool(true))
+    );
+    wait_status(s.addr, &key, &first, "delivered");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(event(s.addr, &key, &later)["status"], "pending");
+    let a = attempts(s.addr, &key, &first);
+    assert_eq!(a.len(), 2);
+    assert_eq!(
+        (a[0]["status_code"].as_i64(), a[0]["error"].as_str()),
+        (Some(410), Some("gone"))
+    );
+    // Enabling or disabling what is not configured: 404.
+    let (none, _) = new_org(s.addr, "no-hook");
+    let r = call(s.addr, "POST", "/api/webhook/disable", Some(&none), "");
+    assert_eq!(
+        (r.status, r.code()),
+        (404, "webhook_not_configured".to_string())
+    );
+}
+
+#[test]
+fn private_addresses_are_refused_at_connect_time_and_recorded() {
+    // Private targets not allowed. The URLs below cannot be configured through the API, so
+    // they are written into the database as if a name had resolved there since. A cluster of
+    // its own: the other tests' nodes, which allow private targets, would deliver there.
+    let dir = data_dir();
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let s = Server::start_with(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--webhook-delivery",
+        "true",
+        "--webhook-retry-schedule",
+        "0s",
+    ]);
+    let rx = Receiver::start();
+    let mut db = embedded_client(dir.path());
+    for (name, url) in [
+        (
+            "literal",
+            format!("http://127.0.0.1:{}/hook", rx.addr.port()),
+        ),
+        ("name", format!("http://localhost:{}/hook", rx.addr.port())),
+    ] {
+        let (key, org) = new_org(s.addr, name);
+        configure(s.addr, &key, "https://hooks.example.com/in");
+        let org: uuid::Uuid = org.parse().unwrap();
+        db.execute(
+            "UPDATE organizations SET webhook_url = $2 WHERE org_id = $1",
+            &[&org, &url],
+        )
+        .unwrap();
+        // Every node re-reads endpoints within a second.
+        std::thread::sleep(Duration::from_millis(1500));
+        let id = post(s.addr, &key, "t", 1);
+        wait_status(s.addr, &key, &id, "failed");
+        let a = attempts(s.addr, &key, &id);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0]["error"], "address_not_allowed", "{name}: {a:?}");
+        assert!(a[0]["status_code"].is_null());
+    }
+    assert!(
+        rx.received().is_empty(),
+        "nothing reached the private address"
+    );
+}
+
+#[test]
+fn a_node_killed_mid_delivery_delivers_everything_after_restart() {
+    let dir = data_dir();
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    // A 1 s timeout: the killed node's leases run out 4 s after it took them.
+    let args = |listen: &str| {
+        fast(&[
+            "--webhook-timeout-ms",
+            "1000",
+            "--data-dir",
+            &dir_s,
+            "--listen",
+            listen,
+        ])
+    };
+    let rx = Receiver::start();
+    // Slow answers: deliveries are in flight when the node dies.
+    rx.answer(|_, _| {
+        std::thread::sleep(Duration::from_millis(50));
+        Reply::ok()
+    });
+    let mut s = Server::start_with(&argv(&args("127.0.0.1:0")));
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let (key, _) = new_org(s.addr, "killed");
+    configure(s.addr, &key, &rx.url());
+    let ids: Vec<String> = (0..200).map(|n| post(s.addr, &key, "t", n)).collect();
+    s.kill();
+    let before = rx.received().len();
+    let port = s.addr.port().to_string();
+    let s = Server::start_with(&argv(&args(&format!("127.0.0.1:{port}"))));
+    // Leases of the killed node run out (4 × the 1 s timeout), then its rows are claimed.
+    let got = rx.wait_for(Duration::from_secs(30), "every event", |g| {
+        g.iter()
+            .map(|r| r.header("webhook-id").to_string())
+            .collect::<HashSet<_>>()
+            .len()
+            >= ids.len()
+    });
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for r in &got {
+        *per_id
+            .entry(r.header("webhook-id").to_string())
+            .or_default() += 1;
+    }
+    for id in &ids {
+        assert!(per_id.contains_key(id), "{id} never delivered");
+        wait_status(s.addr, &key, id, "delivered");
+    }
+    eprintln!(
+        "{before} deliveries before the kill, {} after; {} events sent twice (same webhook-id)",
+        got.len() - before,
+        per_id.values().filter(|n| **n > 1).count()
+    );
+}
+
+#[test]
+fn two_nodes_on_one_database_both_deliver_and_never_the_same_event_twice() {
+    let a = start(&[]);
+    let b = start(&[]);
+    let rx = Receiver::start();
+    let (key, _) = new_org(a.addr, "two-nodes");
+    configure(a.addr, &key, &rx.url());
+    // Node B learns of the webhook from the database within a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let ids: Vec<String> = (0..100)
+        .map(|n| post(if n % 2 == 0 { a.addr } else { b.addr }, &key, "t", n))
+        .collect();
+    let got = rx.wait_for(Duration::from_secs(15), "100 deliveries", |g| {
+        g.len() >= 100
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let got_now = rx.received();
+    assert_eq!(got_now.len(), 100, "no event delivered twice");
+    let seen: HashSet<String> = got
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    assert_eq!(seen, ids.into_iter().collect::<HashSet<_>>());
+}
+
+#[test]
+fn a_graceful_stop_with_attempts_hanging_ends_in_time_and_the_next_start_delivers_them() {
+    let dir = data_dir();
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let mut args = fast(&["--data-dir", &dir_s, "--shutdown-timeout-ms", "2000"]);
+    let rx = Receiver::start();
+    rx.answer(|_, _| Reply::Hang(Duration::from_secs(30)));
+    let mut s = Server::start_with(&argv(&args));
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let (key, _) = new_org(s.addr, "graceful");
+    configure(s.addr, &key, &rx.url());
+    let ids: Vec<String> = (0..5).map(|n| post(s.addr, &key, "t", n)).collect();
+    rx.wait_for(Duration::from_secs(10), "attempts in flight", |g| {
+        g.len() >= 5
+    });
+    let stopping = std::time::Instant::now();
+    let status = s.terminate();
+    assert!(status.success(), "{status:?}\n{}", s.log_text());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "stopped after {:?}",
+        stopping.elapsed()
+    );
+    // The hanging attempts were given back: the next start delivers them at once, without
+    // waiting for leases to run out.
+    rx.answer(|_, _| Reply::ok());
+    let before = rx.received().len();
+    args.extend([
+        "--listen".to_string(),
+        format!("127.0.0.1:{}", s.addr.port()),
+    ]);
+    let s = Server::start_with(&argv(&args));
+    let restarted = std::time::Instant::now();
+    for id in &ids {
+        wait_status(s.addr, &key, id, "delivered");
+    }
+    assert!(
+        restarted.elapsed() < Duration::from_secs(3),
+        "delivered {:?} after the restart",
+        restarted.elapsed()
+    );
+    assert!(rx.received().len() >= before + ids.len());
+}
