@@ -61,6 +61,10 @@ pub struct HostileArgs {
     /// attacker connection.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub attacker_nice: i32,
+    /// Pin the attackers' thread to this CPU (run the server on the others, e.g. with
+    /// `taskset`): the attack then takes no CPU time from the server, as from another machine
+    #[arg(long)]
+    pub attacker_cpu: Option<usize>,
 }
 
 /// Resident memory of `pid` now, in bytes.
@@ -210,10 +214,18 @@ pub async fn hostile(args: &HostileArgs) -> anyhow::Result<()> {
         let rss = watch_rss(args.server_pid, until);
         // The attackers run on a runtime of their own, so their tasks never delay the victim's
         // in one scheduler (they still share the machine's CPUs with it and the server).
-        let nice = args.attacker_nice;
+        let (nice, cpu) = (args.attacker_nice, args.attacker_cpu);
         let attackers_rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
-            .on_thread_start(move || lower_priority(nice))
+            .thread_name("attacker")
+            .on_thread_start(move || {
+                lower_priority(nice);
+                if let Some(cpu) = cpu {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                        eprintln!("attackers: could not pin to CPU {cpu}");
+                    }
+                }
+            })
             .enable_all()
             .build()?;
         for n in 0..connections {
@@ -262,13 +274,15 @@ fn victim_errors(o: &Outcome) -> u64 {
 
 fn render(rows: &[Row], args: &HostileArgs) -> String {
     let mut t = format!(
-        "Victim: one tenant at {} req/s for {} s per row; attackers: {} connections per shape ({} for idle), niceness {}.\n\n\
+        "Victim: one tenant at {} req/s for {} s per row; attackers: {} connections per shape ({} for idle), niceness {}, CPU {}.\n\n\
          | attack | attackers were answered | server peak RSS MB | victim p50 ms | victim p99 ms | victim errors |\n|---|---|---|---|---|---|\n",
         args.victim_rate,
         args.duration,
         args.connections,
         args.idle_connections,
-        args.attacker_nice
+        args.attacker_nice,
+        args.attacker_cpu
+            .map_or_else(|| "any".to_string(), |c| c.to_string())
     );
     for r in rows {
         let answers: Vec<String> = r
