@@ -5,7 +5,10 @@
 ALTER TABLE organizations
     ADD COLUMN webhook_enabled boolean NOT NULL DEFAULT true,
     -- Why the endpoint is disabled: 'gone' (it answered 410) or 'manual'.
-    ADD COLUMN webhook_disabled_reason text;
+    ADD COLUMN webhook_disabled_reason text,
+    -- After a secret rotation, the previous secret signs too until this time.
+    ADD COLUMN webhook_previous_secret text,
+    ADD COLUMN webhook_previous_secret_until timestamptz;
 
 -- One row per event still to be delivered. A node works on a row while `lease_until` is in the
 -- future (it claimed it, or committed the event and took it in memory); a node that dies

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
+use crate::db::deliveries::{self, EndpointRow};
 use crate::ids::{EventId, OrgId};
 
 /// Where one organization's events are pushed.
@@ -20,6 +21,18 @@ pub struct Endpoint {
     pub url: String,
     /// The Standard Webhooks signing secret, `whsec_` + base64.
     pub secret: String,
+    /// After a rotation: the previous secret, which also signs until the time given.
+    pub previous: Option<(String, SystemTime)>,
+}
+
+impl From<EndpointRow> for Endpoint {
+    fn from(r: EndpointRow) -> Endpoint {
+        Endpoint {
+            url: r.url,
+            secret: r.secret,
+            previous: r.previous,
+        }
+    }
 }
 
 /// One event to deliver, with what its body is made of.
@@ -134,8 +147,26 @@ impl Hooks {
         self.any.store(!map.is_empty(), Ordering::Relaxed);
     }
 
-    /// Replaces every endpoint with what the database holds (a periodic refresh: changes made
-    /// on other nodes arrive this way).
+    /// Reads every enabled endpoint from the database (at start, then every second: changes
+    /// made on other nodes arrive this way).
+    pub fn reload(&self, client: &mut postgres::Client) -> Result<(), postgres::Error> {
+        let rows = deliveries::endpoints(client)?;
+        self.replace_all(rows.into_iter().map(|r| (r.org, r.into())).collect());
+        Ok(())
+    }
+
+    /// Reads `org`'s endpoint from the database (after a change made here).
+    pub fn reload_one(
+        &self,
+        client: &mut postgres::Client,
+        org: OrgId,
+    ) -> Result<(), postgres::Error> {
+        let row = deliveries::endpoint(client, org)?;
+        self.set(org, row.map(Endpoint::from));
+        Ok(())
+    }
+
+    /// Replaces every endpoint with `endpoints`.
     pub fn replace_all(&self, endpoints: HashMap<OrgId, Endpoint>) {
         let mut map = self.endpoints.write().expect("hooks lock");
         map.retain(|org, _| endpoints.contains_key(org));
@@ -279,6 +310,7 @@ mod tests {
         let e = Endpoint {
             url: "http://x/".into(),
             secret: "whsec_x".into(),
+            previous: None,
         };
         hooks.set(a, Some(e.clone()));
         assert!(hooks.pushes_to(a) && !hooks.pushes_to(b));

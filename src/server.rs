@@ -23,7 +23,7 @@ use crate::cluster::{self, Cluster};
 use crate::config::{Config, Database};
 use crate::db::{self, QueryPool, QueryThreads};
 use crate::delivery::Engine;
-use crate::hooks::{Endpoint, Hooks};
+use crate::hooks::Hooks;
 use crate::persist::{self, Persister};
 use crate::queue::{Hub, RING_BYTES_MAX};
 use crate::shutdown::Stop;
@@ -243,15 +243,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // webhooks that exist.
     let delivery = match config.delivery.clone() {
         Some(settings) => {
-            let endpoints = db::connect(&db)
-                .and_then(|mut c| db::deliveries::endpoints(&mut c))
+            db::connect(&db)
+                .and_then(|mut c| hooks.reload(&mut c))
                 .context("reading webhook endpoints")?;
-            hooks.replace_all(
-                endpoints
-                    .into_iter()
-                    .map(|(org, url, secret)| (org, Endpoint { url, secret }))
-                    .collect(),
-            );
             Some(Engine::spawn(
                 settings,
                 hooks.clone(),

@@ -16,6 +16,7 @@ mod health;
 pub mod inbox;
 mod jsonb;
 mod keys;
+mod redeliver;
 mod stats;
 pub mod webhook;
 
@@ -55,7 +56,10 @@ pub enum Route {
     WebhookConfig,
     WebhookEnable,
     WebhookDisable,
+    WebhookRotateSecret,
+    WebhookReplay,
     EventAttempts,
+    EventRedeliver,
     QueueStats,
     Metrics,
     OpenApi,
@@ -98,7 +102,14 @@ pub const ROUTES: &[(&str, Route, Methods)] = &[
     ("/api/webhook/config", Route::WebhookConfig, CONFIG),
     ("/api/webhook/enable", Route::WebhookEnable, WRITE),
     ("/api/webhook/disable", Route::WebhookDisable, WRITE),
+    (
+        "/api/webhook/rotate-secret",
+        Route::WebhookRotateSecret,
+        WRITE,
+    ),
+    ("/api/webhook/replay", Route::WebhookReplay, WRITE),
     ("/api/events/{id}/attempts", Route::EventAttempts, READ),
+    ("/api/events/{id}/redeliver", Route::EventRedeliver, WRITE),
     ("/api/queue/stats", Route::QueueStats, READ),
     ("/metrics", Route::Metrics, READ),
     ("/openapi.json", Route::OpenApi, READ),
@@ -150,7 +161,10 @@ impl Route {
             | Route::WebhookConfig
             | Route::WebhookEnable
             | Route::WebhookDisable
-            | Route::EventAttempts => Credential::Key,
+            | Route::WebhookRotateSecret
+            | Route::WebhookReplay
+            | Route::EventAttempts
+            | Route::EventRedeliver => Credential::Key,
         }
     }
 
@@ -299,7 +313,10 @@ async fn dispatch_tenant(
         Route::WebhookConfig => webhook::config(ctx, org, req).await,
         Route::WebhookEnable => webhook::enable(ctx, org, true).await,
         Route::WebhookDisable => webhook::enable(ctx, org, false).await,
+        Route::WebhookRotateSecret => webhook::rotate_secret(ctx, org, req).await,
+        Route::WebhookReplay => redeliver::replay(ctx, org, req).await,
         Route::EventAttempts => attempts::list(ctx, org, req).await,
+        Route::EventRedeliver => redeliver::one(ctx, org, req).await,
         open => unreachable!("{open:?} needs no key: dispatched by `dispatch`"),
     }
 }

@@ -3,6 +3,7 @@
 //! HdrHistogram percentile-distribution text (values in milliseconds).
 
 use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
 
 use base64::Engine;
 use hdrhistogram::serialization::{Serializer, V2Serializer};
@@ -48,6 +49,11 @@ struct Snapshot {
     retries: u64,
     /// Per core: depth, capacity, queued payload bytes.
     rings: Vec<(usize, usize, usize)>,
+    /// Webhook delivery: commit → first attempt, one attempt, commit → delivered.
+    first_attempt: Histogram<u64>,
+    attempt: Histogram<u64>,
+    end_to_end: Histogram<u64>,
+    deliveries: Vec<(&'static str, u64)>,
 }
 
 fn snapshot(ctx: &Context) -> Snapshot {
@@ -80,6 +86,17 @@ fn snapshot(ctx: &Context) -> Snapshot {
             .iter()
             .map(|r| (r.len(), r.capacity(), r.queued_bytes()))
             .collect(),
+        first_attempt: Stats::merged(std::iter::once(&stats.delivery.first_attempt_us)),
+        attempt: Stats::merged(std::iter::once(&stats.delivery.attempt_us)),
+        end_to_end: Stats::merged(std::iter::once(&stats.delivery.end_to_end_us)),
+        deliveries: {
+            let d = &stats.delivery;
+            let mut v = d.counters().to_vec();
+            v.push(("in_memory", ctx.hooks.held_jobs() as u64));
+            v.push(("backlog", d.backlog.load(Relaxed)));
+            v.push(("backlog_paused", d.backlog_paused.load(Relaxed)));
+            v
+        },
     }
 }
 
@@ -131,6 +148,7 @@ pub fn show(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
                 "held_bytes": ctx.budget.held(),
                 "max_bytes": ctx.budget.max(),
             },
+            "webhook_delivery": snap.deliveries.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "batches_committed": snap.batches,
             "batch_retries": snap.retries,
             "batch_rows": summary(&snap.rows),
@@ -138,6 +156,9 @@ pub fn show(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
                 "ingest": summary(&snap.ingest),
                 "queue_wait": summary(&snap.wait),
                 "commit": summary(&snap.commit),
+                "delivery_first_attempt": summary(&snap.first_attempt),
+                "delivery_attempt": summary(&snap.attempt),
+                "delivery_end_to_end": summary(&snap.end_to_end),
             },
             "histograms": {
                 "encoding": "HdrHistogram V2, base64",
@@ -149,6 +170,19 @@ pub fn show(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
         }),
     ))
 }
+
+/// The delivery figures that are levels, not counters, with their help text.
+const DELIVERY_LEVELS: &[(&str, &str)] = &[
+    ("in_memory", "Deliveries this node holds in memory."),
+    (
+        "backlog",
+        "Deliveries queued in the database, due now or later (every node's, counted every few seconds).",
+    ),
+    (
+        "backlog_paused",
+        "Deliveries waiting for a disabled endpoint.",
+    ),
+];
 
 /// Latency bucket bounds for Prometheus, in microseconds: fine around the 1 ms target.
 const LATENCY_BUCKETS_US: &[u64] = &[
@@ -218,6 +252,44 @@ pub fn metrics(ctx: &Context) -> Result<Response, ApiError> {
         ROW_BUCKETS,
         1.0,
     );
+    for (name, help, h) in [
+        (
+            "triggers_delivery_first_attempt_seconds",
+            "Webhook delivery: event created to its first attempt.",
+            &snap.first_attempt,
+        ),
+        (
+            "triggers_delivery_attempt_seconds",
+            "Webhook delivery: one attempt, request to answer.",
+            &snap.attempt,
+        ),
+        (
+            "triggers_delivery_end_to_end_seconds",
+            "Webhook delivery: event created to delivered.",
+            &snap.end_to_end,
+        ),
+    ] {
+        prom_histogram(&mut out, name, help, h, LATENCY_BUCKETS_US, us);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP triggers_deliveries_total Webhook delivery attempts and outcomes.\n# TYPE triggers_deliveries_total counter"
+    );
+    let is_level = |what: &str| DELIVERY_LEVELS.iter().any(|(l, _)| *l == what);
+    for (what, n) in snap.deliveries.iter().filter(|(w, _)| !is_level(w)) {
+        let _ = writeln!(out, "triggers_deliveries_total{{outcome=\"{what}\"}} {n}");
+    }
+    for (what, help) in DELIVERY_LEVELS {
+        let n = snap
+            .deliveries
+            .iter()
+            .find(|(w, _)| w == what)
+            .map_or(0, |(_, n)| *n);
+        let _ = writeln!(
+            out,
+            "# HELP triggers_delivery_{what} {help}\n# TYPE triggers_delivery_{what} gauge\ntriggers_delivery_{what} {n}"
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP triggers_events_total Events by outcome.\n# TYPE triggers_events_total counter"

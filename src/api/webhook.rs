@@ -78,6 +78,7 @@ pub async fn config(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respo
                 Some(Endpoint {
                     url: url.to_string(),
                     secret: secret.clone(),
+                    previous: None,
                 }),
             );
             Ok(Response::json_value(
@@ -123,7 +124,7 @@ pub async fn config(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respo
 /// `POST /api/webhook/enable` (`on`) or `/disable`. Disabling keeps what is queued: enabling
 /// delivers it. Events committed while disabled are not queued (replay covers them).
 pub async fn enable(ctx: &Context, org: &Org, on: bool) -> Result<Response, ApiError> {
-    let org_id = org.id;
+    let (org_id, hooks) = (org.id, ctx.hooks.clone());
     let hook = ctx
         .queries
         .run("enable webhook", move |c| {
@@ -132,20 +133,73 @@ pub async fn enable(ctx: &Context, org: &Org, on: bool) -> Result<Response, ApiE
             } else {
                 deliveries::disable(c, org_id, "manual")?
             };
-            changed.then(|| orgs::webhook(c, org_id)).transpose()
+            if !changed {
+                return Ok(None);
+            }
+            hooks.reload_one(c, org_id)?;
+            orgs::webhook(c, org_id).map(Some)
         })
         .await?
         .ok_or(ApiError::WebhookNotConfigured)?;
-    let endpoint = match (on, hook.url, hook.secret) {
-        (true, Some(url), Some(secret)) => Some(Endpoint { url, secret }),
-        _ => None,
-    };
-    ctx.hooks.set(org_id, endpoint);
     Ok(Response::json_value(
         200,
         &json!({
-            "enabled": on,
+            "enabled": hook.enabled,
             "disabled_reason": hook.disabled_reason,
+        }),
+    ))
+}
+
+/// Longest grace period of a secret rotation, and the default.
+const GRACE_MAX_S: u64 = 7 * 24 * 3600;
+const GRACE_DEFAULT_S: u64 = 24 * 3600;
+
+#[derive(Deserialize, Default)]
+struct RotateIn {
+    grace_seconds: Option<u64>,
+}
+
+/// `POST /api/webhook/rotate-secret`: a new signing secret, shown once; the previous one keeps
+/// signing beside it (two signatures in `webhook-signature`) for `grace_seconds`.
+pub async fn rotate_secret(
+    ctx: &Context,
+    org: &Org,
+    req: &Request<'_>,
+) -> Result<Response, ApiError> {
+    let input: RotateIn = if req.body.iter().all(u8::is_ascii_whitespace) {
+        RotateIn::default()
+    } else {
+        parse_body(req.body, |why| {
+            ApiError::InvalidRequest(format!("expected {{\"grace_seconds\": int}}: {why}"))
+        })?
+    };
+    let grace = input.grace_seconds.unwrap_or(GRACE_DEFAULT_S);
+    if grace > GRACE_MAX_S {
+        return Err(ApiError::InvalidRequest(format!(
+            "`grace_seconds` may be at most {GRACE_MAX_S} (7 days)"
+        )));
+    }
+    let secret = new_secret();
+    let until = now_micros() + std::time::Duration::from_secs(grace);
+    let (org_id, hooks, stored) = (org.id, ctx.hooks.clone(), secret.clone());
+    let rotated = ctx
+        .queries
+        .run("rotate webhook secret", move |c| {
+            let rotated = deliveries::rotate_secret(c, org_id, &stored, until)?;
+            if rotated {
+                hooks.reload_one(c, org_id)?;
+            }
+            Ok::<_, postgres::Error>(rotated)
+        })
+        .await?;
+    if !rotated {
+        return Err(ApiError::WebhookNotConfigured);
+    }
+    Ok(Response::json_value(
+        200,
+        &json!({
+            "secret": secret,
+            "previous_secret_expires_at": rfc3339(until).to_string(),
         }),
     ))
 }

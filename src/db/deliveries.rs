@@ -9,17 +9,143 @@ use postgres::Client;
 
 use crate::ids::{EventId, OrgId};
 
-/// Every organization with an enabled webhook: (org, url, secret).
-pub fn endpoints(client: &mut Client) -> Result<Vec<(OrgId, String, String)>, postgres::Error> {
+/// An organization's enabled webhook, as delivery uses it.
+pub struct EndpointRow {
+    pub org: OrgId,
+    pub url: String,
+    pub secret: String,
+    /// A rotated-out secret that still signs until the time given.
+    pub previous: Option<(String, SystemTime)>,
+}
+
+/// Every organization with an enabled webhook.
+pub fn endpoints(client: &mut Client) -> Result<Vec<EndpointRow>, postgres::Error> {
     Ok(client
         .query(
-            "SELECT org_id, webhook_url, webhook_secret FROM organizations
+            "SELECT org_id, webhook_url, webhook_secret,
+                    webhook_previous_secret, webhook_previous_secret_until
+             FROM organizations
              WHERE webhook_url IS NOT NULL AND webhook_secret IS NOT NULL AND webhook_enabled",
             &[],
         )?
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| EndpointRow {
+            org: r.get(0),
+            url: r.get(1),
+            secret: r.get(2),
+            previous: r.get::<_, Option<String>>(3).zip(r.get(4)),
+        })
         .collect())
+}
+
+/// The enabled webhook of one organization, if it has one.
+pub fn endpoint(client: &mut Client, org: OrgId) -> Result<Option<EndpointRow>, postgres::Error> {
+    let row = client.query_opt(
+        "SELECT webhook_url, webhook_secret,
+                webhook_previous_secret, webhook_previous_secret_until
+         FROM organizations
+         WHERE org_id = $1 AND webhook_url IS NOT NULL AND webhook_secret IS NOT NULL
+           AND webhook_enabled",
+        &[&org],
+    )?;
+    Ok(row.map(|r| EndpointRow {
+        org,
+        url: r.get(0),
+        secret: r.get(1),
+        previous: r.get::<_, Option<String>>(2).zip(r.get(3)),
+    }))
+}
+
+/// Replaces `org`'s signing secret with `secret`; the current one keeps signing until
+/// `previous_until`. `false` when no webhook is configured.
+pub fn rotate_secret(
+    client: &mut Client,
+    org: OrgId,
+    secret: &str,
+    previous_until: SystemTime,
+) -> Result<bool, postgres::Error> {
+    let n = client.execute(
+        "UPDATE organizations
+         SET webhook_previous_secret = webhook_secret,
+             webhook_previous_secret_until = $3,
+             webhook_secret = $2
+         WHERE org_id = $1 AND webhook_url IS NOT NULL",
+        &[&org, &secret, &previous_until],
+    )?;
+    Ok(n == 1)
+}
+
+/// Queues `org`'s event `id` for delivery again, at once, as a new round of attempts (a
+/// `failed` event is `pending` again). An attempt in flight is left to finish. `false` when
+/// `org` has no such event.
+pub fn redeliver(client: &mut Client, org: OrgId, id: EventId) -> Result<bool, postgres::Error> {
+    let (found, _) = queue_again(client, "org_id = $1 AND id = $2", &[&org, &id], 1)?;
+    Ok(found == 1)
+}
+
+/// Queues again `org`'s events created in `[since, until)` (with status `status`, when given),
+/// oldest first, at most `max`: how many were queued, and the creation time of the last one
+/// when `max` stopped the replay early.
+pub fn replay(
+    client: &mut Client,
+    org: OrgId,
+    since: SystemTime,
+    until: SystemTime,
+    status: Option<&str>,
+    max: i64,
+) -> Result<(u64, Option<SystemTime>), postgres::Error> {
+    // Ids are UUIDv7: their first 48 bits are the creation time in milliseconds, so the
+    // primary key finds the range; created_at then draws its exact edges.
+    let filter = "org_id = $1 AND id >= $2 AND id < $3 AND created_at >= $4 AND created_at < $5
+                  AND ($6::text IS NULL OR status = $6)";
+    let (lo, hi) = (v7_floor(since), v7_floor(until + Duration::from_millis(1)));
+    let params: [&(dyn postgres::types::ToSql + Sync); 6] =
+        [&org, &lo, &hi, &since, &until, &status];
+    let (queued, last) = queue_again(client, filter, &params, max)?;
+    Ok((queued, last.filter(|_| queued as i64 >= max)))
+}
+
+/// In one statement: a delivery for each event matching `filter` (oldest first, at most `max`)
+/// inserted, or made due again as a new round; those of them that had `failed` made `pending`.
+/// Returns how many, and the last one's creation time. A row leased to an attempt in flight is
+/// left as it is.
+fn queue_again(
+    client: &mut Client,
+    filter: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+    max: i64,
+) -> Result<(u64, Option<SystemTime>), postgres::Error> {
+    let row = client.query_one(
+        &format!(
+            "WITH picked AS (
+                 SELECT org_id, id, created_at FROM events WHERE {filter}
+                 ORDER BY id LIMIT {max}),
+             queued AS (
+                 INSERT INTO deliveries (org_id, event_id, attempts, due_at)
+                 SELECT org_id, id, 0, now() FROM picked
+                 ON CONFLICT (org_id, event_id) DO UPDATE
+                 SET attempts = 0, due_at = now()
+                 WHERE deliveries.lease_until IS NULL OR deliveries.lease_until < now()),
+             revived AS (
+                 UPDATE events e SET status = 'pending'
+                 FROM picked p
+                 WHERE e.org_id = p.org_id AND e.id = p.id AND e.status = 'failed')
+             SELECT count(*), max(created_at) FROM picked"
+        ),
+        params,
+    )?;
+    Ok((row.get::<_, i64>(0) as u64, row.get(1)))
+}
+
+/// The smallest UUIDv7 of the millisecond `t` falls in.
+fn v7_floor(t: SystemTime) -> uuid::Uuid {
+    let ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let mut b = [0u8; 16];
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    uuid::Uuid::from_bytes(b)
 }
 
 /// A delivery a claim took, with its event.
@@ -322,13 +448,15 @@ pub fn attempts(
     ))
 }
 
-/// Deliveries queued and not yet made, for the stats: (due now or later, paused).
-pub fn backlog(client: &mut Client) -> Result<(i64, i64), postgres::Error> {
+/// Deliveries queued and not yet made, for the stats: (due now or later, paused), each
+/// counted up to `cap`.
+pub fn backlog(client: &mut Client, cap: i64) -> Result<(i64, i64), postgres::Error> {
     let r = client.query_one(
-        "SELECT count(*) FILTER (WHERE due_at <> 'infinity'),
-                count(*) FILTER (WHERE due_at = 'infinity')
-         FROM deliveries",
-        &[],
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM deliveries
+                 WHERE due_at < 'infinity' LIMIT $1) a),
+                (SELECT count(*) FROM (SELECT 1 FROM deliveries
+                 WHERE due_at = 'infinity' LIMIT $1) p)",
+        &[&cap],
     )?;
     Ok((r.get(0), r.get(1)))
 }

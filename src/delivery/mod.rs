@@ -34,7 +34,7 @@ pub use sign::signature;
 
 use crate::db::deliveries::{self, Claimed, Next, Outcome};
 use crate::db::Link;
-use crate::hooks::{Endpoint, Hooks, Intake, Job};
+use crate::hooks::{Hooks, Intake, Job};
 use crate::ids::{now_micros, EventId, OrgId};
 use crate::stats::DeliveryStats;
 
@@ -44,6 +44,9 @@ const CLAIM_EVERY: Duration = Duration::from_millis(250);
 const CLAIM_ROWS_MAX: usize = 500;
 /// How often the node re-reads every endpoint (changes made on other nodes arrive so).
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How often the backlog in the table is counted for the stats, and up to how many rows.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+const BACKLOG_COUNT_MAX: i64 = 10_000_000;
 /// Outcomes wait at most this long to be recorded with others.
 const RECORD_LINGER: Duration = Duration::from_millis(5);
 /// An endpoint with this many jobs per allowed attempt in flight queued on this node takes no
@@ -431,6 +434,7 @@ struct Store {
     pending: Vec<Done>,
     next_claim: Instant,
     next_refresh: Instant,
+    next_count: Instant,
 }
 
 impl Store {
@@ -448,6 +452,7 @@ impl Store {
             pending: Vec::new(),
             next_claim: now,
             next_refresh: now,
+            next_count: now,
         }
     }
 
@@ -530,13 +535,16 @@ impl Store {
         let Some(client) = self.link.get(&self.db, now) else {
             return;
         };
-        match deliveries::endpoints(client) {
-            Ok(list) => self.shared.hooks.replace_all(
-                list.into_iter()
-                    .map(|(org, url, secret)| (org, Endpoint { url, secret }))
-                    .collect(),
-            ),
-            Err(e) => tracing::warn!(error = %e, "reading webhook endpoints failed"),
+        if now >= self.next_count {
+            self.next_count = now + BACKLOG_EVERY;
+            if let Ok((due, paused)) = deliveries::backlog(client, BACKLOG_COUNT_MAX) {
+                let d = &self.shared.stats;
+                d.backlog.store(due as u64, Ordering::Relaxed);
+                d.backlog_paused.store(paused as u64, Ordering::Relaxed);
+            }
+        }
+        if let Err(e) = self.shared.hooks.reload(client) {
+            tracing::warn!(error = %e, "reading webhook endpoints failed");
         }
     }
 

@@ -148,7 +148,19 @@ pub async fn attempt(
         .unwrap_or_default()
         .as_secs();
     let body = body(job);
-    let Some(sig) = signature(&endpoint.secret, &id, timestamp, &body) else {
+    // During a rotation's grace period both secrets sign, space-separated, as the
+    // specification allows: receivers holding either one verify.
+    let previous = endpoint
+        .previous
+        .as_ref()
+        .filter(|(_, until)| *until > SystemTime::now())
+        .map(|(s, _)| signature(s, &id, timestamp, &body));
+    let current = signature(&endpoint.secret, &id, timestamp, &body);
+    let sig = match (current, previous) {
+        (Some(c), Some(Some(p))) => Some(format!("{c} {p}")),
+        (c, _) => c,
+    };
+    let Some(sig) = sig else {
         return failed(
             "bad_secret",
             None,

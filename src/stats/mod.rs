@@ -192,6 +192,24 @@ pub struct DeliveryStats {
     pub attempt_us: Recorder,
     /// Event created → delivered.
     pub end_to_end_us: Recorder,
+    /// Deliveries queued in the database and not paused, as last counted (every node's), and
+    /// those waiting for a disabled endpoint. Counted every few seconds, up to a cap.
+    pub backlog: AtomicU64,
+    pub backlog_paused: AtomicU64,
+}
+
+impl DeliveryStats {
+    /// (name, value) of every counter, in a fixed order shared by both stats views.
+    pub fn counters(&self) -> [(&'static str, u64); 6] {
+        [
+            ("attempted", self.attempted.get()),
+            ("delivered", self.delivered.get()),
+            ("retrying", self.retrying.get()),
+            ("failed", self.failed.get()),
+            ("endpoints_disabled", self.disabled.get()),
+            ("claimed", self.claimed.get()),
+        ]
+    }
 }
 
 impl Default for Recorder {

@@ -179,6 +179,19 @@ fn committed_events_arrive_once_signed_as_standard_webhooks_verify_and_are_deliv
         );
         assert_eq!(a[0]["response"], "ok");
     }
+    let stats = call(s.addr, "GET", "/api/queue/stats", None, "").json();
+    let d = &stats["webhook_delivery"];
+    assert!(d["delivered"].as_u64().unwrap() >= 12, "{d}");
+    assert_eq!(d["in_memory"], 0, "memory given back: {d}");
+    assert!(
+        stats["latency_us"]["delivery_end_to_end"]["count"]
+            .as_u64()
+            .unwrap()
+            >= 12
+    );
+    let metrics = String::from_utf8(call(s.addr, "GET", "/metrics", None, "").body).unwrap();
+    assert!(metrics.contains("triggers_deliveries_total{outcome=\"delivered\"}"));
+    assert!(metrics.contains("# TYPE triggers_delivery_backlog gauge"));
     // Unknown, malformed and other organizations' events: 404.
     let (other, _) = new_org(s.addr, "other");
     for (k, path) in [
@@ -468,4 +481,169 @@ fn a_graceful_stop_with_attempts_hanging_ends_in_time_and_the_next_start_deliver
         restarted.elapsed()
     );
     assert!(rx.received().len() >= before + ids.len());
+}
+
+#[test]
+fn redeliver_and_replay_queue_events_again_and_failed_ones_become_pending() {
+    let s = start(&["--webhook-retry-schedule", "0s"]);
+    let rx = Receiver::start();
+    rx.answer(|_, _| Reply::status(500));
+    let (key, _) = new_org(s.addr, "replay");
+    configure(s.addr, &key, &rx.url());
+    let since = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    let ids: Vec<String> = (0..3).map(|n| post(s.addr, &key, "t", n)).collect();
+    for id in &ids {
+        wait_status(s.addr, &key, id, "failed");
+    }
+    rx.answer(|_, _| Reply::ok());
+    // One event, failed: pending again, then delivered in a new round of attempts.
+    let r = call(
+        s.addr,
+        "POST",
+        &format!("/api/events/{}/redeliver", ids[0]),
+        Some(&key),
+        "",
+    );
+    assert_eq!((r.status, r.json()["queued"].as_u64()), (202, Some(1)));
+    wait_status(s.addr, &key, &ids[0], "delivered");
+    let a = attempts(s.addr, &key, &ids[0]);
+    assert_eq!(a.len(), 2);
+    assert_eq!(
+        (a[1]["attempt"].as_i64(), a[1]["status_code"].as_i64()),
+        (Some(1), Some(200))
+    );
+    // The failed ones of a time range.
+    let r = call(
+        s.addr,
+        "POST",
+        "/api/webhook/replay",
+        Some(&key),
+        &format!(r#"{{"since":"{since}","status":"failed"}}"#),
+    );
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        (r.json()["queued"].as_u64(), r.json()["has_more"].as_bool()),
+        (Some(2), Some(false))
+    );
+    for id in &ids[1..] {
+        wait_status(s.addr, &key, id, "delivered");
+    }
+    // Everything since, delivered or not: all three again.
+    let r = call(
+        s.addr,
+        "POST",
+        "/api/webhook/replay",
+        Some(&key),
+        &format!(r#"{{"since":"{since}"}}"#),
+    );
+    assert_eq!(r.json()["queued"], 3);
+    let got = rx.wait_for(Duration::from_secs(10), "the replay", |g| {
+        g.iter()
+            .filter(|r| r.header("webhook-id") == ids[2])
+            .count()
+            >= 3
+    });
+    assert_eq!(
+        got.iter()
+            .filter(|r| r.header("webhook-id") == ids[1])
+            .count(),
+        3
+    );
+    // Bad input, unknown events, no webhook.
+    for body in [
+        r#"{"since":"yesterday"}"#,
+        r#"{"since":"2026-01-01T00:00:00Z","status":"lost"}"#,
+        "{}",
+    ] {
+        let r = call(s.addr, "POST", "/api/webhook/replay", Some(&key), body);
+        assert_eq!(r.status, 400, "{body}");
+    }
+    let r = call(
+        s.addr,
+        "POST",
+        &format!("/api/events/{}/redeliver", uuid::Uuid::now_v7()),
+        Some(&key),
+        "",
+    );
+    assert_eq!((r.status, r.code()), (404, "event_not_found".to_string()));
+    let (none, _) = new_org(s.addr, "no-hook-replay");
+    let r = call(
+        s.addr,
+        "POST",
+        "/api/webhook/replay",
+        Some(&none),
+        &format!(r#"{{"since":"{since}"}}"#),
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (404, "webhook_not_configured".to_string())
+    );
+}
+
+#[test]
+fn a_rotated_secret_signs_beside_the_previous_one_until_the_grace_period_ends() {
+    let s = start(&[]);
+    let rx = Receiver::start();
+    let (key, _) = new_org(s.addr, "rotate-secret");
+    let old = configure(s.addr, &key, &rx.url());
+    let r = call(
+        s.addr,
+        "POST",
+        "/api/webhook/rotate-secret",
+        Some(&key),
+        r#"{"grace_seconds":2}"#,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let new = r.json()["secret"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    post(s.addr, &key, "t", 1);
+    let got = rx.wait_for(Duration::from_secs(10), "a delivery", |g| !g.is_empty());
+    assert_eq!(got[0].header("webhook-signature").split(' ').count(), 2);
+    verify(&new, &got[0]);
+    verify(&old, &got[0]);
+    // After the grace period only the new secret signs.
+    std::thread::sleep(Duration::from_millis(2100));
+    post(s.addr, &key, "t", 2);
+    let got = rx.wait_for(Duration::from_secs(10), "a second delivery", |g| {
+        g.len() >= 2
+    });
+    verify(&new, &got[1]);
+    assert!(std::panic::catch_unwind(|| verify(&old, &got[1])).is_err());
+    let r = call(
+        s.addr,
+        "POST",
+        "/api/webhook/rotate-secret",
+        Some(&key),
+        r#"{"grace_seconds":9999999}"#,
+    );
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn a_hanging_endpoint_holds_only_its_own_deliveries() {
+    let s = start(&["--webhook-timeout-ms", "20000"]);
+    let stuck = Receiver::start();
+    stuck.answer(|_, _| Reply::Hang(Duration::from_secs(30)));
+    let fine = Receiver::start();
+    let (k1, _) = new_org(s.addr, "stuck");
+    let (k2, _) = new_org(s.addr, "fine");
+    configure(s.addr, &k1, &stuck.url());
+    configure(s.addr, &k2, &fine.url());
+    for n in 0..100 {
+        post(s.addr, &k1, "t", n);
+    }
+    let started = std::time::Instant::now();
+    let ids: Vec<String> = (0..50).map(|n| post(s.addr, &k2, "t", n)).collect();
+    fine.wait_for(Duration::from_secs(5), "the healthy endpoint's 50", |g| {
+        g.len() >= 50
+    });
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        stuck.received().len() <= 8,
+        "at most webhook_concurrency in flight to it"
+    );
+    for id in &ids {
+        wait_status(s.addr, &k2, id, "delivered");
+    }
 }
