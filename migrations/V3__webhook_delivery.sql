@@ -8,7 +8,9 @@ ALTER TABLE organizations
     ADD COLUMN webhook_disabled_reason text,
     -- After a secret rotation, the previous secret signs too until this time.
     ADD COLUMN webhook_previous_secret text,
-    ADD COLUMN webhook_previous_secret_until timestamptz;
+    ADD COLUMN webhook_previous_secret_until timestamptz,
+    -- The endpoint failed too often in a row: no node attempts it before this time.
+    ADD COLUMN webhook_rest_until timestamptz;
 
 -- One row per event still to be delivered. A node works on a row while `lease_until` is in the
 -- future (it claimed it, or committed the event and took it in memory); a node that dies

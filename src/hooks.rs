@@ -23,6 +23,8 @@ pub struct Endpoint {
     pub secret: String,
     /// After a rotation: the previous secret, which also signs until the time given.
     pub previous: Option<(String, SystemTime)>,
+    /// Resting after failing too often (on any node): no attempt before then.
+    pub rest_until: Option<SystemTime>,
 }
 
 impl From<EndpointRow> for Endpoint {
@@ -31,6 +33,7 @@ impl From<EndpointRow> for Endpoint {
             url: r.url,
             secret: r.secret,
             previous: r.previous,
+            rest_until: r.rest_until,
         }
     }
 }
@@ -311,6 +314,7 @@ mod tests {
             url: "http://x/".into(),
             secret: "whsec_x".into(),
             previous: None,
+            rest_until: None,
         };
         hooks.set(a, Some(e.clone()));
         assert!(hooks.pushes_to(a) && !hooks.pushes_to(b));

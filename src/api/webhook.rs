@@ -79,6 +79,7 @@ pub async fn config(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respo
                     url: url.to_string(),
                     secret: secret.clone(),
                     previous: None,
+                    rest_until: None,
                 }),
             );
             Ok(Response::json_value(

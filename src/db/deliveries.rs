@@ -16,6 +16,8 @@ pub struct EndpointRow {
     pub secret: String,
     /// A rotated-out secret that still signs until the time given.
     pub previous: Option<(String, SystemTime)>,
+    /// Resting after failing too often: no attempt before then.
+    pub rest_until: Option<SystemTime>,
 }
 
 /// Every organization with an enabled webhook.
@@ -23,7 +25,7 @@ pub fn endpoints(client: &mut Client) -> Result<Vec<EndpointRow>, postgres::Erro
     Ok(client
         .query(
             "SELECT org_id, webhook_url, webhook_secret,
-                    webhook_previous_secret, webhook_previous_secret_until
+                    webhook_previous_secret, webhook_previous_secret_until, webhook_rest_until
              FROM organizations
              WHERE webhook_url IS NOT NULL AND webhook_secret IS NOT NULL AND webhook_enabled",
             &[],
@@ -34,6 +36,7 @@ pub fn endpoints(client: &mut Client) -> Result<Vec<EndpointRow>, postgres::Erro
             url: r.get(1),
             secret: r.get(2),
             previous: r.get::<_, Option<String>>(3).zip(r.get(4)),
+            rest_until: r.get(5),
         })
         .collect())
 }
@@ -42,7 +45,7 @@ pub fn endpoints(client: &mut Client) -> Result<Vec<EndpointRow>, postgres::Erro
 pub fn endpoint(client: &mut Client, org: OrgId) -> Result<Option<EndpointRow>, postgres::Error> {
     let row = client.query_opt(
         "SELECT webhook_url, webhook_secret,
-                webhook_previous_secret, webhook_previous_secret_until
+                webhook_previous_secret, webhook_previous_secret_until, webhook_rest_until
          FROM organizations
          WHERE org_id = $1 AND webhook_url IS NOT NULL AND webhook_secret IS NOT NULL
            AND webhook_enabled",
@@ -53,7 +56,21 @@ pub fn endpoint(client: &mut Client, org: OrgId) -> Result<Option<EndpointRow>, 
         url: r.get(0),
         secret: r.get(1),
         previous: r.get::<_, Option<String>>(2).zip(r.get(3)),
+        rest_until: r.get(4),
     }))
+}
+
+/// Rests `org`'s endpoint until `until` (`None`: it recovered), for every node.
+pub fn rest(
+    client: &mut Client,
+    org: OrgId,
+    until: Option<SystemTime>,
+) -> Result<(), postgres::Error> {
+    client.execute(
+        "UPDATE organizations SET webhook_rest_until = $2 WHERE org_id = $1",
+        &[&org, &until],
+    )?;
+    Ok(())
 }
 
 /// Replaces `org`'s signing secret with `secret`; the current one keeps signing until
@@ -181,6 +198,7 @@ pub fn claim(
              WHERE d.due_at <= now()
                AND (d.lease_until IS NULL OR d.lease_until < now())
                AND o.webhook_enabled AND o.webhook_url IS NOT NULL
+               AND (o.webhook_rest_until IS NULL OR o.webhook_rest_until <= now())
                AND d.org_id <> ALL($4::uuid[])
              ORDER BY d.due_at
              LIMIT $1

@@ -138,7 +138,8 @@ pub fn set_webhook(
         "UPDATE organizations
          SET webhook_url = $2, webhook_secret = $3, webhook_updated_at = $4,
              webhook_enabled = true, webhook_disabled_reason = NULL,
-             webhook_previous_secret = NULL, webhook_previous_secret_until = NULL
+             webhook_previous_secret = NULL, webhook_previous_secret_until = NULL,
+             webhook_rest_until = NULL
          WHERE org_id = $1",
         &[&org, &url, &secret, &at],
     )?;
@@ -157,7 +158,8 @@ pub fn clear_webhook(client: &mut Client, org: OrgId) -> Result<(), postgres::Er
         "UPDATE organizations
          SET webhook_url = NULL, webhook_secret = NULL, webhook_updated_at = now(),
              webhook_enabled = true, webhook_disabled_reason = NULL,
-             webhook_previous_secret = NULL, webhook_previous_secret_until = NULL
+             webhook_previous_secret = NULL, webhook_previous_secret_until = NULL,
+             webhook_rest_until = NULL
          WHERE org_id = $1",
         &[&org],
     )?;

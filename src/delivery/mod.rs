@@ -15,10 +15,12 @@
 //! Memory is bounded by `hooks::MemoryLimits`: a job holds its share from its hand-off or claim
 //! until its outcome is recorded. What does not fit stays in the table until there is room.
 //!
+//! - `breaker`: an endpoint that keeps failing rests, then is probed.
 //! - `send`: one attempt over HTTP (address checks, signature, body, answer classes).
 //! - `sign`: Standard Webhooks signatures.
 //! - `schedule`: retry delays, jitter, `Retry-After`.
 
+mod breaker;
 mod schedule;
 mod send;
 mod sign;
@@ -29,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use breaker::{Allowed, Breaker};
 pub use schedule::Schedule;
 pub use sign::signature;
 
@@ -84,7 +87,8 @@ struct Done {
 
 enum Msg {
     Jobs(Vec<Job>),
-    Finished(OrgId, EventId),
+    /// An attempt ended: whether it delivered, `None` when none was made.
+    Finished(OrgId, EventId, Option<bool>),
 }
 
 /// The sender's intake, as persisters and the store see it.
@@ -108,6 +112,9 @@ struct Shared {
     /// Endpoints with enough queued on this node: claims skip them.
     busy: Mutex<HashSet<OrgId>>,
     done: Mutex<Vec<Done>>,
+    /// Endpoints whose breaker opened (resting until then) or closed (`None`), for the store
+    /// to tell every node.
+    rests: Mutex<Vec<(OrgId, Option<SystemTime>)>>,
     stopping: AtomicBool,
     /// When stopping: attempts in flight past this instant are cut off.
     deadline: Mutex<Option<Instant>>,
@@ -137,6 +144,7 @@ impl Engine {
             stats,
             busy: Mutex::default(),
             done: Mutex::default(),
+            rests: Mutex::default(),
             stopping: AtomicBool::new(false),
             deadline: Mutex::new(None),
             sender_ended: AtomicBool::new(false),
@@ -203,7 +211,10 @@ struct Flying {
     bytes: usize,
 }
 
-/// The sender: one queue per endpoint, attempts as local tasks.
+/// How often the sender looks for endpoints whose rest is over.
+const BREAKER_TICK: Duration = Duration::from_millis(100);
+
+/// The sender: one queue and one breaker per endpoint, attempts as local tasks.
 async fn sender(
     shared: Arc<Shared>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Msg>,
@@ -213,55 +224,112 @@ async fn sender(
     let s = &shared.settings;
     let client = send::client(s.connect_timeout, s.timeout, s.concurrency, s.allow_private);
     let mut queues: HashMap<OrgId, Queue> = HashMap::new();
+    let mut breakers: HashMap<OrgId, Breaker> = HashMap::new();
     let mut flying: HashMap<(OrgId, EventId), Flying> = HashMap::new();
+    let mut tick = tokio::time::interval(BREAKER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = *shared.deadline.lock().expect("deadline lock");
-        let msg = match deadline {
-            Some(by) => match tokio::time::timeout_at(by.into(), rx.recv()).await {
-                Ok(m) => m,
-                Err(_) => break,
+        let until = deadline.map_or_else(
+            || tokio::time::Instant::now() + Duration::from_secs(3600),
+            tokio::time::Instant::from_std,
+        );
+        let msg = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => Some(m),
+                None => break,
             },
-            None => rx.recv().await,
+            _ = tick.tick() => None,
+            () = tokio::time::sleep_until(until), if deadline.is_some() => break,
         };
-        let Some(msg) = msg else { break };
         let stopping = shared.stopping.load(Ordering::Acquire);
-        let org = match msg {
-            Msg::Jobs(jobs) => {
+        let now = Instant::now();
+        let orgs: Vec<OrgId> = match msg {
+            Some(Msg::Jobs(jobs)) => {
+                let mut orgs = Vec::new();
                 for job in jobs {
+                    if !orgs.contains(&job.org) {
+                        orgs.push(job.org);
+                    }
                     queues.entry(job.org).or_default().jobs.push_back(job);
                 }
-                None
+                orgs
             }
-            Msg::Finished(org, id) => {
+            Some(Msg::Finished(org, id, result)) => {
                 flying.remove(&(org, id));
                 if let Some(q) = queues.get_mut(&org) {
                     q.in_flight -= 1;
                 }
-                Some(org)
+                if let Some(delivered) = result {
+                    let b = breakers.entry(org).or_default();
+                    let was_open = !matches!(b.allowed(now), Allowed::All);
+                    if b.record(delivered, now) {
+                        shared.stats.breaker_opened.add(1);
+                        if let Allowed::Rest(until) = b.allowed(now) {
+                            tracing::info!(%org, rest_s = (until - now).as_secs(), "webhook endpoint keeps failing: resting it");
+                            let at = SystemTime::now() + (until - now);
+                            shared
+                                .rests
+                                .lock()
+                                .expect("rests lock")
+                                .push((org, Some(at)));
+                        }
+                    } else if was_open && delivered {
+                        shared.rests.lock().expect("rests lock").push((org, None));
+                    }
+                    if b.is_idle() {
+                        breakers.remove(&org);
+                    }
+                }
+                vec![org]
             }
+            // The tick: endpoints whose rest may be over.
+            None => breakers
+                .iter()
+                .filter(|(_, b)| b.allowed(now) == Allowed::Probe)
+                .map(|(o, _)| *o)
+                .collect(),
         };
         if stopping {
             // Jobs not started go back to the table, due as they were.
             let left: Vec<Job> = queues.values_mut().flat_map(|q| q.jobs.drain(..)).collect();
-            finish(
-                &shared,
-                left.into_iter().map(|j| released(j, false)),
-                &store,
-            );
+            finish(&shared, left.into_iter().map(|j| released(j, None)), &store);
             if flying.is_empty() {
                 break;
             }
             continue;
         }
-        let orgs: Vec<OrgId> = match org {
-            Some(o) => vec![o],
-            None => queues.keys().copied().collect(),
-        };
         for org in orgs {
-            let Some(q) = queues.get_mut(&org) else {
-                continue;
+            let q = queues.entry(org).or_default();
+            // This node's breaker, or a rest another node's breaker set.
+            let local = breakers.get(&org).map_or(Allowed::All, |b| b.allowed(now));
+            let shared_rest = shared
+                .hooks
+                .endpoint(org)
+                .and_then(|e| e.rest_until)
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                .map(|left| Allowed::Rest(now + left));
+            let allowed = match (local, shared_rest) {
+                (Allowed::All, Some(rest)) => rest,
+                (local, _) => local,
             };
-            while q.in_flight < s.concurrency {
+            let cap = match allowed {
+                Allowed::All => s.concurrency,
+                Allowed::Probe => 1,
+                Allowed::Rest(until) => {
+                    // Resting: its jobs wait in the table until the rest is over, their
+                    // attempts not spent.
+                    let at = SystemTime::now() + until.saturating_duration_since(now);
+                    let resting: Vec<Job> = q.jobs.drain(..).collect();
+                    finish(
+                        &shared,
+                        resting.into_iter().map(|j| released(j, Some(at))),
+                        &store,
+                    );
+                    0
+                }
+            };
+            while q.in_flight < cap {
                 let Some(job) = q.jobs.pop_front() else { break };
                 q.in_flight += 1;
                 flying.insert(
@@ -281,11 +349,18 @@ async fn sender(
                 tokio::task::spawn_local(async move {
                     let (org, id) = (job.org, job.id);
                     let done = run(&shared, &client, job).await;
+                    let result = done
+                        .outcome
+                        .attempt
+                        .as_ref()
+                        .map(|_| done.outcome.next == Next::Delivered);
                     finish(&shared, std::iter::once(done), &store);
-                    let _ = finished.send(Msg::Finished(org, id));
+                    let _ = finished.send(Msg::Finished(org, id, result));
                 });
             }
-            let busy = q.jobs.len() >= s.concurrency * QUEUED_PER_SLOT;
+            // A probing endpoint takes claims (they bring the probe); a resting one does not.
+            let busy = q.jobs.len() >= s.concurrency * QUEUED_PER_SLOT
+                || matches!(allowed, Allowed::Rest(_));
             if q.jobs.is_empty() && q.in_flight == 0 {
                 queues.remove(&org);
             }
@@ -319,7 +394,7 @@ async fn sender(
     finish(
         &shared,
         cut.into_iter()
-            .chain(left.into_iter().map(|j| released(j, false))),
+            .chain(left.into_iter().map(|j| released(j, None))),
         &store,
     );
 }
@@ -334,8 +409,9 @@ fn finish(shared: &Shared, done: impl Iterator<Item = Done>, store: &std::thread
     }
 }
 
-/// A job given back unmade: its lease ends, the row due as it was.
-fn released(job: Job, paused: bool) -> Done {
+/// A job given back unmade, its attempts not spent: its lease ends, the row due as it was, or
+/// at `due`.
+fn released(job: Job, due: Option<SystemTime>) -> Done {
     Done {
         bytes: job.bytes(),
         outcome: Outcome {
@@ -343,7 +419,7 @@ fn released(job: Job, paused: bool) -> Done {
             id: job.id,
             lease_until: job.lease_until,
             attempts: job.attempts as i16,
-            next: if paused { Next::Pause } else { Next::Release },
+            next: due.map_or(Next::Release, Next::Retry),
             attempt: None,
         },
         gone: false,
@@ -355,7 +431,9 @@ async fn run(shared: &Shared, client: &reqwest::Client, job: Job) -> Done {
     let s = &shared.settings;
     let Some(endpoint) = shared.hooks.endpoint(job.org) else {
         // Deleted or disabled since the job was queued: the row waits (or is gone with it).
-        return released(job, true);
+        let mut done = released(job, None);
+        done.outcome.next = Next::Pause;
+        return done;
     };
     let lease_left = job
         .lease_until
@@ -363,7 +441,7 @@ async fn run(shared: &Shared, client: &reqwest::Client, job: Job) -> Done {
         .unwrap_or_default();
     // Twice the timeout: the attempt, and as much again for recording its outcome.
     if lease_left < s.timeout * 2 {
-        return released(job, false);
+        return released(job, None);
     }
     shared.stats.attempted.add(1);
     if job.attempts == 0 {
@@ -480,6 +558,10 @@ impl Store {
                 );
                 break;
             }
+            let rests = std::mem::take(&mut *self.shared.rests.lock().expect("rests lock"));
+            if !rests.is_empty() {
+                self.rest(rests, now);
+            }
             let stopping = self.shared.stopping.load(Ordering::Acquire);
             if !stopping && now >= self.next_refresh {
                 self.refresh(now);
@@ -528,6 +610,21 @@ impl Store {
         );
         self.shared.hooks.release(jobs, bytes);
         self.pending.clear();
+    }
+
+    /// Tells every node (through the organization's row) that an endpoint rests or recovered.
+    fn rest(&mut self, rests: Vec<(OrgId, Option<SystemTime>)>, now: Instant) {
+        let Some(client) = self.link.get(&self.db, now) else {
+            return;
+        };
+        for (org, until) in rests {
+            match deliveries::rest(client, org, until)
+                .and_then(|()| self.shared.hooks.reload_one(client, org))
+            {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(%org, error = %e, "recording an endpoint's rest failed"),
+            }
+        }
     }
 
     fn refresh(&mut self, now: Instant) {

@@ -184,6 +184,8 @@ pub struct DeliveryStats {
     pub failed: Counter,
     /// Endpoints disabled after answering 410 Gone.
     pub disabled: Counter,
+    /// Times an endpoint's breaker opened (it failed too often in a row and rests).
+    pub breaker_opened: Counter,
     /// Rows taken from the table (retries, and rows a stopped node left).
     pub claimed: Counter,
     /// Event created → its first attempt begins.
@@ -200,13 +202,14 @@ pub struct DeliveryStats {
 
 impl DeliveryStats {
     /// (name, value) of every counter, in a fixed order shared by both stats views.
-    pub fn counters(&self) -> [(&'static str, u64); 6] {
+    pub fn counters(&self) -> [(&'static str, u64); 7] {
         [
             ("attempted", self.attempted.get()),
             ("delivered", self.delivered.get()),
             ("retrying", self.retrying.get()),
             ("failed", self.failed.get()),
             ("endpoints_disabled", self.disabled.get()),
+            ("endpoints_rested", self.breaker_opened.get()),
             ("claimed", self.claimed.get()),
         ]
     }

@@ -120,6 +120,28 @@ impl TestCluster {
     pub fn client(&self) -> postgres::Client {
         postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
     }
+
+    /// A new, empty database in this cluster, named after `name`; its URL. For tests whose
+    /// nodes must not share work with other tests' nodes (they claim each other's webhook
+    /// deliveries).
+    pub fn new_database(&self, name: &str) -> String {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let db: String = format!("{name}_{}_{n}", std::process::id())
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.client()
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
+        self.url.replace("dbname=triggers", &format!("dbname={db}"))
+    }
 }
 
 /// One cluster shared by every test of a test process; tests isolate by organization.

@@ -36,9 +36,19 @@ fn argv(a: &[String]) -> Vec<&str> {
     a.iter().map(String::as_str).collect()
 }
 
-/// A server on the shared cluster with `fast(extra)`.
+/// A server with `fast(extra)` on a database of its own in the shared cluster: nodes sharing
+/// a database take each other's due deliveries, and other tests' nodes are killed when their
+/// tests end, leaving what they had claimed until its lease runs out.
 fn start(extra: &[&str]) -> Server {
-    Server::start(&argv(&fast(extra)))
+    on(&shared_cluster().new_database("hooks"), extra)
+}
+
+/// A server with `fast(extra)` on the database at `url`.
+fn on(url: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--database-url", url];
+    let fast = fast(extra);
+    args.extend(argv(&fast));
+    Server::start_with(&args)
 }
 
 /// Configures `url` as the webhook of the organization of `key`; returns the secret.
@@ -416,8 +426,9 @@ fn a_node_killed_mid_delivery_delivers_everything_after_restart() {
 
 #[test]
 fn two_nodes_on_one_database_both_deliver_and_never_the_same_event_twice() {
-    let a = start(&[]);
-    let b = start(&[]);
+    let url = shared_cluster().new_database("two_nodes");
+    let a = on(&url, &[]);
+    let b = on(&url, &[]);
     let rx = Receiver::start();
     let (key, _) = new_org(a.addr, "two-nodes");
     configure(a.addr, &key, &rx.url());
@@ -646,4 +657,42 @@ fn a_hanging_endpoint_holds_only_its_own_deliveries() {
     for id in &ids {
         wait_status(s.addr, &k2, id, "delivered");
     }
+}
+
+#[test]
+fn an_endpoint_that_keeps_failing_rests_without_spending_attempts_then_is_probed() {
+    let s = start(&[
+        "--webhook-retry-schedule",
+        "0s, 200ms, 200ms, 200ms, 200ms, 200ms",
+    ]);
+    let rx = Receiver::start();
+    rx.answer(|_, _| Reply::status(503));
+    let (key, _) = new_org(s.addr, "breaker");
+    configure(s.addr, &key, &rx.url());
+    let ids: Vec<String> = (0..20).map(|n| post(s.addr, &key, "t", n)).collect();
+    // Five failures in a row rest the endpoint for 5 s: the attempts in flight then finish,
+    // and nothing more is sent.
+    std::thread::sleep(Duration::from_millis(2500));
+    let rested = rx.received().len();
+    assert!(
+        rested <= 5 + 8,
+        "{rested} attempts; expected the breaker to stop them"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(rx.received().len(), rested, "resting: nothing sent");
+    // The rest spends no attempt: no event has failed for good.
+    let page = call(s.addr, "GET", "/api/inbox?status=failed", Some(&key), "").json();
+    assert_eq!(page["events"].as_array().unwrap().len(), 0);
+    // The endpoint recovers: after the rest a probe gets through, and everything follows.
+    rx.answer(|_, _| Reply::ok());
+    for id in &ids {
+        wait_status(s.addr, &key, id, "delivered");
+    }
+    let stats = call(s.addr, "GET", "/api/queue/stats", None, "").json();
+    assert!(
+        stats["webhook_delivery"]["endpoints_rested"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
 }
