@@ -160,6 +160,8 @@ keys! {
     webhook_memory_jobs: usize = required, env "TRIGGERS_WEBHOOK_MEMORY_JOBS", range 1..=10000000;
     /// Event bytes those deliveries may hold
     webhook_memory_bytes: usize = required, env "TRIGGERS_WEBHOOK_MEMORY_BYTES", range 1048576..=68719476736;
+    /// Niceness of delivery's threads and database session (0: as ingest; 19: only spare CPU)
+    webhook_nice: i32 = required, env "TRIGGERS_WEBHOOK_NICE", range 0..=19;
     /// Keys one client address (IPv6: one /64) may create per minute through self-serve signup
     keygen_per_minute: u64 = required, env "TRIGGERS_KEYGEN_PER_MINUTE", range 1..=1000000;
     /// Highest tier self-serve signup may choose (by events per minute); any tier needs the
@@ -274,6 +276,7 @@ impl Config {
                         connect_timeout: ms(v.webhook_connect_timeout_ms),
                         concurrency: v.webhook_concurrency,
                         allow_private: v.webhook_allow_private,
+                        nice: v.webhook_nice,
                     })
                 })
                 .transpose()?,

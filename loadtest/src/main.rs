@@ -9,6 +9,7 @@
 //! - `verify`: reading acknowledged events back.
 //! - `sweep`: stepping the rate up to the highest that holds a p99 bound.
 //! - `hostile`: attacks, one shape at a time, against a server serving a victim tenant.
+//! - `webhook`: webhook delivery end to end, with a receiver in this process.
 //! - `report`, `client`, `copy_ceiling`: the files `--out` writes, the HTTP client, the
 //!   bare-COPY ceiling.
 
@@ -20,6 +21,7 @@ mod run;
 mod scenario;
 mod sweep;
 mod verify;
+mod webhook;
 
 use clap::{Parser, Subcommand};
 
@@ -60,6 +62,9 @@ enum Command {
     /// Attack a server one shape at a time while a victim tenant runs; report what each attack
     /// was answered, the server's peak memory and the victim's latency
     Hostile(hostile::HostileArgs),
+    /// Run ingest with every organization's webhook pointed at a receiver in this process;
+    /// report deliveries (once, duplicated, missing), signatures, and end-to-end latency
+    Webhook(webhook::WebhookArgs),
     /// The bare-COPY ceiling: binary COPY of event-shaped rows straight into PostgreSQL
     CopyCeiling {
         /// PostgreSQL to measure, e.g. "host=/tmp/trg/run user=triggers dbname=triggers"
@@ -119,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run_all(&args).await,
         Command::Hostile(args) => hostile::hostile(&args).await,
+        Command::Webhook(args) => webhook::webhook(&args).await,
         Command::Sweep {
             run,
             start,

@@ -22,7 +22,7 @@ use crate::scenario::{Owned, Scenario, Shape};
 use crate::verify;
 
 /// Delay between the organizations' creation and the first request.
-const START_DELAY: Duration = Duration::from_millis(200);
+pub const START_DELAY: Duration = Duration::from_millis(200);
 
 #[derive(Args, Clone)]
 pub struct RunArgs {
@@ -74,6 +74,8 @@ pub struct Outcome {
     pub errors: u64,
     /// Events acknowledged, and how many of them the inbox holds (`--verify`).
     pub verified: Option<(usize, usize)>,
+    /// (organization index, id) of every event acknowledged (`--verify`).
+    pub acked: Vec<(usize, String)>,
 }
 
 impl Outcome {
@@ -97,7 +99,7 @@ pub fn new_histogram() -> Histogram<u64> {
 }
 
 /// Creates `n` organizations; retries a 429 after its Retry-After.
-async fn create_orgs(target: &Target, n: usize, tier: &str) -> anyhow::Result<Vec<String>> {
+pub async fn create_orgs(target: &Target, n: usize, tier: &str) -> anyhow::Result<Vec<String>> {
     let mut conn = Conn::connect(target).await?;
     let mut keys = Vec::with_capacity(n);
     while keys.len() < n {
@@ -249,14 +251,37 @@ fn show_progress(progress: Arc<Progress>, start: Instant, end: Instant) {
     });
 }
 
-/// One run of `args` against `target`; `quiet` leaves out the progress lines.
-pub async fn run_once(target: &Target, args: &RunArgs, quiet: bool) -> anyhow::Result<Outcome> {
-    let orgs = if args.scenario == Scenario::HotTenant {
+/// The organizations a run of `args` uses.
+pub fn org_count(args: &RunArgs) -> usize {
+    if args.scenario == Scenario::HotTenant {
         1
     } else {
         args.orgs.max(1)
-    };
-    let keys = Arc::new(create_orgs(target, orgs, &args.tier).await?);
+    }
+}
+
+/// One run of `args` against `target`; `quiet` leaves out the progress lines.
+pub async fn run_once(target: &Target, args: &RunArgs, quiet: bool) -> anyhow::Result<Outcome> {
+    let keys = create_orgs(target, org_count(args), &args.tier).await?;
+    run_keys(
+        target,
+        args,
+        Arc::new(keys),
+        Instant::now() + START_DELAY,
+        quiet,
+    )
+    .await
+}
+
+/// One run of `args` against `target` with these organizations' keys, its first request due
+/// at `start`.
+pub async fn run_keys(
+    target: &Target,
+    args: &RunArgs,
+    keys: Arc<Vec<String>>,
+    start: Instant,
+    quiet: bool,
+) -> anyhow::Result<Outcome> {
     let shape = Shape {
         scenario: args.scenario,
         orgs: keys.len(),
@@ -265,7 +290,6 @@ pub async fn run_once(target: &Target, args: &RunArgs, quiet: bool) -> anyhow::R
         batch_size: args.batch_size,
     };
     let progress = Arc::new(Progress::default());
-    let start = Instant::now() + START_DELAY;
     let schedule = Arc::new(Schedule {
         start,
         end: start + Duration::from_secs(args.duration),
@@ -315,6 +339,7 @@ pub async fn run_once(target: &Target, args: &RunArgs, quiet: bool) -> anyhow::R
         statuses,
         errors,
         verified,
+        acked,
     })
 }
 
@@ -336,6 +361,7 @@ mod tests {
             statuses,
             errors: 1,
             verified: None,
+            acked: Vec::new(),
         };
         assert_eq!(o.requests(), 100);
         assert!((o.ok_fraction() - 0.98).abs() < 1e-9);

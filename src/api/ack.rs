@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::context::Context;
+use super::context::{path_event_id, Context};
 use super::error::{parse_body, ApiError};
 use crate::db::events;
 use crate::db::orgs::Org;
@@ -24,11 +24,7 @@ fn event_id(text: &str) -> Option<EventId> {
 }
 
 pub async fn one(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Response, ApiError> {
-    let id = req
-        .path
-        .strip_prefix("/api/ack/")
-        .and_then(event_id)
-        .ok_or(ApiError::EventNotFound)?;
+    let id = path_event_id(req.path, "/api/ack/", "")?;
     let org_id = org.id;
     let found = ctx
         .queries

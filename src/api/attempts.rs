@@ -3,23 +3,16 @@
 //! and an unknown one are the same 404 / `not_found`.
 
 use serde_json::{json, Value};
-use uuid::Uuid;
 
-use super::context::Context;
+use super::context::{path_event_id, Context};
 use super::error::ApiError;
 use crate::db::deliveries;
 use crate::db::orgs::Org;
 use crate::http::{Request, Response};
-use crate::ids::{rfc3339, EventId};
+use crate::ids::rfc3339;
 
 pub async fn list(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Response, ApiError> {
-    let id = req
-        .path
-        .strip_prefix("/api/events/")
-        .and_then(|rest| rest.strip_suffix("/attempts"))
-        .and_then(|text| Uuid::parse_str(text).ok())
-        .map(EventId)
-        .ok_or(ApiError::EventNotFound)?;
+    let id = path_event_id(req.path, "/api/events/", "/attempts")?;
     let org_id = org.id;
     let attempts = ctx
         .queries

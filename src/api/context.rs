@@ -15,7 +15,7 @@ use crate::db::orgs::Org;
 use crate::db::QueryPool;
 use crate::hooks::Hooks;
 use crate::http::{Budget, Request};
-use crate::ids::{KeyHash, OrgId};
+use crate::ids::{EventId, KeyHash, OrgId};
 use crate::queue::{Hub, Waiters};
 use crate::ratelimit::{Limiter, Tier, Tiers};
 use crate::stats::{CoreStats, Stats};
@@ -54,6 +54,16 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// Accept webhook URLs on private, loopback and link-local addresses.
     pub webhook_allow_private: bool,
+}
+
+/// The event id a path names between `prefix` and `suffix`; anything that is not a UUID names
+/// no event, which is the same 404 as an unknown or another organization's event.
+pub(super) fn path_event_id(path: &str, prefix: &str, suffix: &str) -> Result<EventId, ApiError> {
+    path.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_suffix(suffix))
+        .and_then(|text| uuid::Uuid::parse_str(text).ok())
+        .map(EventId)
+        .ok_or(ApiError::EventNotFound)
 }
 
 /// Token buckets shared by every core, so a limit holds however a client's connections spread.

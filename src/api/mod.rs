@@ -2,7 +2,7 @@
 //! path to a route (or 404 / 405 with `Allow`); `Context`, one per core, is the `http::Handler`
 //! that runs a route's handler, one file per resource. Handlers never block: database work goes
 //! to the persisters (events) or the query threads (everything else). Imports `http`, `auth`,
-//! `queue`, `db`, `ratelimit`, `stats` and `ids`.
+//! `queue`, `hooks`, `db`, `egress`, `ratelimit`, `stats` and `ids`.
 //!
 //! Inside: `mod.rs` routes and dispatches; the resource files use `context` (what a handler may
 //! touch) and `error` (every failure's status, code and body), never this file.

@@ -7,15 +7,14 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 use serde_json::json;
-use uuid::Uuid;
 
-use super::context::Context;
+use super::context::{path_event_id, Context};
 use super::error::{parse_body, ApiError};
 use crate::db::deliveries;
 use crate::db::events::Status;
 use crate::db::orgs::{self, Org};
 use crate::http::{Request, Response};
-use crate::ids::{rfc3339, EventId, OrgId};
+use crate::ids::{rfc3339, OrgId};
 
 /// Events one replay call queues at most; `next_since` says where to go on.
 const REPLAY_MAX: i64 = 10_000;
@@ -26,13 +25,7 @@ fn configured(c: &mut postgres::Client, org: OrgId) -> Result<bool, postgres::Er
 }
 
 pub async fn one(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Response, ApiError> {
-    let id = req
-        .path
-        .strip_prefix("/api/events/")
-        .and_then(|rest| rest.strip_suffix("/redeliver"))
-        .and_then(|text| Uuid::parse_str(text).ok())
-        .map(EventId)
-        .ok_or(ApiError::EventNotFound)?;
+    let id = path_event_id(req.path, "/api/events/", "/redeliver")?;
     let org_id = org.id;
     let found = ctx
         .queries

@@ -34,6 +34,8 @@ pub struct Link {
     /// Attempts failed since the connection was last up.
     failures: u64,
     warnings: LogEvery,
+    /// A connection was opened since `opened` was last asked.
+    opened: bool,
 }
 
 impl Link {
@@ -45,7 +47,13 @@ impl Link {
             next_attempt: None,
             failures: 0,
             warnings: LogEvery::new(CONNECT_WARN_EVERY),
+            opened: false,
         }
+    }
+
+    /// Whether a new connection was opened since the last call (to set it up once).
+    pub fn opened(&mut self) -> bool {
+        std::mem::take(&mut self.opened)
     }
 
     /// The connection, reopened first if it is lost and an attempt is due; `None` while
@@ -65,6 +73,7 @@ impl Link {
                         );
                     }
                     self.client = Some(client);
+                    self.opened = true;
                     self.retry = RETRY_MIN;
                     self.next_attempt = None;
                     self.failures = 0;

@@ -35,7 +35,7 @@ use breaker::{Allowed, Breaker};
 pub use schedule::Schedule;
 pub use sign::signature;
 
-use crate::db::deliveries::{self, Claimed, Next, Outcome};
+use crate::db::deliveries::{self, Attempt, Claimed, Next, Outcome};
 use crate::db::Link;
 use crate::hooks::{Hooks, Intake, Job};
 use crate::ids::{now_micros, EventId, OrgId};
@@ -67,6 +67,32 @@ pub struct Settings {
     pub concurrency: usize,
     /// Deliver to private, loopback and link-local addresses (tests, private networks).
     pub allow_private: bool,
+    /// Niceness of delivery's threads and its PostgreSQL backend.
+    pub nice: i32,
+}
+
+/// Lowers the calling thread's priority to niceness `nice` (on Linux, a thread's own).
+fn lower_priority(nice: i32) {
+    if nice > 0 {
+        if let Err(e) = rustix::process::setpriority_process(None, nice) {
+            tracing::warn!(nice, error = %e, "could not lower delivery's priority");
+        }
+    }
+}
+
+/// Lowers the priority of the PostgreSQL backend serving `client` (a server on this host that
+/// the server's user may renice; elsewhere the call fails quietly).
+fn lower_backend_priority(client: &mut postgres::Client, nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    let Ok(row) = client.query_one("SELECT pg_backend_pid()", &[]) else {
+        return;
+    };
+    let pid = rustix::process::Pid::from_raw(row.get::<_, i32>(0));
+    if let Err(e) = rustix::process::setpriority_process(pid, nice) {
+        tracing::debug!(error = %e, "could not lower the delivery session's priority");
+    }
 }
 
 /// How long a node holds a row it works on before any node may take it again. A job starts its
@@ -153,7 +179,10 @@ impl Engine {
             let (shared, tx) = (shared.clone(), tx.clone());
             std::thread::Builder::new()
                 .name("delivery-store".into())
-                .spawn(move || Store::new(shared, db, tx).run())
+                .spawn(move || {
+                    lower_priority(shared.settings.nice);
+                    Store::new(shared, db, tx).run();
+                })
                 .expect("spawning the delivery store")
         };
         let sender = {
@@ -163,6 +192,7 @@ impl Engine {
             std::thread::Builder::new()
                 .name("delivery".into())
                 .spawn(move || {
+                    lower_priority(shared.settings.nice);
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -409,21 +439,33 @@ fn finish(shared: &Shared, done: impl Iterator<Item = Done>, store: &std::thread
     }
 }
 
+impl Done {
+    /// `job` finished: `attempts` made in all, what follows, the attempt made now if any.
+    fn of(job: &Job, attempts: u16, next: Next, attempt: Option<Attempt>) -> Done {
+        Done {
+            bytes: job.bytes(),
+            outcome: Outcome {
+                org: job.org,
+                id: job.id,
+                lease_until: job.lease_until,
+                attempts: attempts as i16,
+                next,
+                attempt,
+            },
+            gone: false,
+        }
+    }
+}
+
 /// A job given back unmade, its attempts not spent: its lease ends, the row due as it was, or
 /// at `due`.
 fn released(job: Job, due: Option<SystemTime>) -> Done {
-    Done {
-        bytes: job.bytes(),
-        outcome: Outcome {
-            org: job.org,
-            id: job.id,
-            lease_until: job.lease_until,
-            attempts: job.attempts as i16,
-            next: due.map_or(Next::Release, Next::Retry),
-            attempt: None,
-        },
-        gone: false,
-    }
+    Done::of(
+        &job,
+        job.attempts,
+        due.map_or(Next::Release, Next::Retry),
+        None,
+    )
 }
 
 /// One job: the attempt, if it can be made, and what follows from it.
@@ -483,16 +525,8 @@ async fn run(shared: &Shared, client: &reqwest::Client, job: Job) -> Done {
         }
     };
     Done {
-        bytes: job.bytes(),
-        outcome: Outcome {
-            org: job.org,
-            id: job.id,
-            lease_until: job.lease_until,
-            attempts: made as i16,
-            next,
-            attempt: Some(sent.attempt),
-        },
         gone,
+        ..Done::of(&job, made, next, Some(sent.attempt))
     }
 }
 
@@ -500,6 +534,22 @@ fn unit_random() -> f64 {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).expect("the OS random source failed");
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The store's connection (reopened with backoff when lost), its backend at delivery's
+/// priority.
+fn connection<'a>(
+    link: &'a mut Link,
+    db: &postgres::Config,
+    nice: i32,
+    now: Instant,
+) -> Option<&'a mut postgres::Client> {
+    if link.get(db, now).is_some() && link.opened() {
+        if let Some(client) = link.get(db, now) {
+            lower_backend_priority(client, nice);
+        }
+    }
+    link.get(db, now)
 }
 
 /// The store thread: records outcomes, claims due rows, refreshes endpoints.
@@ -549,7 +599,10 @@ impl Store {
             {
                 break;
             }
-            if ended && !self.pending.is_empty() && self.link.get(&self.db, now).is_none() {
+            if ended
+                && !self.pending.is_empty()
+                && connection(&mut self.link, &self.db, self.shared.settings.nice, now).is_none()
+            {
                 // PostgreSQL is away at shutdown: the leases run out and other nodes (or this
                 // one, restarted) take the rows again.
                 tracing::warn!(
@@ -580,7 +633,8 @@ impl Store {
     }
 
     fn record(&mut self, now: Instant) {
-        let Some(client) = self.link.get(&self.db, now) else {
+        let Some(client) = connection(&mut self.link, &self.db, self.shared.settings.nice, now)
+        else {
             return;
         };
         let outcomes: Vec<Outcome> = self.pending.iter().map(|d| d.outcome.clone()).collect();
@@ -614,7 +668,8 @@ impl Store {
 
     /// Tells every node (through the organization's row) that an endpoint rests or recovered.
     fn rest(&mut self, rests: Vec<(OrgId, Option<SystemTime>)>, now: Instant) {
-        let Some(client) = self.link.get(&self.db, now) else {
+        let Some(client) = connection(&mut self.link, &self.db, self.shared.settings.nice, now)
+        else {
             return;
         };
         for (org, until) in rests {
@@ -629,7 +684,8 @@ impl Store {
 
     fn refresh(&mut self, now: Instant) {
         self.next_refresh = now + REFRESH_EVERY;
-        let Some(client) = self.link.get(&self.db, now) else {
+        let Some(client) = connection(&mut self.link, &self.db, self.shared.settings.nice, now)
+        else {
             return;
         };
         if now >= self.next_count {
@@ -660,7 +716,8 @@ impl Store {
             .iter()
             .copied()
             .collect();
-        let Some(client) = self.link.get(&self.db, now) else {
+        let Some(client) = connection(&mut self.link, &self.db, self.shared.settings.nice, now)
+        else {
             return;
         };
         let lease = self.shared.hooks.lease();

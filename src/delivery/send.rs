@@ -19,6 +19,12 @@ use crate::ids::rfc3339;
 
 /// How much of an answer's body an attempt keeps.
 pub const RESPONSE_BYTES: usize = 1024;
+/// Idle connections kept per host (scheme, host and port): many endpoints may share a host (a
+/// receiving service, or one load balancer), each with `webhook_concurrency` in flight, and a
+/// connection closed after each burst is a connection opened for the next.
+const IDLE_PER_HOST: usize = 512;
+/// How long an idle connection is kept.
+const IDLE_FOR: Duration = Duration::from_secs(30);
 
 /// What one attempt found.
 #[derive(Debug)]
@@ -83,7 +89,8 @@ pub fn client(
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
-        .pool_max_idle_per_host(per_endpoint)
+        .pool_max_idle_per_host(IDLE_PER_HOST.max(per_endpoint))
+        .pool_idle_timeout(IDLE_FOR)
         .user_agent(concat!("triggers/", env!("CARGO_PKG_VERSION")));
     if !allow_private {
         b = b.dns_resolver(Arc::new(Egress));

@@ -1,11 +1,13 @@
 //! persist: the only code that writes events. Never reports an event committed before COMMIT
-//! returns, and never drops an event without answering it. Imports `queue`, `db`, `stats`,
-//! `shutdown` and `ids`.
+//! returns, and never drops an event without answering it. Imports `queue`, `hooks`, `db`,
+//! `stats`, `shutdown` and `ids`.
 //!
 //! Each persister thread drains every core's ring into a `batch::Batch`, committed on rows,
 //! bytes or age. `db::events::Writer` stores a batch in one transaction; ids are made before an
 //! event is queued, so replaying a batch whose COMMIT outcome is unknown is safe (rows already
-//! stored conflict with themselves and are reported committed). `outcome` turns what was
+//! stored conflict with themselves and are reported committed). A batch holding events of
+//! organizations with a webhook (`hooks`) queues their deliveries in the same statement and
+//! hands them to delivery after the commit. `outcome` turns what was
 //! written into each client's answer, sent home as one message per batch per core. While
 //! PostgreSQL is away, events keep their deadlines: those that run out are answered
 //! `Unavailable` and never stored later.
