@@ -80,9 +80,16 @@ fn lower_priority(nice: i32) {
     }
 }
 
-/// Lowers the priority of the PostgreSQL backend serving `client` (a server on this host that
-/// the server's user may renice; elsewhere the call fails quietly).
-fn lower_backend_priority(client: &mut postgres::Client, nice: i32) {
+/// Sets up the store's PostgreSQL session: its backend at delivery's priority (a server on
+/// this host that the server's user may renice; elsewhere that part fails quietly), and
+/// commits that do not wait for their WAL flush. Losing the last outcomes in a crash of the
+/// database host only means those deliveries are made again (the rows they would have
+/// removed are still there): at least once holds, and the store does not wait for an fsync
+/// per batch of outcomes.
+fn set_up_session(client: &mut postgres::Client, nice: i32) {
+    if let Err(e) = client.batch_execute("SET synchronous_commit = off") {
+        tracing::debug!(error = %e, "could not set up the delivery session");
+    }
     if nice == 0 {
         return;
     }
@@ -536,8 +543,7 @@ fn unit_random() -> f64 {
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The store's connection (reopened with backoff when lost), its backend at delivery's
-/// priority.
+/// The store's connection (reopened with backoff when lost), set up by `set_up_session`.
 fn connection<'a>(
     link: &'a mut Link,
     db: &postgres::Config,
@@ -546,7 +552,7 @@ fn connection<'a>(
 ) -> Option<&'a mut postgres::Client> {
     if link.get(db, now).is_some() && link.opened() {
         if let Some(client) = link.get(db, now) {
-            lower_backend_priority(client, nice);
+            set_up_session(client, nice);
         }
     }
     link.get(db, now)
