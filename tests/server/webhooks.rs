@@ -338,29 +338,49 @@ fn private_addresses_are_refused_at_connect_time_and_recorded() {
         "0s",
     ]);
     let rx = Receiver::start();
+    let port = rx.addr.port();
     let mut db = embedded_client(dir.path());
-    for (name, url) in [
-        (
-            "literal",
-            format!("http://127.0.0.1:{}/hook", rx.addr.port()),
-        ),
-        ("name", format!("http://localhost:{}/hook", rx.addr.port())),
-    ] {
-        let (key, org) = new_org(s.addr, name);
+    // Every class the issue names: loopback (literal and by name), private, link-local and the
+    // cloud metadata address, shared (CGNAT), unspecified, multicast, IPv6 loopback, link-local
+    // and unique-local, and IPv4 inside IPv6.
+    let targets = [
+        format!("http://127.0.0.1:{port}/hook"),
+        format!("http://localhost:{port}/hook"),
+        "http://10.1.2.3/hook".to_string(),
+        "http://172.16.0.1/hook".to_string(),
+        "http://192.168.1.1/hook".to_string(),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://100.64.0.1/hook".to_string(),
+        "http://0.0.0.0/hook".to_string(),
+        "http://224.0.0.1/hook".to_string(),
+        format!("http://[::1]:{port}/hook"),
+        "http://[fe80::1]/hook".to_string(),
+        "http://[fd00::1]/hook".to_string(),
+        format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+    ];
+    let mut orgs = Vec::new();
+    for (i, url) in targets.iter().enumerate() {
+        let (key, org) = new_org(s.addr, &format!("ssrf-{i}"));
         configure(s.addr, &key, "https://hooks.example.com/in");
         let org: uuid::Uuid = org.parse().unwrap();
         db.execute(
             "UPDATE organizations SET webhook_url = $2 WHERE org_id = $1",
-            &[&org, &url],
+            &[&org, url],
         )
         .unwrap();
-        // Every node re-reads endpoints within a second.
-        std::thread::sleep(Duration::from_millis(1500));
-        let id = post(s.addr, &key, "t", 1);
-        wait_status(s.addr, &key, &id, "failed");
-        let a = attempts(s.addr, &key, &id);
+        orgs.push((url, key));
+    }
+    // Every node re-reads endpoints within a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let posted: Vec<(&String, &String, String)> = orgs
+        .iter()
+        .map(|(url, key)| (*url, key, post(s.addr, key, "t", 1)))
+        .collect();
+    for (url, key, id) in posted {
+        wait_status(s.addr, key, &id, "failed");
+        let a = attempts(s.addr, key, &id);
         assert_eq!(a.len(), 1);
-        assert_eq!(a[0]["error"], "address_not_allowed", "{name}: {a:?}");
+        assert_eq!(a[0]["error"], "address_not_allowed", "{url}: {a:?}");
         assert!(a[0]["status_code"].is_null());
     }
     assert!(
