@@ -102,10 +102,9 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Resu
                 );
             }
             while buf.len() < head + len {
-                let mut chunk = [0u8; 16 * 1024];
-                let n = stream.read(&mut chunk).await?;
+                buf.reserve(head + len - buf.len());
+                let n = stream.read_buf(buf).await?;
                 ensure!(n > 0, "closed mid-body");
-                buf.extend_from_slice(&chunk[..n]);
             }
             let body = buf[head..head + len].to_vec();
             buf.drain(..head + len);
@@ -115,10 +114,9 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Resu
                 body,
             });
         }
-        let mut chunk = [0u8; 16 * 1024];
-        let n = stream.read(&mut chunk).await?;
+        buf.reserve(16 * 1024);
+        let n = stream.read_buf(buf).await?;
         ensure!(n > 0, "closed");
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
