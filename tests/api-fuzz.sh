@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 SCHEMATHESIS_VERSION=4.32.5
 EXAMPLES="${1:-50}"
 VENV="$PWD/target/schemathesis-venv"
-BIN=target/debug/triggers
+BIN="${CARGO_TARGET_DIR:-target}/debug/triggers"
 
 if [ ! -x "$VENV/bin/schemathesis" ]; then
   echo "api-fuzz: installing schemathesis $SCHEMATHESIS_VERSION into $VENV"

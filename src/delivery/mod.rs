@@ -33,7 +33,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use breaker::{Allowed, Breaker};
 pub use schedule::Schedule;
-pub use sign::signature;
 
 use crate::db::deliveries::{self, Attempt, Claimed, Next, Outcome};
 use crate::db::Link;
