@@ -115,6 +115,11 @@ impl Hooks {
         *self.intake.lock().expect("hooks intake lock") = None;
     }
 
+    /// Whether any organization has an enabled webhook.
+    pub fn any(&self) -> bool {
+        self.any.load(Ordering::Relaxed)
+    }
+
     /// Whether events of `org` are pushed (it has an enabled webhook).
     pub fn pushes_to(&self, org: OrgId) -> bool {
         self.any.load(Ordering::Relaxed)

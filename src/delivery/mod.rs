@@ -275,7 +275,7 @@ async fn sender(
                 Some(m) => Some(m),
                 None => break,
             },
-            _ = tick.tick() => None,
+            _ = tick.tick(), if !breakers.is_empty() => None,
             () = tokio::time::sleep_until(until), if deadline.is_some() => break,
         };
         let stopping = shared.stopping.load(Ordering::Acquire);
@@ -708,6 +708,10 @@ impl Store {
 
     fn claim(&mut self, now: Instant) {
         self.next_claim = now + CLAIM_EVERY;
+        // No endpoint anywhere (as of the last refresh): nothing can be due.
+        if !self.shared.hooks.any() {
+            return;
+        }
         let (room_jobs, room_bytes) = self.shared.hooks.room();
         let limit = room_jobs.min(CLAIM_ROWS_MAX);
         if limit == 0 || room_bytes == 0 {
