@@ -190,7 +190,7 @@ pub async fn attempt(
             return failed(
                 error_class(&e),
                 None,
-                Some(truncate(format!("{e:#}"))),
+                Some(truncate(error_chain(&e))),
                 Answer::Failed { retry_after: None },
             )
         }
@@ -267,6 +267,22 @@ fn error_class(e: &reqwest::Error) -> &'static str {
     }
 }
 
+/// An error and its causes, outermost first: "error sending request …: client error (Connect):
+/// dns error: …", so that an attempt's record says why.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let cause = s.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = s.source();
+    }
+    text
+}
+
 fn truncate(mut s: String) -> String {
     if s.len() > RESPONSE_BYTES {
         let mut end = RESPONSE_BYTES;
@@ -282,6 +298,28 @@ fn truncate(mut s: String) -> String {
 mod tests {
     use super::*;
     use crate::ids::{EventId, OrgId};
+
+    #[test]
+    fn an_error_is_recorded_with_its_causes() {
+        let inner = std::io::Error::other("dns error: no such host");
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error sending request")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert_eq!(
+            error_chain(&Outer(inner)),
+            "error sending request: dns error: no such host"
+        );
+        assert_eq!(truncate("é".repeat(600)).len(), RESPONSE_BYTES);
+    }
 
     #[test]
     fn the_body_is_the_event_as_json() {
