@@ -232,11 +232,17 @@ pub async fn hostile(args: &HostileArgs) -> anyhow::Result<()> {
             attackers_rt.spawn(attack(shape, setup.clone(), n));
         }
         tokio::time::sleep(ramp).await;
-        let outcome = run_once(&target, &victim, true).await?;
-        let peak_rss = rss.await?;
+        let outcome = run_once(&target, &victim, true).await;
+        let peak_rss = rss.await;
         // Attackers still waiting record `no answer` at `until`.
         tokio::time::sleep(Duration::from_millis(300)).await;
+        // Before any error leaves: a runtime dropped inside this async context would panic
+        // and hide the error.
         attackers_rt.shutdown_background();
+        let (outcome, peak_rss) = (
+            outcome.with_context(|| format!("the victim's run under {shape:?}"))?,
+            peak_rss?,
+        );
         let answers = setup.answers.lock().unwrap().clone();
         rows.push(Row {
             attack: format!("{shape:?}"),
