@@ -2,7 +2,7 @@
 //! events to (their endpoints, as last read), how many delivery jobs it may hold in memory, and
 //! the hand-off of freshly committed events from persisters to delivery. Imports `db` and `ids`.
 //!
-//! A persister asks `Hooks::pushes_to` for each organization of a batch; if any does, it
+//! A persister asks `Hooks::pushing` which organizations of a batch have a webhook; if any, it
 //! commits the batch together with one `deliveries` row per new event, leased to this node
 //! when `Hooks::reserve` found room (the hand-off), or due for any node's claim when not.
 //! After the commit it hands the leased jobs over with `Hooks::hand_off`. Nothing here blocks.
@@ -16,7 +16,7 @@ use crate::db::deliveries::{self, EndpointRow};
 use crate::ids::{EventId, OrgId};
 
 /// Where one organization's events are pushed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Endpoint {
     pub url: String,
     /// The Standard Webhooks signing secret, `whsec_` + base64.
@@ -120,14 +120,17 @@ impl Hooks {
         self.any.load(Ordering::Relaxed)
     }
 
-    /// Whether events of `org` are pushed (it has an enabled webhook).
-    pub fn pushes_to(&self, org: OrgId) -> bool {
-        self.any.load(Ordering::Relaxed)
-            && self
-                .endpoints
-                .read()
-                .expect("hooks lock")
-                .contains_key(&org)
+    /// Those of `orgs` whose events are pushed (they have an enabled webhook), each once. While
+    /// nobody has a webhook this is one atomic load, whatever the batch.
+    pub fn pushing(&self, orgs: impl Iterator<Item = OrgId>) -> Vec<OrgId> {
+        if !self.any() {
+            return Vec::new();
+        }
+        let map = self.endpoints.read().expect("hooks lock");
+        let mut pushed: Vec<OrgId> = orgs.filter(|o| map.contains_key(o)).collect();
+        pushed.sort_unstable();
+        pushed.dedup();
+        pushed
     }
 
     /// Where `org`'s events go now, if anywhere.
@@ -143,15 +146,9 @@ impl Hooks {
     pub fn set(&self, org: OrgId, endpoint: Option<Endpoint>) {
         let mut map = self.endpoints.write().expect("hooks lock");
         match endpoint {
-            Some(e) => {
-                if map.get(&org).is_none_or(|old| **old != e) {
-                    map.insert(org, Arc::new(e));
-                }
-            }
-            None => {
-                map.remove(&org);
-            }
-        }
+            Some(e) => map.insert(org, Arc::new(e)),
+            None => map.remove(&org),
+        };
         self.any.store(!map.is_empty(), Ordering::Relaxed);
     }
 
@@ -176,14 +173,12 @@ impl Hooks {
 
     /// Replaces every endpoint with `endpoints`.
     pub fn replace_all(&self, endpoints: HashMap<OrgId, Endpoint>) {
-        let mut map = self.endpoints.write().expect("hooks lock");
-        map.retain(|org, _| endpoints.contains_key(org));
-        for (org, e) in endpoints {
-            if map.get(&org).is_none_or(|old| **old != e) {
-                map.insert(org, Arc::new(e));
-            }
-        }
+        let map: HashMap<OrgId, Arc<Endpoint>> = endpoints
+            .into_iter()
+            .map(|(org, e)| (org, Arc::new(e)))
+            .collect();
         self.any.store(!map.is_empty(), Ordering::Relaxed);
+        *self.endpoints.write().expect("hooks lock") = map;
     }
 
     /// Reserves room for `jobs` jobs of `bytes` bytes in memory; false (nothing reserved) when
@@ -213,11 +208,12 @@ impl Hooks {
         self.held.bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
-    /// Jobs held in memory now, and how many more fit.
+    /// Jobs held in memory now.
     pub fn held_jobs(&self) -> usize {
         self.held.jobs.load(Ordering::Relaxed)
     }
 
+    /// How many more jobs, and bytes of them, fit in memory.
     pub fn room(&self) -> (usize, usize) {
         (
             self.limits
@@ -314,7 +310,8 @@ mod tests {
             lease: std::time::Duration::from_secs(60),
         });
         let (a, b) = (OrgId(uuid::Uuid::now_v7()), OrgId(uuid::Uuid::now_v7()));
-        assert!(!hooks.pushes_to(a));
+        let pushes_to = |o: OrgId| hooks.pushing(std::iter::once(o)) == [o];
+        assert!(!pushes_to(a));
         let e = Endpoint {
             url: "http://x/".into(),
             secret: "whsec_x".into(),
@@ -322,10 +319,15 @@ mod tests {
             rest_until: None,
         };
         hooks.set(a, Some(e.clone()));
-        assert!(hooks.pushes_to(a) && !hooks.pushes_to(b));
+        assert!(pushes_to(a) && !pushes_to(b));
+        assert_eq!(
+            hooks.pushing([b, a, a, b].into_iter()),
+            [a],
+            "each pushed org once"
+        );
         hooks.replace_all(HashMap::from([(b, e)]));
-        assert!(!hooks.pushes_to(a) && hooks.pushes_to(b));
+        assert!(!pushes_to(a) && pushes_to(b));
         hooks.set(b, None);
-        assert!(!hooks.pushes_to(b));
+        assert!(!pushes_to(b));
     }
 }

@@ -18,7 +18,6 @@ use super::error::{parse_body, ApiError};
 use crate::db::deliveries;
 use crate::db::orgs::{self, Org};
 use crate::egress::{self, Refused};
-use crate::hooks::Endpoint;
 use crate::http::{Method, Request, Response};
 use crate::ids::{now_micros, rfc3339};
 
@@ -68,20 +67,13 @@ pub async fn config(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respo
             let secret = new_secret();
             let updated_at = now_micros();
             let (stored_url, stored_secret) = (url.to_string(), secret.clone());
+            let hooks = ctx.hooks.clone();
             queries
                 .run("set webhook", move |c| {
-                    orgs::set_webhook(c, org_id, &stored_url, &stored_secret, updated_at)
+                    orgs::set_webhook(c, org_id, &stored_url, &stored_secret, updated_at)?;
+                    hooks.reload_one(c, org_id)
                 })
                 .await?;
-            ctx.hooks.set(
-                org_id,
-                Some(Endpoint {
-                    url: url.to_string(),
-                    secret: secret.clone(),
-                    previous: None,
-                    rest_until: None,
-                }),
-            );
             Ok(Response::json_value(
                 200,
                 &json!({

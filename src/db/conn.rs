@@ -34,7 +34,7 @@ pub struct Link {
     /// Attempts failed since the connection was last up.
     failures: u64,
     warnings: LogEvery,
-    /// A connection was opened since `opened` was last asked.
+    /// A connection was opened that `get_fresh` has not yet reported.
     opened: bool,
 }
 
@@ -51,14 +51,18 @@ impl Link {
         }
     }
 
-    /// Whether a new connection was opened since the last call (to set it up once).
-    pub fn opened(&mut self) -> bool {
-        std::mem::take(&mut self.opened)
-    }
-
     /// The connection, reopened first if it is lost and an attempt is due; `None` while
     /// PostgreSQL cannot be reached.
     pub fn get(&mut self, config: &postgres::Config, now: Instant) -> Option<&mut Client> {
+        self.get_fresh(config, now).map(|(client, _)| client)
+    }
+
+    /// `get`, and whether the connection is new since the last call (to set its session up).
+    pub fn get_fresh(
+        &mut self,
+        config: &postgres::Config,
+        now: Instant,
+    ) -> Option<(&mut Client, bool)> {
         if self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
         }
@@ -82,7 +86,8 @@ impl Link {
                 Err(e) => self.failed(&e, now),
             }
         }
-        self.client.as_mut()
+        let client = self.client.as_mut()?;
+        Some((client, std::mem::take(&mut self.opened)))
     }
 
     fn failed(&mut self, error: &postgres::Error, now: Instant) {

@@ -20,44 +20,35 @@ pub struct EndpointRow {
     pub rest_until: Option<SystemTime>,
 }
 
+/// The columns an `EndpointRow` is read from, and the condition of an enabled webhook.
+const ENDPOINT_SELECT: &str = "SELECT org_id, webhook_url, webhook_secret,
+            webhook_previous_secret, webhook_previous_secret_until, webhook_rest_until
+     FROM organizations
+     WHERE webhook_url IS NOT NULL AND webhook_secret IS NOT NULL AND webhook_enabled";
+
+fn endpoint_row(r: &postgres::Row) -> EndpointRow {
+    EndpointRow {
+        org: r.get(0),
+        url: r.get(1),
+        secret: r.get(2),
+        previous: r.get::<_, Option<String>>(3).zip(r.get(4)),
+        rest_until: r.get(5),
+    }
+}
+
 /// Every organization with an enabled webhook.
 pub fn endpoints(client: &mut Client) -> Result<Vec<EndpointRow>, postgres::Error> {
     Ok(client
-        .query(
-            "SELECT org_id, webhook_url, webhook_secret,
-                    webhook_previous_secret, webhook_previous_secret_until, webhook_rest_until
-             FROM organizations
-             WHERE webhook_url IS NOT NULL AND webhook_secret IS NOT NULL AND webhook_enabled",
-            &[],
-        )?
+        .query(ENDPOINT_SELECT, &[])?
         .iter()
-        .map(|r| EndpointRow {
-            org: r.get(0),
-            url: r.get(1),
-            secret: r.get(2),
-            previous: r.get::<_, Option<String>>(3).zip(r.get(4)),
-            rest_until: r.get(5),
-        })
+        .map(endpoint_row)
         .collect())
 }
 
 /// The enabled webhook of one organization, if it has one.
 pub fn endpoint(client: &mut Client, org: OrgId) -> Result<Option<EndpointRow>, postgres::Error> {
-    let row = client.query_opt(
-        "SELECT webhook_url, webhook_secret,
-                webhook_previous_secret, webhook_previous_secret_until, webhook_rest_until
-         FROM organizations
-         WHERE org_id = $1 AND webhook_url IS NOT NULL AND webhook_secret IS NOT NULL
-           AND webhook_enabled",
-        &[&org],
-    )?;
-    Ok(row.map(|r| EndpointRow {
-        org,
-        url: r.get(0),
-        secret: r.get(1),
-        previous: r.get::<_, Option<String>>(2).zip(r.get(3)),
-        rest_until: r.get(4),
-    }))
+    let row = client.query_opt(&format!("{ENDPOINT_SELECT} AND org_id = $1"), &[&org])?;
+    Ok(row.as_ref().map(endpoint_row))
 }
 
 /// Rests `org`'s endpoint until `until` (`None`: it recovered), for every node.
@@ -203,13 +194,16 @@ pub fn claim(
              ORDER BY d.due_at
              LIMIT $1
              FOR UPDATE OF d SKIP LOCKED),
-         sized AS (
-             SELECT due.org_id, due.event_id,
-                    e.type, e.payload::text AS payload, e.dedup_id, e.created_at,
-                    sum(coalesce(octet_length(e.payload::text), 0))
-                        OVER (ORDER BY due.due_at, due.event_id) AS running,
-                    row_number() OVER (ORDER BY due.due_at, due.event_id) AS n
+         read AS (
+             SELECT due.org_id, due.event_id, due.due_at,
+                    e.type, e.payload::text AS payload, e.dedup_id, e.created_at
              FROM due LEFT JOIN events e ON e.org_id = due.org_id AND e.id = due.event_id),
+         sized AS (
+             SELECT read.*,
+                    sum(coalesce(octet_length(payload), 0))
+                        OVER (ORDER BY due_at, event_id) AS running,
+                    row_number() OVER (ORDER BY due_at, event_id) AS n
+             FROM read),
          taken AS (SELECT * FROM sized WHERE n = 1 OR running <= $2),
          leased AS (
              UPDATE deliveries d
@@ -262,9 +256,8 @@ pub enum Next {
     Retry(SystemTime),
     /// The last attempt failed: the row goes, the event is `failed`.
     Failed,
-    /// The endpoint is disabled: the row waits until it is enabled again.
-    Pause,
-    /// Not attempted: the lease is given back, the row due as it was.
+    /// The lease is given back, the row due as it was (`infinity` while its endpoint is
+    /// disabled: `disable` sets that on every row of the organization, leased or not).
     Release,
 }
 
@@ -299,29 +292,32 @@ pub fn record(
     at: SystemTime,
 ) -> Result<(), postgres::Error> {
     let mut tx = client.transaction()?;
-    let made: Vec<&Outcome> = outcomes.iter().filter(|o| o.attempt.is_some()).collect();
+    let made: Vec<(&Outcome, &Attempt)> = outcomes
+        .iter()
+        .filter_map(|o| Some((o, o.attempt.as_ref()?)))
+        .collect();
     if !made.is_empty() {
-        let col = |f: fn(&Attempt) -> i64| -> Vec<i64> {
-            made.iter()
-                .map(|o| f(o.attempt.as_ref().expect("filtered")))
-                .collect()
-        };
-        let a = |o: &&Outcome| o.attempt.clone().expect("filtered");
         tx.execute(
             "INSERT INTO delivery_attempts
                  (org_id, event_id, attempt, attempted_at, status_code, error, latency_us, response)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[]::int2[], $4::timestamptz[],
-                                  $5::int2[], $6::text[], $7::int8[]::int4[], $8::text[])
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int2[], $4::timestamptz[],
+                                  $5::int2[], $6::text[], $7::int4[], $8::text[])
              ON CONFLICT DO NOTHING",
             &[
-                &made.iter().map(|o| o.org).collect::<Vec<_>>(),
-                &made.iter().map(|o| o.id).collect::<Vec<_>>(),
-                &col(|a| i64::from(a.attempt)),
-                &made.iter().map(|o| a(o).attempted_at).collect::<Vec<_>>(),
-                &made.iter().map(|o| a(o).status_code).collect::<Vec<_>>(),
-                &made.iter().map(|o| a(o).error).collect::<Vec<_>>(),
-                &col(|a| i64::from(a.latency_us)),
-                &made.iter().map(|o| a(o).response).collect::<Vec<_>>(),
+                &made.iter().map(|(o, _)| o.org).collect::<Vec<_>>(),
+                &made.iter().map(|(o, _)| o.id).collect::<Vec<_>>(),
+                &made.iter().map(|(_, a)| a.attempt).collect::<Vec<_>>(),
+                &made.iter().map(|(_, a)| a.attempted_at).collect::<Vec<_>>(),
+                &made.iter().map(|(_, a)| a.status_code).collect::<Vec<_>>(),
+                &made
+                    .iter()
+                    .map(|(_, a)| a.error.as_deref())
+                    .collect::<Vec<_>>(),
+                &made.iter().map(|(_, a)| a.latency_us).collect::<Vec<_>>(),
+                &made
+                    .iter()
+                    .map(|(_, a)| a.response.as_deref())
+                    .collect::<Vec<_>>(),
             ],
         )?;
     }
@@ -362,35 +358,27 @@ pub fn record(
             ],
         )?;
     }
-    // Rows that stay: their next due time (`infinity` while paused), the lease given back.
+    // Rows that stay: the lease given back, due at their retry or as they were (NULL).
     let stay: Vec<(&Outcome, Option<SystemTime>)> = outcomes
         .iter()
         .filter_map(|o| match o.next {
             Next::Retry(t) => Some((o, Some(t))),
-            Next::Pause => Some((o, None)),
-            Next::Release => Some((o, Some(SystemTime::UNIX_EPOCH))),
+            Next::Release => Some((o, None)),
             Next::Delivered | Next::Failed => None,
         })
         .collect();
     if !stay.is_empty() {
-        // UNIX_EPOCH marks "due as it was"; NULL marks "paused".
         tx.execute(
             "UPDATE deliveries d
-             SET attempts = k.attempts::int2,
-                 due_at = CASE WHEN k.due IS NULL THEN 'infinity'
-                               WHEN k.due = 'epoch' THEN d.due_at ELSE k.due END,
-                 lease_until = NULL
-             FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::int8[], $5::timestamptz[])
+             SET attempts = k.attempts, due_at = coalesce(k.due, d.due_at), lease_until = NULL
+             FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::int2[], $5::timestamptz[])
                   AS k(org_id, event_id, lease, attempts, due)
              WHERE d.org_id = k.org_id AND d.event_id = k.event_id AND d.lease_until = k.lease",
             &[
                 &stay.iter().map(|(o, _)| o.org).collect::<Vec<_>>(),
                 &stay.iter().map(|(o, _)| o.id).collect::<Vec<_>>(),
                 &stay.iter().map(|(o, _)| o.lease_until).collect::<Vec<_>>(),
-                &stay
-                    .iter()
-                    .map(|(o, _)| i64::from(o.attempts))
-                    .collect::<Vec<_>>(),
+                &stay.iter().map(|(o, _)| o.attempts).collect::<Vec<_>>(),
                 &stay.iter().map(|(_, due)| *due).collect::<Vec<_>>(),
             ],
         )?;

@@ -240,13 +240,6 @@ struct Queue {
     in_flight: usize,
 }
 
-/// A job in flight, as far as a shutdown that cannot wait for it needs to know it.
-struct Flying {
-    lease_until: SystemTime,
-    attempts: u16,
-    bytes: usize,
-}
-
 /// How often the sender looks for endpoints whose rest is over.
 const BREAKER_TICK: Duration = Duration::from_millis(100);
 
@@ -261,7 +254,8 @@ async fn sender(
     let client = send::client(s.connect_timeout, s.timeout, s.concurrency, s.allow_private);
     let mut queues: HashMap<OrgId, Queue> = HashMap::new();
     let mut breakers: HashMap<OrgId, Breaker> = HashMap::new();
-    let mut flying: HashMap<(OrgId, EventId), Flying> = HashMap::new();
+    // Jobs in flight, each as it is given back if a shutdown cannot wait for it.
+    let mut flying: HashMap<(OrgId, EventId), Done> = HashMap::new();
     let mut tick = tokio::time::interval(BREAKER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -329,7 +323,7 @@ async fn sender(
         if stopping {
             // Jobs not started go back to the table, due as they were.
             let left: Vec<Job> = queues.values_mut().flat_map(|q| q.jobs.drain(..)).collect();
-            finish(&shared, left.into_iter().map(|j| released(j, None)), &store);
+            finish(&shared, left.iter().map(|j| released(j, None)), &store);
             if flying.is_empty() {
                 break;
             }
@@ -359,7 +353,7 @@ async fn sender(
                     let resting: Vec<Job> = q.jobs.drain(..).collect();
                     finish(
                         &shared,
-                        resting.into_iter().map(|j| released(j, Some(at))),
+                        resting.iter().map(|j| released(j, Some(at))),
                         &store,
                     );
                     0
@@ -368,14 +362,7 @@ async fn sender(
             while q.in_flight < cap {
                 let Some(job) = q.jobs.pop_front() else { break };
                 q.in_flight += 1;
-                flying.insert(
-                    (job.org, job.id),
-                    Flying {
-                        lease_until: job.lease_until,
-                        attempts: job.attempts,
-                        bytes: job.bytes(),
-                    },
-                );
+                flying.insert((job.org, job.id), released(&job, None));
                 let (shared, client, finished, store) = (
                     shared.clone(),
                     client.clone(),
@@ -411,26 +398,12 @@ async fn sender(
     // Out of time: attempts still in flight are dropped with the runtime. Whether their
     // receivers got them is unknown, so they count as not made: their leases are given back
     // and the deliveries made again (with the same `webhook-id`).
-    let cut: Vec<Done> = flying
-        .into_iter()
-        .map(|((org, id), f)| Done {
-            bytes: f.bytes,
-            outcome: Outcome {
-                org,
-                id,
-                lease_until: f.lease_until,
-                attempts: f.attempts as i16,
-                next: Next::Release,
-                attempt: None,
-            },
-            gone: false,
-        })
-        .collect();
     let left: Vec<Job> = queues.values_mut().flat_map(|q| q.jobs.drain(..)).collect();
     finish(
         &shared,
-        cut.into_iter()
-            .chain(left.into_iter().map(|j| released(j, None))),
+        flying
+            .into_values()
+            .chain(left.iter().map(|j| released(j, None))),
         &store,
     );
 }
@@ -465,9 +438,9 @@ impl Done {
 
 /// A job given back unmade, its attempts not spent: its lease ends, the row due as it was, or
 /// at `due`.
-fn released(job: Job, due: Option<SystemTime>) -> Done {
+fn released(job: &Job, due: Option<SystemTime>) -> Done {
     Done::of(
-        &job,
+        job,
         job.attempts,
         due.map_or(Next::Release, Next::Retry),
         None,
@@ -478,10 +451,10 @@ fn released(job: Job, due: Option<SystemTime>) -> Done {
 async fn run(shared: &Shared, client: &reqwest::Client, job: Job) -> Done {
     let s = &shared.settings;
     let Some(endpoint) = shared.hooks.endpoint(job.org) else {
-        // Deleted or disabled since the job was queued: the row waits (or is gone with it).
-        let mut done = released(job, None);
-        done.outcome.next = Next::Pause;
-        return done;
+        // Not in this node's view: disabled since the job was queued (its row waits at
+        // `infinity`, which `disable` set), deleted (its row is gone), or configured on another
+        // node a moment ago and not yet read here (its row is due again at once).
+        return released(&job, None);
     };
     let lease_left = job
         .lease_until
@@ -489,7 +462,7 @@ async fn run(shared: &Shared, client: &reqwest::Client, job: Job) -> Done {
         .unwrap_or_default();
     // Twice the timeout: the attempt, and as much again for recording its outcome.
     if lease_left < s.timeout * 2 {
-        return released(job, None);
+        return released(&job, None);
     }
     shared.stats.attempted.add(1);
     if job.attempts == 0 {
@@ -513,7 +486,8 @@ async fn run(shared: &Shared, client: &reqwest::Client, job: Job) -> Done {
             shared.stats.end_to_end_us.record_duration(took);
             (Next::Delivered, false)
         }
-        send::Answer::Gone => (Next::Pause, true),
+        // The store disables the endpoint, which makes every row of it wait.
+        send::Answer::Gone => (Next::Release, true),
         send::Answer::Failed { retry_after } => {
             match s
                 .schedule
@@ -549,12 +523,11 @@ fn connection<'a>(
     nice: i32,
     now: Instant,
 ) -> Option<&'a mut postgres::Client> {
-    if link.get(db, now).is_some() && link.opened() {
-        if let Some(client) = link.get(db, now) {
-            set_up_session(client, nice);
-        }
+    let (client, fresh) = link.get_fresh(db, now)?;
+    if fresh {
+        set_up_session(client, nice);
     }
-    link.get(db, now)
+    Some(client)
 }
 
 /// The store thread: records outcomes, claims due rows, refreshes endpoints.

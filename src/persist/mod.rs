@@ -404,26 +404,21 @@ struct Push {
 
 impl Push {
     fn plan(hooks: &Hooks, batch: &[Event]) -> Push {
-        let mut orgs: Vec<OrgId> = Vec::new();
-        for e in batch {
-            if !orgs.contains(&e.row.org) && hooks.pushes_to(e.row.org) {
-                orgs.push(e.row.org);
-            }
-        }
-        let lease_until = now_micros() + hooks.lease();
         let mut push = Push {
+            orgs: hooks.pushing(batch.iter().map(|e| e.row.org)),
             jobs: Vec::new(),
             reserved: None,
-            lease_until,
-            orgs,
+            lease_until: std::time::SystemTime::UNIX_EPOCH,
         };
         if push.orgs.is_empty() {
             return push;
         }
+        let lease_until = now_micros() + hooks.lease();
+        push.lease_until = lease_until;
         let jobs: Vec<(usize, Job)> = batch
             .iter()
             .enumerate()
-            .filter(|(_, e)| push.orgs.contains(&e.row.org))
+            .filter(|(_, e)| push.orgs.binary_search(&e.row.org).is_ok())
             .map(|(i, e)| {
                 let r = &e.row;
                 let job = Job {

@@ -716,3 +716,43 @@ fn an_endpoint_that_keeps_failing_rests_without_spending_attempts_then_is_probed
             >= 1
     );
 }
+
+#[test]
+fn a_delivery_claimed_before_this_node_has_read_its_endpoint_is_delivered_once_it_has() {
+    // An endpoint configured on another node reaches this node's view within a second, but
+    // its due rows can be claimed here before that. Set up behind the API, as another node
+    // would: three organizations get a webhook and a due delivery at once.
+    let url = shared_cluster().new_database("stale_view");
+    let s = on(&url, &[]);
+    let rx = Receiver::start();
+    // An endpoint the node knows already, so that it is claiming.
+    let (known, _) = new_org(s.addr, "stale-known");
+    configure(s.addr, &known, &rx.url());
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (key, org) = new_org(s.addr, &format!("stale-{n}"));
+        let id = post(s.addr, &key, "t", n);
+        let org: uuid::Uuid = org.parse().unwrap();
+        let event: uuid::Uuid = id.parse().unwrap();
+        let mut tx = db.transaction().unwrap();
+        tx.execute(
+            "UPDATE organizations SET webhook_url = $2,
+                 webhook_secret = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'
+             WHERE org_id = $1",
+            &[&org, &rx.url()],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO deliveries (org_id, event_id, due_at) VALUES ($1, $2, now())",
+            &[&org, &event],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        ids.push((key, id));
+    }
+    for (key, id) in &ids {
+        wait_status(s.addr, key, id, "delivered");
+    }
+    assert_eq!(rx.received().len(), 3);
+}
