@@ -123,7 +123,7 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Resu
 impl Receiver {
     /// Records one delivery; the status to answer, or `None` to never answer.
     fn take(&self, req: &Incoming) -> Option<u16> {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
         let org: usize = req
             .path
             .strip_prefix("/hook/")
@@ -139,7 +139,9 @@ impl Receiver {
             self.bad_signatures.fetch_add(1, Ordering::Relaxed);
             return Some(400);
         }
-        let roll: f64 = rand_unit();
+        // Spread the failing and throttled shares evenly over the requests (the golden-ratio
+        // sequence), so that a run is repeatable.
+        let roll = (n as f64 * 0.618_033_988_749_895).fract();
         if roll < self.args.fail_share {
             return Some(500);
         }
@@ -190,18 +192,6 @@ impl Receiver {
             }
         }
     }
-}
-
-fn rand_unit() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64,
-    );
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Points the organization of `key` at `url`; returns its signing secret.
