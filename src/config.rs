@@ -133,6 +133,10 @@ keys! {
     /// Bytes that request and response bodies over 64 KiB may hold at once, node-wide; past
     /// it such bodies are answered 503 with Retry-After
     body_budget_bytes: usize = required, env "TRIGGERS_BODY_BUDGET_BYTES", range 8388608..=1099511627776;
+    /// While the node serves its clients, the answers per second it gives, node-wide, that
+    /// serve no one (no key or admin token verified, or the request refused); the rest wait
+    /// their turn, at most 500 ms. 0: no pace
+    pace_answers_per_s: u32 = required, env "TRIGGERS_PACE_ANSWERS_PER_S", range 0..=100000000;
     /// Time allowed for a request head once its first byte arrived
     header_timeout_ms: u64 = required, env "TRIGGERS_HEADER_TIMEOUT_MS", range 10..=600000;
     /// Time allowed for a request body
@@ -248,6 +252,7 @@ impl Config {
                 idle_timeout: ms(v.idle_timeout_ms),
                 connections_max: v.connections_max,
                 body_budget_bytes: v.body_budget_bytes,
+                pace_answers_per_s: v.pace_answers_per_s,
             },
             api: api::Settings {
                 ack_mode: v.ack_mode,

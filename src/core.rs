@@ -25,8 +25,9 @@ const DRAIN_POLL: Duration = Duration::from_millis(5);
 #[derive(Clone)]
 pub struct Parts {
     pub http: http::Limits,
-    /// The node's bound on large bodies, shared by every core.
-    pub budget: Arc<http::Budget>,
+    /// The node's bound on large bodies and pace of answers that serve no one, shared by
+    /// every core.
+    pub guards: http::Guards,
     pub api: Arc<api::Shared>,
     pub hub: Arc<Hub>,
     pub stop: Arc<Stop>,
@@ -54,7 +55,7 @@ pub fn run(id: usize, parts: Parts, listener: std::net::TcpListener) -> anyhow::
         .build()?;
     rt.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
-        let server = Rc::new(http::Server::new(id, parts.http, parts.budget));
+        let server = Rc::new(http::Server::new(id, parts.http, parts.guards));
         let api = Rc::new(api::Context::new(id, &parts.api));
         {
             let (hub, api) = (parts.hub.clone(), api.clone());

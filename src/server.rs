@@ -273,17 +273,21 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     };
     let keys = Arc::new(KeyCache::default());
     let key_listener = auth::spawn_rotation_listener(db, keys.clone(), stop.clone());
-    let budget = http::Budget::new(config.http.body_budget_bytes);
+    let guards = http::Guards::new(
+        config.http.body_budget_bytes,
+        config.http.pace_answers_per_s,
+        cores,
+    );
     let parts = core::Parts {
         http: config.http.clone(),
-        budget: budget.clone(),
+        guards: guards.clone(),
         api: Arc::new(api::Shared::new(
             config.api.clone(),
             hub.clone(),
             queries,
             keys,
             stats,
-            budget,
+            guards,
             hooks,
         )),
         hub: hub.clone(),

@@ -14,7 +14,7 @@ use crate::auth::{self, AuthError, KeyCache};
 use crate::db::orgs::Org;
 use crate::db::QueryPool;
 use crate::hooks::Hooks;
-use crate::http::{Budget, Request};
+use crate::http::{Guards, Request};
 use crate::ids::{EventId, KeyHash, OrgId};
 use crate::queue::{Hub, Waiters};
 use crate::ratelimit::{Limiter, Tier, Tiers};
@@ -104,7 +104,7 @@ pub struct Shared {
     keys: Arc<KeyCache>,
     stats: Arc<Stats>,
     limits: Arc<Limits>,
-    budget: Arc<Budget>,
+    guards: Guards,
     hooks: Arc<Hooks>,
 }
 
@@ -115,7 +115,7 @@ impl Shared {
         queries: QueryPool,
         keys: Arc<KeyCache>,
         stats: Arc<Stats>,
-        budget: Arc<Budget>,
+        guards: Guards,
         hooks: Arc<Hooks>,
     ) -> Shared {
         Shared {
@@ -125,7 +125,7 @@ impl Shared {
             keys,
             stats,
             limits: Arc::default(),
-            budget,
+            guards,
             hooks,
         }
     }
@@ -140,8 +140,9 @@ pub struct Context {
     pub(super) keys: Arc<KeyCache>,
     pub(super) stats: Arc<Stats>,
     pub(super) limits: Arc<Limits>,
-    /// The node's bound on large bodies: an inbox page leases what it holds.
-    pub(super) budget: Arc<Budget>,
+    /// The node's bound on large bodies (an inbox page leases what it holds), and the pace of
+    /// anonymous answers (shown in the stats).
+    pub(super) guards: Guards,
     /// This node's view of webhook endpoints: a change made here applies to it at once.
     pub(super) hooks: Arc<Hooks>,
     pub(super) waiters: Waiters,
@@ -157,7 +158,7 @@ impl Context {
             keys: shared.keys.clone(),
             stats: shared.stats.clone(),
             limits: shared.limits.clone(),
-            budget: shared.budget.clone(),
+            guards: shared.guards.clone(),
             hooks: shared.hooks.clone(),
             waiters: Waiters::new(core, shared.settings.storage_wait),
         }

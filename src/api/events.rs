@@ -263,7 +263,16 @@ pub async fn post_batch(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<R
         Err(ApiError::StorageUnavailable) => stats.unavailable.add(1),
         Err(_) => stats.rejected.add(1),
     }
-    Ok(with_quota(result.map(|(r, _)| r), quota))
+    // A batch serves its tenant (see `http::pace`) when any of its events is stored, now or
+    // before: one that refuses them all is a refusal.
+    let served = |(r, counts): (Response, [u64; 3])| {
+        if counts[0] + counts[1] > 0 {
+            r.served()
+        } else {
+            r
+        }
+    };
+    Ok(with_quota(result.map(served), quota))
 }
 
 /// The response, and how many items were accepted, duplicates, and refused.

@@ -160,7 +160,7 @@ pub async fn list(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respons
     // The page holds the node's body budget for what it reads, twice over (the rows, then
     // their serialization), until its answer has been written. A budget spent elsewhere ends
     // the page early, as its own byte bound does.
-    let budget = ctx.budget.clone();
+    let budget = ctx.guards.budget.clone();
     let mut lease = None;
     let (stored, has_more, mut lease) = ctx
         .queries

@@ -268,17 +268,37 @@ impl Handler for Context {
 }
 
 /// Runs `route`'s handler. A route that needs a key gets the organization behind the key
-/// `admit` found, authenticated here, once, for every such route.
+/// `admit` found, authenticated here, once, for every such route. An answer below 400 to a
+/// tenant, or to the operator's verified admin token, serves them (see `http::pace`); a batch
+/// says itself whether it served, by storing something.
 async fn dispatch(
     ctx: &Context,
     route: Route,
     key: Option<KeyHash>,
     req: &Request<'_>,
 ) -> Result<Response, ApiError> {
-    if let Credential::Key = route.credential() {
-        let org = ctx.authenticate(key, req.peer).await?;
-        return dispatch_tenant(ctx, route, &org, req).await;
-    }
+    let to_verified = match route.credential() {
+        Credential::Key => {
+            let org = ctx.authenticate(key, req.peer).await?;
+            dispatch_tenant(ctx, route, &org, req).await
+        }
+        Credential::Admin if ctx.settings.admin_token.is_some() => {
+            dispatch_open(ctx, route, req).await
+        }
+        // Anyone may call it: it serves no one in particular.
+        Credential::Admin | Credential::None => return dispatch_open(ctx, route, req).await,
+    };
+    let answer = to_verified.unwrap_or_else(ApiError::into_response);
+    let serves = answer.status < 400 && route != Route::EventsBatch;
+    Ok(if serves { answer.served() } else { answer })
+}
+
+/// Runs the handler of a route that needs no key.
+async fn dispatch_open(
+    ctx: &Context,
+    route: Route,
+    req: &Request<'_>,
+) -> Result<Response, ApiError> {
     match route {
         Route::Health => health::health(ctx).await,
         Route::HealthLive => Ok(health::live(ctx)),

@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use base64::Engine;
 use hdrhistogram::serialization::{Serializer, V2Serializer};
@@ -145,8 +146,13 @@ pub fn show(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
                 "lost": ctx.stats.storage_lost.get(),
             },
             "body_budget": {
-                "held_bytes": ctx.budget.held(),
-                "max_bytes": ctx.budget.max(),
+                "held_bytes": ctx.guards.budget.held(),
+                "max_bytes": ctx.guards.budget.max(),
+            },
+            "pace": {
+                "answers_per_s": ctx.guards.pace.per_s(),
+                "active": ctx.guards.pace.busy(Instant::now()),
+                "held_back": ctx.guards.pace.held_back(),
             },
             "webhook_delivery": snap.deliveries.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "batches_committed": snap.batches,
@@ -307,8 +313,9 @@ pub fn metrics(ctx: &Context) -> Result<Response, ApiError> {
     for (i, r) in snap.rings.iter().enumerate() {
         let _ = writeln!(out, "triggers_queue_capacity{{core=\"{i}\"}} {}", r.1);
     }
-    let _ = writeln!(out, "# HELP triggers_body_budget_held_bytes Bytes of request and response bodies over 64 KiB held now.\n# TYPE triggers_body_budget_held_bytes gauge\ntriggers_body_budget_held_bytes {}", ctx.budget.held());
-    let _ = writeln!(out, "# HELP triggers_body_budget_max_bytes The most such bodies may hold (body_budget_bytes).\n# TYPE triggers_body_budget_max_bytes gauge\ntriggers_body_budget_max_bytes {}", ctx.budget.max());
+    let _ = writeln!(out, "# HELP triggers_body_budget_held_bytes Bytes of request and response bodies over 64 KiB held now.\n# TYPE triggers_body_budget_held_bytes gauge\ntriggers_body_budget_held_bytes {}", ctx.guards.budget.held());
+    let _ = writeln!(out, "# HELP triggers_body_budget_max_bytes The most such bodies may hold (body_budget_bytes).\n# TYPE triggers_body_budget_max_bytes gauge\ntriggers_body_budget_max_bytes {}", ctx.guards.budget.max());
+    let _ = writeln!(out, "# HELP triggers_paced_answers_held_back_total Answers that serve no one held back by the pace (pace_answers_per_s).\n# TYPE triggers_paced_answers_held_back_total counter\ntriggers_paced_answers_held_back_total {}", ctx.guards.pace.held_back());
     let _ = writeln!(out, "# HELP triggers_embedded_postgres_restarts_total Restarts of the embedded PostgreSQL after it died.\n# TYPE triggers_embedded_postgres_restarts_total counter\ntriggers_embedded_postgres_restarts_total {}", ctx.stats.storage_restarts.get());
     let durable = u8::from(ctx.settings.ack_mode == AckMode::Durable);
     let _ = writeln!(out, "# HELP triggers_durable_ack 1 when 2xx means committed, 0 in enqueued mode.\n# TYPE triggers_durable_ack gauge\ntriggers_durable_ack {durable}");

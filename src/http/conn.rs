@@ -7,7 +7,8 @@
 //! when the next request is already buffered. A large response body is written from the
 //! handler's buffer, not copied, and its lease on the budget is held until it has left.
 //! Any framing error is answered and the connection closed, since the next request's start is
-//! unknown.
+//! unknown. An answer that serves no one (see `Response::served`), and every refusal, first
+//! waits its turn on the core's pace (`http::pace`).
 
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
@@ -22,7 +23,9 @@ use monoio::io::{
 use monoio::net::TcpStream;
 
 use super::budget::{Budget, Lease};
+use super::guards::Guards;
 use super::handler::{Handler, Refusal, Request};
+use super::pace::CorePace;
 use super::request::{
     parse_head, BodyFraming, ChunkedDecoder, Field, FrameError, Head, Method,
     CHUNK_OVERHEAD_BYTES_MAX,
@@ -60,6 +63,9 @@ pub struct Limits {
     pub connections_max: usize,
     /// Bytes the node's large bodies may hold at once (see `http::budget`).
     pub body_budget_bytes: usize,
+    /// Node-wide answers per second that serve no one, while the node serves someone (see
+    /// `http::pace`); 0: no pace.
+    pub pace_answers_per_s: u32,
 }
 
 /// One core's HTTP state. Touched by that core's thread alone: no locks.
@@ -68,6 +74,8 @@ pub struct Server {
     limits: Limits,
     /// Shared by every core.
     budget: Arc<Budget>,
+    /// When this core's next answer that serves no one is due.
+    pace: CorePace,
     /// Cancels the accept and every idle read at once when draining begins.
     canceller: RefCell<Canceller>,
     draining: Cell<bool>,
@@ -78,7 +86,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(core: usize, limits: Limits, budget: Arc<Budget>) -> Server {
+    pub fn new(core: usize, limits: Limits, guards: Guards) -> Server {
         // Request ids: core, then a per-run random tag, then a counter; unique within a run and
         // unlikely to repeat across runs.
         let mut tag = [0u8; 4];
@@ -86,7 +94,8 @@ impl Server {
         Server {
             core,
             limits,
-            budget,
+            budget: guards.budget,
+            pace: CorePace::new(guards.pace),
             canceller: RefCell::new(Canceller::new()),
             draining: Cell::new(false),
             connections: Cell::new(0),
@@ -305,6 +314,7 @@ impl Conn {
         request_id: Option<&str>,
         linger_bytes: usize,
     ) {
+        server.pace.wait_turn(self.rbuf.len()).await;
         self.write_refusal(server, handler, refusal, request_id);
         if self.flush().await {
             self.linger(server, linger_bytes).await;
@@ -347,6 +357,7 @@ impl Conn {
                 Err(_) => break,
             }
         }
+        server.pace.charge(discarded);
     }
 }
 
@@ -478,6 +489,11 @@ async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) 
         conn.rbuf.shrink_to(READ_BUF_BYTES);
     }
     drop((chunked_body, lease));
+    if response.served {
+        server.pace.node().served(Instant::now());
+    } else {
+        server.pace.wait_turn(consumed).await;
+    }
     let keep_alive = head.keep_alive && !server.is_draining();
     let large = response.body.len() > WRITE_FLUSH_BYTES && head.method != Method::Head;
     conn.answer(server, &response, &request_id, &head, keep_alive, large);
@@ -506,6 +522,8 @@ async fn refuse_early(
     response: &Response,
     request_id: &str,
 ) -> Option<()> {
+    // Refused from its head: it serves no one.
+    server.pace.wait_turn(head.len).await;
     let skip = match head.framing {
         BodyFraming::None => Some(0),
         BodyFraming::Length(n) if n <= SKIP_BODY_BYTES_MAX => Some(n),

@@ -14,6 +14,10 @@ pub struct Response {
     /// The node budget's share a large body holds (see `http::budget`), kept until the body
     /// has been written.
     pub lease: Option<Lease>,
+    /// The answer serves a known client: its key or the admin token was verified and its
+    /// request was not refused. Other answers wait their turn while the node serves someone
+    /// (`http::pace`).
+    pub served: bool,
 }
 
 impl Response {
@@ -24,6 +28,7 @@ impl Response {
             body,
             headers: Vec::new(),
             lease: None,
+            served: false,
         }
     }
 
@@ -39,6 +44,12 @@ impl Response {
             content_type,
             ..Response::json(status, body)
         }
+    }
+
+    /// Marks the answer as serving a known client (see `served`).
+    pub fn served(mut self) -> Response {
+        self.served = true;
+        self
     }
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {

@@ -323,3 +323,90 @@ fn an_address_guessing_keys_is_refused_before_its_guesses_are_looked_up() {
         200
     );
 }
+
+/// Answers the pace held back, from the stats.
+fn held_back(addr: std::net::SocketAddr) -> u64 {
+    call(addr, "GET", "/api/queue/stats", None, "").json()["pace"]["held_back"]
+        .as_u64()
+        .unwrap()
+}
+
+/// `n` requests on one connection, one after the other, each answered `status`; how long
+/// they took.
+fn one_by_one(
+    addr: std::net::SocketAddr,
+    n: usize,
+    (method, path, key, body): (&str, &str, Option<&str>, &str),
+    status: u16,
+) -> Duration {
+    let mut c = Client::connect(addr).unwrap();
+    let headers: Vec<(&str, &str)> = key.map(|k| ("X-API-Key", k)).into_iter().collect();
+    let started = Instant::now();
+    for _ in 0..n {
+        let r = c.request(method, path, &headers, body.as_bytes()).unwrap();
+        assert_eq!(r.status, status, "{method} {path}");
+    }
+    started.elapsed()
+}
+
+#[test]
+fn answers_that_serve_no_one_wait_their_turn_while_clients_are_served_and_those_do_not() {
+    // 20 such answers a second (one per 50 ms) after a burst of 32.
+    let s = Server::start(&["--cores", "1", "--pace-answers-per-s", "20"]);
+    let (key, _) = new_org(s.addr, "tenant");
+    let probe = ("GET", "/health/live", None, "");
+
+    // A node that serves no one answers probes at once.
+    one_by_one(s.addr, 100, probe, 200);
+    assert_eq!(held_back(s.addr), 0);
+
+    // A tenant posts every 50 ms while 100 probes, then 60 of its own invalid events, run:
+    // past the burst, the probes and the refusals are paced; the tenant's events are not.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tenant = {
+        let (addr, key, stop) = (s.addr, key.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut took = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                assert_eq!(
+                    post_event(addr, &key, r#"{"type":"t","payload":{}}"#).status,
+                    202
+                );
+                took.push(started.elapsed());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            took.sort();
+            took
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let probes = one_by_one(s.addr, 100, probe, 200);
+    let invalid = (
+        "POST",
+        "/api/events",
+        Some(key.as_str()),
+        r#"{"type":"bad type","payload":{}}"#,
+    );
+    let refusals = one_by_one(s.addr, 60, invalid, 400);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let tenant = tenant.join().unwrap();
+    // 100 probes: 33 at once, then one per 50 ms (~3.35 s); 60 refusals, one per 50 ms.
+    assert!(probes >= Duration::from_secs(3), "probes took {probes:?}");
+    assert!(
+        refusals >= Duration::from_secs(2),
+        "refusals took {refusals:?}"
+    );
+    assert!(held_back(s.addr) >= 100);
+    let median = tenant[tenant.len() / 2];
+    assert!(
+        median < Duration::from_millis(100),
+        "tenant's median {median:?}"
+    );
+
+    // Once no one has been served for the busy window, the pace lifts.
+    std::thread::sleep(triggers::http::pace::BUSY_WINDOW + Duration::from_millis(500));
+    let before = held_back(s.addr);
+    one_by_one(s.addr, 100, probe, 200);
+    assert_eq!(held_back(s.addr), before);
+}
