@@ -1,7 +1,8 @@
 #!/bin/bash
 # Usage: run.sh BUILD_DIR OUT [extra server args]
 # One `loadtest hostile` run against a fresh server of BUILD_DIR on its own embedded cluster.
-# Runs b*/a*: the seven flood shapes (as below); a7-full: every shape (no --attacks).
+# Runs b*/a*: the seven flood shapes (as below); a7-full, a8-full: every shape (no --attacks);
+# ce1-ce3: --attacks chunk-extension.
 set -e
 B=$1; OUT=$2; shift 2
 rm -rf /tmp/h9/ab/data-$OUT
