@@ -19,6 +19,7 @@ mod hostile;
 mod report;
 mod run;
 mod scenario;
+mod side;
 mod sweep;
 mod verify;
 mod webhook;

@@ -46,6 +46,11 @@ pub struct WebhookArgs {
     /// Seconds to wait after the run for deliveries still to come
     #[arg(long, default_value_t = 30)]
     pub drain: u64,
+    /// Niceness of the receiver's thread (it runs on a runtime of its own either way). 19: it
+    /// takes only CPU the server, its PostgreSQL and the ingest client leave, as an endpoint on
+    /// another machine would
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub receiver_nice: i32,
 }
 
 /// What the receiver saw.
@@ -227,7 +232,11 @@ pub async fn webhook(args: &WebhookArgs) -> anyhow::Result<()> {
     );
     let url = run.url.first().context("--url")?;
     let target = Target::parse(url)?;
-    let listener = TcpListener::bind(args.receiver_listen).await?;
+    // The receiver runs on a runtime of its own: its work (a signature to verify per request)
+    // must not delay the ingest client's sends and reads, whose latency is measured.
+    let receiver_rt = crate::side::runtime("receiver", args.receiver_nice, None)?;
+    let listener = std::net::TcpListener::bind(args.receiver_listen)?;
+    listener.set_nonblocking(true)?;
     let at = listener.local_addr()?;
     let keys = create_orgs(&target, org_count(&run), &run.tier).await?;
     let mut secrets = Vec::with_capacity(keys.len());
@@ -258,6 +267,8 @@ pub async fn webhook(args: &WebhookArgs) -> anyhow::Result<()> {
     });
     {
         let receiver = receiver.clone();
+        let _in_receiver_rt = receiver_rt.enter();
+        let listener = TcpListener::from_std(listener)?;
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let _ = stream.set_nodelay(true);
@@ -294,6 +305,7 @@ pub async fn webhook(args: &WebhookArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    drop(receiver_rt);
     let seen = receiver.seen.lock().unwrap();
     let missing = expected
         .iter()

@@ -270,3 +270,45 @@ fn every_attack_shape_is_answered_as_documented_with_memory_bounded_and_the_vict
     );
     expect("Signup", &["429"], &["201", "no answer", "closed", "reset"]);
 }
+
+#[test]
+fn the_webhook_run_receives_every_acknowledged_event_signed() {
+    // Delivery runs on a database of its own: nodes sharing one claim each other's deliveries.
+    let db = testkit::shared_cluster().new_database("loadtest_webhook");
+    let server = Server::start_with(&[
+        "--database-url",
+        &db,
+        "--cores",
+        "1",
+        "--webhook-delivery",
+        "true",
+        "--webhook-allow-private",
+        "true",
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    // Fails by itself on a missing event or a bad signature.
+    loadtest(&[
+        "webhook",
+        "--url",
+        &server.url(),
+        "--rate",
+        "200",
+        "--duration",
+        "1",
+        "--orgs",
+        "4",
+        "--drain",
+        "20",
+        "--receiver-nice",
+        "19",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(out.path().join("webhook.json")).unwrap();
+    let report: Value = serde_json::from_str(&text).unwrap();
+    let acknowledged = report["events_acknowledged"].as_u64().unwrap();
+    assert!(acknowledged >= 150, "{report}");
+    assert_eq!(report["delivered"].as_u64(), Some(acknowledged), "{report}");
+    assert_eq!(report["missing"].as_u64(), Some(0), "{report}");
+    assert_eq!(report["bad_signatures"].as_u64(), Some(0), "{report}");
+}

@@ -93,17 +93,6 @@ fn watch_rss(pid: u32, until: Instant) -> tokio::task::JoinHandle<u64> {
     })
 }
 
-/// Lowers the calling thread's priority to niceness `nice` (on Linux a thread's own).
-fn lower_priority(nice: i32) {
-    if nice == 0 {
-        return;
-    }
-    // `None` is the caller, which Linux takes to mean the calling thread.
-    if let Err(e) = rustix::process::setpriority_process(None, nice) {
-        eprintln!("attackers: setpriority({nice}): {e}");
-    }
-}
-
 /// Posts `n` events of ~250 KB for the attackers' tenant, so its inbox pages are large.
 async fn seed_big_events(target: &Target, key: &str, n: usize) -> anyhow::Result<()> {
     let mut conn = Conn::connect(target).await?;
@@ -214,20 +203,7 @@ pub async fn hostile(args: &HostileArgs) -> anyhow::Result<()> {
         let rss = watch_rss(args.server_pid, until);
         // The attackers run on a runtime of their own, so their tasks never delay the victim's
         // in one scheduler (they still share the machine's CPUs with it and the server).
-        let (nice, cpu) = (args.attacker_nice, args.attacker_cpu);
-        let attackers_rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("attacker")
-            .on_thread_start(move || {
-                lower_priority(nice);
-                if let Some(cpu) = cpu {
-                    if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-                        eprintln!("attackers: could not pin to CPU {cpu}");
-                    }
-                }
-            })
-            .enable_all()
-            .build()?;
+        let attackers_rt = crate::side::runtime("attacker", args.attacker_nice, args.attacker_cpu)?;
         for n in 0..connections {
             attackers_rt.spawn(attack(shape, setup.clone(), n));
         }
@@ -236,9 +212,7 @@ pub async fn hostile(args: &HostileArgs) -> anyhow::Result<()> {
         let peak_rss = rss.await;
         // Attackers still waiting record `no answer` at `until`.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        // Before any error leaves: a runtime dropped inside this async context would panic
-        // and hide the error.
-        attackers_rt.shutdown_background();
+        drop(attackers_rt);
         let (outcome, peak_rss) = (
             outcome.with_context(|| format!("the victim's run under {shape:?}"))?,
             peak_rss?,
