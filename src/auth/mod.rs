@@ -183,7 +183,11 @@ pub fn spawn_rotation_listener(
                     Ok(c) => c,
                     Err(e) => {
                         if let Some(attempts) = failures.hit(Instant::now()) {
-                            tracing::warn!(failed_attempts = attempts, error = %e, "key-rotation listener cannot connect");
+                            tracing::warn!(
+                                failed_attempts = attempts,
+                                error = &e as &dyn std::error::Error,
+                                "key-rotation listener cannot connect"
+                            );
                         }
                         std::thread::sleep(LISTEN_RETRY);
                         continue;
@@ -206,7 +210,10 @@ pub fn spawn_rotation_listener(
                             },
                             Ok(None) => break,
                             Err(e) => {
-                                tracing::warn!(error = %e, "key-rotation listener lost its connection");
+                                tracing::warn!(
+                                    error = &e as &dyn std::error::Error,
+                                    "key-rotation listener lost its connection"
+                                );
                                 break 'listen;
                             }
                         }

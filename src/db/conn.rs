@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
 use crate::stats::LogEvery;
@@ -22,6 +23,24 @@ pub fn connect(config: &postgres::Config) -> Result<Client, postgres::Error> {
     config.connect_timeout(CONNECT_TIMEOUT);
     config.application_name("triggers");
     config.connect(NoTls)
+}
+
+/// Whether PostgreSQL has ended `client`'s session. A session it ended while the connection
+/// sat idle (a restart, a termination) left its last message unread on the socket, and a
+/// query sent there would fail although PostgreSQL is back: one non-blocking poll reads it.
+fn ended(client: &mut Client) -> bool {
+    // Nothing on these connections LISTENs: the poll drops no notification anyone waits for.
+    // An error from an idle connection is the session's end (PostgreSQL's FATAL message). The
+    // zero timeout lets the client's runtime look at the socket once (`iter` would not: it
+    // polls without turning the runtime's reactor, so it never learns the socket is readable).
+    loop {
+        let polled = client.notifications().timeout_iter(Duration::ZERO).next();
+        match polled {
+            Ok(Some(_)) => {}
+            Ok(None) => return client.is_closed(),
+            Err(_) => return true,
+        }
+    }
 }
 
 /// One thread's connection, reopened with backoff when it is lost. Time is passed in.
@@ -63,7 +82,7 @@ impl Link {
         config: &postgres::Config,
         now: Instant,
     ) -> Option<(&mut Client, bool)> {
-        if self.client.as_ref().is_some_and(Client::is_closed) {
+        if self.client.as_mut().is_some_and(ended) {
             self.client = None;
         }
         if self.client.is_none() && self.next_attempt.is_none_or(|at| now >= at) {
@@ -95,7 +114,12 @@ impl Link {
         self.next_attempt = Some(now + self.retry);
         self.retry = (self.retry * 2).min(RETRY_MAX);
         if let Some(attempts) = self.warnings.hit(now) {
-            tracing::warn!(failed_attempts = attempts, error = %error, "{} cannot connect", self.who);
+            tracing::warn!(
+                failed_attempts = attempts,
+                error = error as &dyn std::error::Error,
+                "{} cannot connect",
+                self.who
+            );
         }
     }
 }

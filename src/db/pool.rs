@@ -73,7 +73,11 @@ impl QueryPool {
             let result = match client {
                 None => Err(QueryError::Unavailable),
                 Some(c) => f(c).map_err(|e| {
-                    tracing::warn!(query = what, error = %e, "query failed");
+                    tracing::warn!(
+                        query = what,
+                        error = &e as &dyn std::error::Error,
+                        "query failed"
+                    );
                     QueryError::Unavailable
                 }),
             };

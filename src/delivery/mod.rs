@@ -617,7 +617,11 @@ impl Store {
         };
         let outcomes: Vec<Outcome> = self.pending.iter().map(|d| d.outcome.clone()).collect();
         if let Err(e) = deliveries::record(client, &outcomes, now_micros()) {
-            tracing::warn!(error = %e, outcomes = outcomes.len(), "recording delivery outcomes failed; will retry");
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                outcomes = outcomes.len(),
+                "recording delivery outcomes failed; will retry"
+            );
             return;
         }
         let gone: HashSet<OrgId> = self
@@ -633,7 +637,9 @@ impl Store {
                     self.shared.stats.disabled.add(1);
                     self.shared.hooks.set(org, None);
                 }
-                Err(e) => tracing::warn!(%org, error = %e, "disabling a gone endpoint failed"),
+                Err(e) => {
+                    tracing::warn!(%org, error = &e as &dyn std::error::Error, "disabling a gone endpoint failed");
+                }
             }
         }
         let (jobs, bytes) = (
@@ -655,7 +661,9 @@ impl Store {
                 .and_then(|()| self.shared.hooks.reload_one(client, org))
             {
                 Ok(()) => {}
-                Err(e) => tracing::warn!(%org, error = %e, "recording an endpoint's rest failed"),
+                Err(e) => {
+                    tracing::warn!(%org, error = &e as &dyn std::error::Error, "recording an endpoint's rest failed");
+                }
             }
         }
     }
@@ -675,7 +683,10 @@ impl Store {
             }
         }
         if let Err(e) = self.shared.hooks.reload(client) {
-            tracing::warn!(error = %e, "reading webhook endpoints failed");
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "reading webhook endpoints failed"
+            );
         }
     }
 
@@ -707,7 +718,10 @@ impl Store {
             match deliveries::claim(client, limit as i64, room_bytes as i64, lease, &skip) {
                 Ok(rows) => rows.into_iter().map(job_of).collect(),
                 Err(e) => {
-                    tracing::warn!(error = %e, "claiming due deliveries failed");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "claiming due deliveries failed"
+                    );
                     return;
                 }
             };

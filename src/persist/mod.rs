@@ -275,14 +275,22 @@ impl Persister {
                         }
                         Failure::Connection => {
                             replay = true;
-                            tracing::warn!(persister = self.index, error = %e, "lost the PostgreSQL connection; will replay the batch");
+                            tracing::warn!(
+                                persister = self.index,
+                                error = &e as &dyn std::error::Error,
+                                "lost the PostgreSQL connection; will replay the batch"
+                            );
                             self.set_writer(None);
                             self.my_stats().retries.add(1);
                             self.pause(&mut batch, &mut push);
                         }
                         Failure::Transient => {
                             replay = true;
-                            tracing::warn!(persister = self.index, error = %e, "batch failed; retrying");
+                            tracing::warn!(
+                                persister = self.index,
+                                error = &e as &dyn std::error::Error,
+                                "batch failed; retrying"
+                            );
                             self.my_stats().retries.add(1);
                             self.pause(&mut batch, &mut push);
                         }
@@ -345,7 +353,12 @@ impl Persister {
     /// An outage must not fill the log either.
     fn log_connect_failure(&mut self, e: &postgres::Error) {
         if let Some(attempts) = self.connect_failures.hit(Instant::now()) {
-            tracing::warn!(persister = self.index, failed_attempts = attempts, error = %e, "persister cannot connect");
+            tracing::warn!(
+                persister = self.index,
+                failed_attempts = attempts,
+                error = e as &dyn std::error::Error,
+                "persister cannot connect"
+            );
         }
     }
 

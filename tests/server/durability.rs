@@ -245,6 +245,49 @@ fn a_killed_embedded_postgres_is_reaped_and_restarted_and_only_a_lost_one_fails_
 }
 
 #[test]
+fn queries_after_a_postgres_restart_do_not_fail_on_the_sessions_it_ended() {
+    let data = data_dir();
+    let _reaper = Reaper(data.path().to_path_buf());
+    let dir = data.path().to_str().unwrap().to_string();
+    let server = Server::start_with(&["--data-dir", &dir, "--query-threads", "2"]);
+    let (key, _) = new_org(server.addr, "restarted");
+    let signup = || {
+        call(
+            server.addr,
+            "POST",
+            "/api/keys/generate",
+            None,
+            r#"{"organization_name":"after"}"#,
+        )
+        .status
+    };
+    // Both query threads hold a connection.
+    let statuses = all_at_once(server.addr, 8, move |_, c| {
+        let body = br#"{"organization_name":"before"}"#;
+        c.request("POST", "/api/keys/generate", &[], body)
+            .unwrap()
+            .status
+    });
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+
+    // A fast shutdown ends every session (FATAL 57P01); the server starts the cluster again.
+    let first = postmaster_pid(data.path());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    eventually(Duration::from_secs(60), "a new postmaster serves", || {
+        postmaster_pid(data.path()) != first
+            && post_event(server.addr, &key, r#"{"type":"t","payload":{}}"#).status == 202
+    });
+    // Each query thread's old session is found ended before a query is sent on it.
+    for _ in 0..4 {
+        assert_eq!(signup(), 201);
+    }
+}
+
+#[test]
 fn the_embedded_cluster_starts_at_once_after_its_postmaster_is_killed_mid_query() {
     let dir = data_dir();
     let _reaper = Reaper(dir.path().to_path_buf());
