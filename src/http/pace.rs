@@ -11,8 +11,9 @@
 //! gives the others at most its share of the node's rate (`pace_answers_per_s`), after a
 //! burst of `BURST`; an answer over the pace is held back, its connection waiting (no CPU, no
 //! read), at most `WAIT_MAX`. An answer counts one turn per `TURN_BYTES` its request made the
-//! core read (at least one): a large refused batch, or the bytes a lingering close discards,
-//! cost the core more than a probe does. Such a client is then slowed to the pace, whatever
+//! core read (at least one), and a lingering close after it one more turn per `TURN_BYTES` it
+//! discards (at least one): a large refused batch, or a client that keeps sending after its
+//! refusal, costs the core more than a probe does. Such a client is then slowed to the pace, whatever
 //! it sends; its open connections stay bounded by `connections_max`, and so, through
 //! `WAIT_MAX`, is its rate. A node that serves no one answers as fast as it can: a
 //! health-probe benchmark measures the server, not the pace.
@@ -137,8 +138,8 @@ impl CorePace {
         wait
     }
 
-    /// Books the turns `bytes` read after an answer cost (a lingering close): the next answers
-    /// wait for them.
+    /// Books the turns (at least one) that `bytes` read after an answer cost (a lingering
+    /// close): the next answers wait for them.
     pub fn charge(&self, bytes: usize) {
         let now = Instant::now();
         if self.node.busy(now) {
