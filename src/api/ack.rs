@@ -7,9 +7,8 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 use serde_json::json;
-use uuid::Uuid;
 
-use super::context::{path_event_id, Context};
+use super::context::{event_id, path_event_id, Context};
 use super::error::{parse_body, ApiError};
 use crate::db::events;
 use crate::db::orgs::Org;
@@ -17,11 +16,6 @@ use crate::http::{Request, Response};
 use crate::ids::{rfc3339, EventId};
 
 const IDS_MAX: usize = 1000;
-
-/// An event id as a client wrote it; anything that is not a UUID cannot name an event.
-fn event_id(text: &str) -> Option<EventId> {
-    Uuid::parse_str(text).ok().map(EventId)
-}
 
 pub async fn one(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Response, ApiError> {
     let id = path_event_id(req.path, "/api/ack/", "")?;

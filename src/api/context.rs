@@ -11,6 +11,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::auth::{self, AuthError, KeyCache};
+use crate::db::events::Status;
 use crate::db::orgs::Org;
 use crate::db::QueryPool;
 use crate::hooks::Hooks;
@@ -56,13 +57,29 @@ pub struct Settings {
     pub webhook_allow_private: bool,
 }
 
+/// An event id as a client wrote it; anything that is not a UUID cannot name an event.
+pub(super) fn event_id(text: &str) -> Option<EventId> {
+    uuid::Uuid::parse_str(text).ok().map(EventId)
+}
+
+/// A status filter as clients write it (the inbox's `status`, a replay's): `Some(None)` for
+/// `all`; `None` for anything else.
+pub(super) fn status_filter(text: &str) -> Option<Option<Status>> {
+    match text {
+        "pending" => Some(Some(Status::Pending)),
+        "delivered" => Some(Some(Status::Delivered)),
+        "failed" => Some(Some(Status::Failed)),
+        "all" => Some(None),
+        _ => None,
+    }
+}
+
 /// The event id a path names between `prefix` and `suffix`; anything that is not a UUID names
 /// no event, which is the same 404 as an unknown or another organization's event.
 pub(super) fn path_event_id(path: &str, prefix: &str, suffix: &str) -> Result<EventId, ApiError> {
     path.strip_prefix(prefix)
         .and_then(|rest| rest.strip_suffix(suffix))
-        .and_then(|text| uuid::Uuid::parse_str(text).ok())
-        .map(EventId)
+        .and_then(event_id)
         .ok_or(ApiError::EventNotFound)
 }
 

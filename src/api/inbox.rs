@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::context::Context;
+use super::context::{status_filter, Context};
 use super::error::ApiError;
 use crate::db::events::{self, PageQuery, Status, StoredEvent};
 use crate::db::orgs::Org;
@@ -62,13 +62,8 @@ pub fn parse_query(query: &str) -> Result<PageQuery, ApiError> {
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match &*key {
             "status" => {
-                q.status = match &*value {
-                    "pending" => Some(Status::Pending),
-                    "delivered" => Some(Status::Delivered),
-                    "failed" => Some(Status::Failed),
-                    "all" => None,
-                    _ => return Err(bad("status", "use pending, delivered, failed or all")),
-                }
+                q.status = status_filter(&value)
+                    .ok_or_else(|| bad("status", "use pending, delivered, failed or all"))?;
             }
             "type" => {
                 if value.is_empty() || value.chars().count() > 255 {

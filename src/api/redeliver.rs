@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::context::{path_event_id, Context};
+use super::context::{path_event_id, status_filter, Context};
 use super::error::{parse_body, ApiError};
 use crate::db::deliveries;
 use crate::db::events::Status;
@@ -75,18 +75,10 @@ pub async fn replay(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respo
         ));
     }
     let status = match input.status.as_deref() {
-        None | Some("all") => None,
-        Some(s) => Some(
-            [Status::Pending, Status::Delivered, Status::Failed]
-                .into_iter()
-                .find(|k| k.as_str() == s)
-                .ok_or_else(|| {
-                    ApiError::InvalidRequest(
-                        "`status` must be pending, delivered, failed or all".into(),
-                    )
-                })?
-                .as_str(),
-        ),
+        None => None,
+        Some(s) => status_filter(s).ok_or_else(|| {
+            ApiError::InvalidRequest("`status` must be pending, delivered, failed or all".into())
+        })?,
     };
     let org_id = org.id;
     let (queued, next) = ctx
@@ -95,6 +87,7 @@ pub async fn replay(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respo
             if !configured(c, org_id)? {
                 return Ok(None);
             }
+            let status = status.map(Status::as_str);
             deliveries::replay(c, org_id, since, until, status, REPLAY_MAX).map(Some)
         })
         .await?

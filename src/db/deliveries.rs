@@ -410,12 +410,17 @@ pub fn enable(client: &mut Client, org: OrgId) -> Result<bool, postgres::Error> 
          WHERE org_id = $1 AND webhook_url IS NOT NULL",
         &[&org],
     )?;
+    wake(&mut tx, org)?;
+    tx.commit()?;
+    Ok(n == 1)
+}
+
+/// Makes `org`'s deliveries that waited for its endpoint (disabled: due at 'infinity') due now.
+pub fn wake(tx: &mut postgres::Transaction<'_>, org: OrgId) -> Result<u64, postgres::Error> {
     tx.execute(
         "UPDATE deliveries SET due_at = now() WHERE org_id = $1 AND due_at = 'infinity'",
         &[&org],
-    )?;
-    tx.commit()?;
-    Ok(n == 1)
+    )
 }
 
 /// The attempts made to deliver `org`'s event `id`, oldest first; `None` when `org` has no

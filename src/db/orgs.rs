@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use postgres::{Client, Transaction};
 
+use super::deliveries;
 use crate::ids::{KeyHash, OrgId};
 
 /// The channel on which a node announces a key rotation; the payload is the organization id.
@@ -125,6 +126,11 @@ pub fn webhook(client: &mut Client, org: OrgId) -> Result<Webhook, postgres::Err
     }))
 }
 
+/// What setting or clearing a webhook resets: enabled, no rotation under way, not resting.
+const WEBHOOK_STATE_FRESH: &str = "webhook_enabled = true, webhook_disabled_reason = NULL,
+     webhook_previous_secret = NULL, webhook_previous_secret_until = NULL,
+     webhook_rest_until = NULL";
+
 /// Sets `org`'s webhook, enabled; deliveries waiting for a disabled endpoint are due now.
 pub fn set_webhook(
     client: &mut Client,
@@ -135,18 +141,15 @@ pub fn set_webhook(
 ) -> Result<(), postgres::Error> {
     let mut tx = client.transaction()?;
     tx.execute(
-        "UPDATE organizations
-         SET webhook_url = $2, webhook_secret = $3, webhook_updated_at = $4,
-             webhook_enabled = true, webhook_disabled_reason = NULL,
-             webhook_previous_secret = NULL, webhook_previous_secret_until = NULL,
-             webhook_rest_until = NULL
-         WHERE org_id = $1",
+        &format!(
+            "UPDATE organizations
+             SET webhook_url = $2, webhook_secret = $3, webhook_updated_at = $4,
+                 {WEBHOOK_STATE_FRESH}
+             WHERE org_id = $1"
+        ),
         &[&org, &url, &secret, &at],
     )?;
-    tx.execute(
-        "UPDATE deliveries SET due_at = now() WHERE org_id = $1 AND due_at = 'infinity'",
-        &[&org],
-    )?;
+    deliveries::wake(&mut tx, org)?;
     tx.commit()
 }
 
@@ -155,12 +158,12 @@ pub fn set_webhook(
 pub fn clear_webhook(client: &mut Client, org: OrgId) -> Result<(), postgres::Error> {
     let mut tx = client.transaction()?;
     tx.execute(
-        "UPDATE organizations
-         SET webhook_url = NULL, webhook_secret = NULL, webhook_updated_at = now(),
-             webhook_enabled = true, webhook_disabled_reason = NULL,
-             webhook_previous_secret = NULL, webhook_previous_secret_until = NULL,
-             webhook_rest_until = NULL
-         WHERE org_id = $1",
+        &format!(
+            "UPDATE organizations
+             SET webhook_url = NULL, webhook_secret = NULL, webhook_updated_at = now(),
+                 {WEBHOOK_STATE_FRESH}
+             WHERE org_id = $1"
+        ),
         &[&org],
     )?;
     tx.execute("DELETE FROM deliveries WHERE org_id = $1", &[&org])?;
