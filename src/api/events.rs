@@ -264,15 +264,9 @@ pub async fn post_batch(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<R
         Err(_) => stats.rejected.add(1),
     }
     // A batch serves its tenant (see `http::pace`) when any of its events is stored, now or
-    // before: one that refuses them all is a refusal.
-    let served = |(r, counts): (Response, [u64; 3])| {
-        if counts[0] + counts[1] > 0 {
-            r.served()
-        } else {
-            r
-        }
-    };
-    Ok(with_quota(result.map(served), quota))
+    // before: one that refuses them all is a refusal, though answered 200.
+    let decided = |(r, counts): (Response, [u64; 3])| r.serving(counts[0] + counts[1] > 0);
+    Ok(with_quota(result.map(decided), quota))
 }
 
 /// The response, and how many items were accepted, duplicates, and refused.

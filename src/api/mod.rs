@@ -269,8 +269,8 @@ impl Handler for Context {
 
 /// Runs `route`'s handler. A route that needs a key gets the organization behind the key
 /// `admit` found, authenticated here, once, for every such route. An answer below 400 to a
-/// tenant, or to the operator's verified admin token, serves them (see `http::pace`); a batch
-/// says itself whether it served, by storing something.
+/// tenant, or to the operator's verified admin token, serves them (see `http::pace`), unless
+/// its handler decided otherwise (a batch that stored nothing).
 async fn dispatch(
     ctx: &Context,
     route: Route,
@@ -289,8 +289,8 @@ async fn dispatch(
         Credential::Admin | Credential::None => return dispatch_open(ctx, route, req).await,
     };
     let answer = to_verified.unwrap_or_else(ApiError::into_response);
-    let serves = answer.status < 400 && route != Route::EventsBatch;
-    Ok(if serves { answer.served() } else { answer })
+    let serves = answer.status < 400;
+    Ok(answer.serving(serves))
 }
 
 /// Runs the handler of a route that needs no key.

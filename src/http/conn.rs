@@ -489,8 +489,9 @@ async fn one_request<H: Handler>(server: &Server, handler: &H, conn: &mut Conn) 
         conn.rbuf.shrink_to(READ_BUF_BYTES);
     }
     drop((chunked_body, lease));
-    if response.served {
-        server.pace.node().served(Instant::now());
+    if response.served == Some(true) {
+        // When its head was read is recent enough for a mark kept to 10 ms.
+        server.pace.node().served(received);
     } else {
         server.pace.wait_turn(consumed).await;
     }

@@ -14,10 +14,11 @@ pub struct Response {
     /// The node budget's share a large body holds (see `http::budget`), kept until the body
     /// has been written.
     pub lease: Option<Lease>,
-    /// The answer serves a known client: its key or the admin token was verified and its
-    /// request was not refused. Other answers wait their turn while the node serves someone
+    /// Whether the answer serves a known client: its key or the admin token was verified and
+    /// its request was not refused. `None` until the handler decides (`serving`); an answer
+    /// that does not serve (`None` included) waits its turn while the node serves someone
     /// (`http::pace`).
-    pub served: bool,
+    pub served: Option<bool>,
 }
 
 impl Response {
@@ -28,7 +29,7 @@ impl Response {
             body,
             headers: Vec::new(),
             lease: None,
-            served: false,
+            served: None,
         }
     }
 
@@ -46,9 +47,10 @@ impl Response {
         }
     }
 
-    /// Marks the answer as serving a known client (see `served`).
-    pub fn served(mut self) -> Response {
-        self.served = true;
+    /// Says whether the answer serves a known client (see `served`), unless that was said
+    /// already: the handler that knows more decides first.
+    pub fn serving(mut self, serves: bool) -> Response {
+        self.served.get_or_insert(serves);
         self
     }
 

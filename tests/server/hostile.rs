@@ -389,15 +389,28 @@ fn answers_that_serve_no_one_wait_their_turn_while_clients_are_served_and_those_
         r#"{"type":"bad type","payload":{}}"#,
     );
     let refusals = one_by_one(s.addr, 60, invalid, 400);
+    // A batch whose every event is refused is answered 200, and paced as a refusal.
+    let refused_batch = (
+        "POST",
+        "/api/events/batch",
+        Some(key.as_str()),
+        r#"{"events":[{"type":"bad type","payload":{}}]}"#,
+    );
+    let refused_batches = one_by_one(s.addr, 30, refused_batch, 200);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let tenant = tenant.join().unwrap();
-    // 100 probes: 33 at once, then one per 50 ms (~3.35 s); 60 refusals, one per 50 ms.
+    // 100 probes: 33 at once, then one per 50 ms (~3.35 s); 60 refusals and 30 refused
+    // batches, one per 50 ms.
     assert!(probes >= Duration::from_secs(3), "probes took {probes:?}");
     assert!(
         refusals >= Duration::from_secs(2),
         "refusals took {refusals:?}"
     );
-    assert!(held_back(s.addr) >= 100);
+    assert!(
+        refused_batches >= Duration::from_secs(1),
+        "refused batches took {refused_batches:?}"
+    );
+    assert!(held_back(s.addr) >= 130);
     let median = tenant[tenant.len() / 2];
     assert!(
         median < Duration::from_millis(100),
