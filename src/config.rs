@@ -166,6 +166,9 @@ keys! {
     webhook_memory_bytes: usize = required, env "TRIGGERS_WEBHOOK_MEMORY_BYTES", range 1048576..=68719476736;
     /// Niceness of delivery's threads and database session (0: as ingest; 19: only spare CPU)
     webhook_nice: i32 = required, env "TRIGGERS_WEBHOOK_NICE", range 0..=19;
+    /// Delivery gives way to ingest: while ingest's commits are slower than usual, attempts
+    /// start at a lowered rate (see `webhook_delivery.limit_per_s` in the stats)
+    webhook_yield: bool = required, env "TRIGGERS_WEBHOOK_YIELD";
     /// Keys one client address (IPv6: one /64) may create per minute through self-serve signup
     keygen_per_minute: u64 = required, env "TRIGGERS_KEYGEN_PER_MINUTE", range 1..=1000000;
     /// Highest tier self-serve signup may choose (by events per minute); any tier needs the
@@ -282,6 +285,7 @@ impl Config {
                         concurrency: v.webhook_concurrency,
                         allow_private: v.webhook_allow_private,
                         nice: v.webhook_nice,
+                        yield_to_ingest: v.webhook_yield,
                     })
                 })
                 .transpose()?,

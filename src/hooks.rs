@@ -92,6 +92,9 @@ pub struct Hooks {
     any: AtomicBool,
     limits: MemoryLimits,
     held: Held,
+    /// Delivery gives way to ingest: persisters leave new deliveries in the table, to be
+    /// claimed oldest first as attempts may start, rather than pile them up in memory.
+    holding_back: AtomicBool,
     intake: Mutex<Option<Arc<dyn Intake>>>,
 }
 
@@ -102,6 +105,7 @@ impl Hooks {
             any: AtomicBool::new(false),
             limits,
             held: Held::default(),
+            holding_back: AtomicBool::new(false),
             intake: Mutex::new(None),
         }
     }
@@ -184,7 +188,9 @@ impl Hooks {
     /// Reserves room for `jobs` jobs of `bytes` bytes in memory; false (nothing reserved) when
     /// they do not fit or no engine takes hand-offs.
     pub fn reserve(&self, jobs: usize, bytes: usize) -> bool {
-        if self.intake.lock().expect("hooks intake lock").is_none() {
+        if self.holding_back.load(Ordering::Relaxed)
+            || self.intake.lock().expect("hooks intake lock").is_none()
+        {
             return false;
         }
         let held_jobs = self.held.jobs.fetch_add(jobs, Ordering::AcqRel) + jobs;
@@ -194,6 +200,11 @@ impl Hooks {
             return false;
         }
         true
+    }
+
+    /// Whether delivery gives way to ingest now (see `reserve`).
+    pub fn hold_back(&self, on: bool) {
+        self.holding_back.store(on, Ordering::Relaxed);
     }
 
     /// Counts jobs the engine claimed, sized to the room it read.
@@ -206,6 +217,11 @@ impl Hooks {
     pub fn release(&self, jobs: usize, bytes: usize) {
         self.held.jobs.fetch_sub(jobs, Ordering::AcqRel);
         self.held.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Organizations with an enabled webhook, as last read.
+    pub fn endpoints(&self) -> usize {
+        self.endpoints.read().expect("hooks lock").len()
     }
 
     /// Jobs held in memory now.

@@ -250,7 +250,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 settings,
                 hooks.clone(),
                 db.clone(),
-                stats.delivery.clone(),
+                stats.clone(),
             ))
         }
         None => None,

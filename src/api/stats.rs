@@ -96,6 +96,7 @@ fn snapshot(ctx: &Context) -> Snapshot {
             v.push(("in_memory", ctx.hooks.held_jobs() as u64));
             v.push(("backlog", d.backlog.load(Relaxed)));
             v.push(("backlog_paused", d.backlog_paused.load(Relaxed)));
+            v.push(("limit_per_s", d.limit_per_s.load(Relaxed)));
             v
         },
     }
@@ -187,6 +188,10 @@ const DELIVERY_LEVELS: &[(&str, &str)] = &[
     (
         "backlog_paused",
         "Deliveries waiting for a disabled endpoint.",
+    ),
+    (
+        "limit_per_s",
+        "Attempts per second delivery may start while it gives way to ingest; 0: no limit.",
     ),
 ];
 

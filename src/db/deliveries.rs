@@ -1,7 +1,9 @@
 //! db::deliveries: every statement on `deliveries` (the queue of events still to push) and
 //! `delivery_attempts` (what each push did), and the endpoints delivery reads from
 //! `organizations`. Rows are leased: `lease_until` is both the lease and its fence, so an
-//! outcome recorded late by a node whose lease ran out touches nothing another node took.
+//! outcome recorded late by a node whose lease ran out touches nothing another node took. A
+//! leased row is due when its lease runs out (`due_at` = `lease_until`): claims, which scan
+//! due rows oldest first, never walk past the rows nodes are working on.
 
 use std::time::{Duration, SystemTime};
 
@@ -205,10 +207,13 @@ pub fn claim(
                     row_number() OVER (ORDER BY due_at, event_id) AS n
              FROM read),
          taken AS (SELECT * FROM sized WHERE n = 1 OR running <= $2),
+         lease AS (
+             SELECT date_trunc('milliseconds', now() + make_interval(secs => $3)) AS until),
          leased AS (
              UPDATE deliveries d
-             SET lease_until = date_trunc('milliseconds', now() + make_interval(secs => $3))
-             FROM taken WHERE d.org_id = taken.org_id AND d.event_id = taken.event_id
+             SET lease_until = lease.until, due_at = lease.until
+             FROM taken, lease
+             WHERE d.org_id = taken.org_id AND d.event_id = taken.event_id
              RETURNING d.org_id, d.event_id, d.attempts, d.lease_until)
          SELECT l.org_id, l.event_id, l.attempts, l.lease_until,
                 t.type, t.payload, t.dedup_id, t.created_at
@@ -256,7 +261,7 @@ pub enum Next {
     Retry(SystemTime),
     /// The last attempt failed: the row goes, the event is `failed`.
     Failed,
-    /// The lease is given back, the row due as it was (`infinity` while its endpoint is
+    /// The lease is given back, the row due at once (or at `infinity` while its endpoint is
     /// disabled: `disable` sets that on every row of the organization, leased or not).
     Release,
 }
@@ -283,107 +288,146 @@ pub struct Outcome {
     pub attempt: Option<Attempt>,
 }
 
-/// Records `outcomes` in one transaction: attempts inserted, rows moved on, events marked.
-/// A row whose lease is no longer `lease_until` is left alone (another node took it); its
-/// attempt is still recorded, since it happened.
-pub fn record(
-    client: &mut Client,
-    outcomes: &[Outcome],
-    at: SystemTime,
-) -> Result<(), postgres::Error> {
-    let mut tx = client.transaction()?;
-    let made: Vec<(&Outcome, &Attempt)> = outcomes
-        .iter()
-        .filter_map(|o| Some((o, o.attempt.as_ref()?)))
-        .collect();
-    if !made.is_empty() {
-        tx.execute(
-            "INSERT INTO delivery_attempts
-                 (org_id, event_id, attempt, attempted_at, status_code, error, latency_us, response)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int2[], $4::timestamptz[],
-                                  $5::int2[], $6::text[], $7::int4[], $8::text[])
-             ON CONFLICT DO NOTHING",
-            &[
-                &made.iter().map(|(o, _)| o.org).collect::<Vec<_>>(),
-                &made.iter().map(|(o, _)| o.id).collect::<Vec<_>>(),
-                &made.iter().map(|(_, a)| a.attempt).collect::<Vec<_>>(),
-                &made.iter().map(|(_, a)| a.attempted_at).collect::<Vec<_>>(),
-                &made.iter().map(|(_, a)| a.status_code).collect::<Vec<_>>(),
-                &made
-                    .iter()
-                    .map(|(_, a)| a.error.as_deref())
-                    .collect::<Vec<_>>(),
-                &made.iter().map(|(_, a)| a.latency_us).collect::<Vec<_>>(),
-                &made
-                    .iter()
-                    .map(|(_, a)| a.response.as_deref())
-                    .collect::<Vec<_>>(),
-            ],
-        )?;
-    }
-    // Rows that go: delivered and failed.
-    let gone: Vec<&Outcome> = outcomes
-        .iter()
-        .filter(|o| matches!(o.next, Next::Delivered | Next::Failed))
-        .collect();
-    if !gone.is_empty() {
-        tx.execute(
-            "DELETE FROM deliveries d
-             USING unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) AS k(org_id, event_id, lease)
-             WHERE d.org_id = k.org_id AND d.event_id = k.event_id AND d.lease_until = k.lease",
-            &[
-                &gone.iter().map(|o| o.org).collect::<Vec<_>>(),
-                &gone.iter().map(|o| o.id).collect::<Vec<_>>(),
-                &gone.iter().map(|o| o.lease_until).collect::<Vec<_>>(),
-            ],
-        )?;
-        // A delivered event is `delivered` whatever it was; a failed one only if still pending
-        // (a consumer may have acknowledged it meanwhile).
-        tx.execute(
-            "UPDATE events e
-             SET status = CASE WHEN k.delivered THEN 'delivered' ELSE 'failed' END,
-                 delivered_at = CASE WHEN k.delivered THEN coalesce(e.delivered_at, $4) END
-             FROM unnest($1::uuid[], $2::uuid[], $3::bool[]) AS k(org_id, id, delivered)
-             WHERE e.org_id = k.org_id AND e.id = k.id
-               AND (k.delivered OR e.status = 'pending')
-               AND e.status <> 'delivered'",
-            &[
-                &gone.iter().map(|o| o.org).collect::<Vec<_>>(),
-                &gone.iter().map(|o| o.id).collect::<Vec<_>>(),
-                &gone
-                    .iter()
-                    .map(|o| o.next == Next::Delivered)
-                    .collect::<Vec<_>>(),
-                &at,
-            ],
-        )?;
-    }
-    // Rows that stay: the lease given back, due at their retry or as they were (NULL).
-    let stay: Vec<(&Outcome, Option<SystemTime>)> = outcomes
-        .iter()
-        .filter_map(|o| match o.next {
-            Next::Retry(t) => Some((o, Some(t))),
-            Next::Release => Some((o, None)),
-            Next::Delivered | Next::Failed => None,
+/// The statements that record outcomes, prepared once per connection: the store records
+/// hundreds of batches a second, and each would otherwise be parsed and planned again.
+pub struct Recorder {
+    attempts: postgres::Statement,
+    gone: postgres::Statement,
+    mark: postgres::Statement,
+    stay: postgres::Statement,
+}
+
+impl Recorder {
+    pub fn prepare(client: &mut Client) -> Result<Recorder, postgres::Error> {
+        Ok(Recorder {
+            attempts: client.prepare(
+                "INSERT INTO delivery_attempts
+                     (org_id, event_id, attempt, attempted_at, status_code, error, latency_us,
+                      response)
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int2[], $4::timestamptz[],
+                                      $5::int2[], $6::text[], $7::int4[], $8::text[])
+                 ON CONFLICT DO NOTHING",
+            )?,
+            gone: client.prepare(
+                "DELETE FROM deliveries d
+                 USING unnest($1::uuid[], $2::uuid[], $3::timestamptz[])
+                       AS k(org_id, event_id, lease)
+                 WHERE d.org_id = k.org_id AND d.event_id = k.event_id
+                   AND d.lease_until = k.lease",
+            )?,
+            // A delivered event is `delivered` whatever it was; a failed one only if still
+            // pending (a consumer may have acknowledged it meanwhile).
+            mark: client.prepare(
+                "UPDATE events e
+                 SET status = CASE WHEN k.delivered THEN 'delivered' ELSE 'failed' END,
+                     delivered_at = CASE WHEN k.delivered THEN coalesce(e.delivered_at, $4) END
+                 FROM unnest($1::uuid[], $2::uuid[], $3::bool[]) AS k(org_id, id, delivered)
+                 WHERE e.org_id = k.org_id AND e.id = k.id
+                   AND (k.delivered OR e.status = 'pending')
+                   AND e.status <> 'delivered'",
+            )?,
+            stay: client.prepare(
+                "UPDATE deliveries d
+                 SET attempts = k.attempts,
+                     due_at = coalesce(k.due, CASE WHEN d.due_at = 'infinity'
+                                                   THEN d.due_at ELSE now() END),
+                     lease_until = NULL
+                 FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::int2[],
+                             $5::timestamptz[]) AS k(org_id, event_id, lease, attempts, due)
+                 WHERE d.org_id = k.org_id AND d.event_id = k.event_id
+                   AND d.lease_until = k.lease",
+            )?,
         })
-        .collect();
-    if !stay.is_empty() {
-        tx.execute(
-            "UPDATE deliveries d
-             SET attempts = k.attempts, due_at = coalesce(k.due, d.due_at), lease_until = NULL
-             FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::int2[], $5::timestamptz[])
-                  AS k(org_id, event_id, lease, attempts, due)
-             WHERE d.org_id = k.org_id AND d.event_id = k.event_id AND d.lease_until = k.lease",
-            &[
-                &stay.iter().map(|(o, _)| o.org).collect::<Vec<_>>(),
-                &stay.iter().map(|(o, _)| o.id).collect::<Vec<_>>(),
-                &stay.iter().map(|(o, _)| o.lease_until).collect::<Vec<_>>(),
-                &stay.iter().map(|(o, _)| o.attempts).collect::<Vec<_>>(),
-                &stay.iter().map(|(_, due)| *due).collect::<Vec<_>>(),
-            ],
-        )?;
     }
-    tx.commit()
+
+    /// Records `outcomes` in one transaction on `client` (the connection this was prepared
+    /// on): attempts inserted, rows moved on, events marked. A row whose lease is no longer
+    /// `lease_until` is left alone (another node took it); its attempt is still recorded,
+    /// since it happened.
+    pub fn record(
+        &self,
+        client: &mut Client,
+        outcomes: &[Outcome],
+        at: SystemTime,
+    ) -> Result<(), postgres::Error> {
+        let mut tx = client.transaction()?;
+        let made: Vec<(&Outcome, &Attempt)> = outcomes
+            .iter()
+            .filter_map(|o| Some((o, o.attempt.as_ref()?)))
+            .collect();
+        if !made.is_empty() {
+            tx.execute(
+                &self.attempts,
+                &[
+                    &made.iter().map(|(o, _)| o.org).collect::<Vec<_>>(),
+                    &made.iter().map(|(o, _)| o.id).collect::<Vec<_>>(),
+                    &made.iter().map(|(_, a)| a.attempt).collect::<Vec<_>>(),
+                    &made.iter().map(|(_, a)| a.attempted_at).collect::<Vec<_>>(),
+                    &made.iter().map(|(_, a)| a.status_code).collect::<Vec<_>>(),
+                    &made
+                        .iter()
+                        .map(|(_, a)| a.error.as_deref())
+                        .collect::<Vec<_>>(),
+                    &made.iter().map(|(_, a)| a.latency_us).collect::<Vec<_>>(),
+                    &made
+                        .iter()
+                        .map(|(_, a)| a.response.as_deref())
+                        .collect::<Vec<_>>(),
+                ],
+            )?;
+        }
+        // Rows that go: delivered and failed.
+        let gone: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|o| matches!(o.next, Next::Delivered | Next::Failed))
+            .collect();
+        if !gone.is_empty() {
+            let (orgs, ids): (Vec<OrgId>, Vec<EventId>) =
+                gone.iter().map(|o| (o.org, o.id)).unzip();
+            tx.execute(
+                &self.gone,
+                &[
+                    &orgs,
+                    &ids,
+                    &gone.iter().map(|o| o.lease_until).collect::<Vec<_>>(),
+                ],
+            )?;
+            tx.execute(
+                &self.mark,
+                &[
+                    &orgs,
+                    &ids,
+                    &gone
+                        .iter()
+                        .map(|o| o.next == Next::Delivered)
+                        .collect::<Vec<_>>(),
+                    &at,
+                ],
+            )?;
+        }
+        // Rows that stay: the lease given back, due at their retry or at once (NULL).
+        let stay: Vec<(&Outcome, Option<SystemTime>)> = outcomes
+            .iter()
+            .filter_map(|o| match o.next {
+                Next::Retry(t) => Some((o, Some(t))),
+                Next::Release => Some((o, None)),
+                Next::Delivered | Next::Failed => None,
+            })
+            .collect();
+        if !stay.is_empty() {
+            tx.execute(
+                &self.stay,
+                &[
+                    &stay.iter().map(|(o, _)| o.org).collect::<Vec<_>>(),
+                    &stay.iter().map(|(o, _)| o.id).collect::<Vec<_>>(),
+                    &stay.iter().map(|(o, _)| o.lease_until).collect::<Vec<_>>(),
+                    &stay.iter().map(|(o, _)| o.attempts).collect::<Vec<_>>(),
+                    &stay.iter().map(|(_, due)| *due).collect::<Vec<_>>(),
+                ],
+            )?;
+        }
+        tx.commit()
+    }
 }
 
 /// Disables `org`'s endpoint (`reason`: "gone", "manual"): its queued deliveries wait.

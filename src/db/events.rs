@@ -13,7 +13,7 @@ use bytes::{BufMut, BytesMut};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use postgres::{Client, Statement};
+use postgres::{Client, GenericClient, Statement};
 
 use super::conn::connect;
 use crate::ids::{EventId, OrgId};
@@ -126,7 +126,7 @@ impl EventRow {
 
 /// Binary COPY of `rows` into `table`; returns the rows PostgreSQL took.
 pub fn copy_rows<'a>(
-    client: &mut Client,
+    client: &mut impl GenericClient,
     table: &str,
     rows: impl IntoIterator<Item = &'a EventRow>,
 ) -> Result<u64, postgres::Error> {
@@ -170,6 +170,9 @@ pub struct Writer {
     insert: Statement,
     /// `insert`, also queueing deliveries for new events of the organizations in `$1`.
     insert_queueing: Statement,
+    /// Queues deliveries for the events `$1`, `$2` (all new), leased until `$3` (and due then,
+    /// should the lease run out).
+    queue: Statement,
     lookup: Statement,
 }
 
@@ -204,11 +207,17 @@ impl Writer {
                  RETURNING org_id, id),
              queued AS (
                  INSERT INTO deliveries (org_id, event_id, due_at, lease_until)
-                 SELECT org_id, id, now(), $2::timestamptz FROM inserted
+                 SELECT org_id, id, coalesce($2::timestamptz, now()), $2::timestamptz
+                 FROM inserted
                  WHERE org_id = ANY($1::uuid[])
                  ON CONFLICT DO NOTHING)
              SELECT id FROM inserted"
         ))?;
+        let queue = client.prepare(
+            "INSERT INTO deliveries (org_id, event_id, due_at, lease_until)
+             SELECT k.org_id, k.event_id, coalesce($3::timestamptz, now()), $3::timestamptz
+             FROM unnest($1::uuid[], $2::uuid[]) AS k(org_id, event_id)",
+        )?;
         // For rows the INSERT skipped: the stored events holding their dedup_ids (their own
         // ids when a replayed batch had in fact committed). Runs after the commit, on
         // committed rows.
@@ -223,6 +232,7 @@ impl Writer {
             staging_dirty: false,
             insert,
             insert_queueing,
+            queue,
             lookup,
         })
     }
@@ -235,7 +245,8 @@ impl Writer {
     /// attempt of this batch failed with its outcome unknown, so some rows may be stored.
     ///
     /// A first attempt at a batch without dedup_ids cannot conflict (its ids are new), so it is
-    /// one COPY straight into `events`: two round trips, plain inserts. Everything else takes
+    /// one COPY straight into `events`: two round trips, plain inserts; with deliveries to
+    /// queue, the COPY and one INSERT of their rows in a transaction. Everything else takes
     /// three: COPY into staging (a temp table: its own transaction writes no WAL and waits for
     /// no flush), COPY's end, and the INSERT … ON CONFLICT whose commit holds every row (and
     /// the `deliveries` rows of `deliveries`, when given).
@@ -246,8 +257,21 @@ impl Writer {
         deliveries: Option<&Deliveries<'_>>,
     ) -> Result<Vec<Written>, postgres::Error> {
         let rows = || rows.iter().map(AsRef::as_ref);
-        if !replay && deliveries.is_none() && rows().all(|r| r.dedup_id.is_none()) {
-            let copied = copy_rows(&mut self.client, "events", rows())?;
+        if !replay && rows().all(|r| r.dedup_id.is_none()) {
+            let copied = match deliveries {
+                None => copy_rows(&mut self.client, "events", rows())?,
+                Some(d) => {
+                    let mut tx = self.client.transaction()?;
+                    let copied = copy_rows(&mut tx, "events", rows())?;
+                    let (orgs, ids): (Vec<OrgId>, Vec<EventId>) = rows()
+                        .filter(|r| d.orgs.binary_search(&r.org).is_ok())
+                        .map(|r| (r.org, r.id))
+                        .unzip();
+                    tx.execute(&self.queue, &[&orgs, &ids, &d.lease_until])?;
+                    tx.commit()?;
+                    copied
+                }
+            };
             assert_eq!(copied as usize, rows().len(), "COPY must take every row");
             return Ok(vec![Written::Inserted; rows().len()]);
         }

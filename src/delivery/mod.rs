@@ -21,6 +21,7 @@
 //! - `schedule`: retry delays, jitter, `Retry-After`.
 
 mod breaker;
+mod governor;
 mod schedule;
 mod send;
 mod sign;
@@ -32,13 +33,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use breaker::{Allowed, Breaker};
+use governor::Governor;
 pub use schedule::Schedule;
 
-use crate::db::deliveries::{self, Attempt, Claimed, Next, Outcome};
+use crate::db::deliveries::{self, Attempt, Claimed, Next, Outcome, Recorder};
 use crate::db::Link;
 use crate::hooks::{Hooks, Intake, Job};
 use crate::ids::{now_micros, EventId, OrgId};
-use crate::stats::DeliveryStats;
+use crate::stats::{DeliveryStats, Stats};
 
 /// How often due rows are claimed when the last claim found fewer than it asked for.
 const CLAIM_EVERY: Duration = Duration::from_millis(250);
@@ -49,8 +51,12 @@ const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// How often the backlog in the table is counted for the stats, and up to how many rows.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 const BACKLOG_COUNT_MAX: i64 = 10_000_000;
-/// Outcomes wait at most this long to be recorded with others.
-const RECORD_LINGER: Duration = Duration::from_millis(5);
+/// Outcomes wait at most this long to be recorded with others, unless `RECORD_BATCH` of them
+/// are ready sooner. Each batch is a transaction of up to four statements; recording them
+/// by the hundred rather than by the handful costs PostgreSQL less per outcome, and the
+/// store thread and its backend fewer wake-ups.
+const RECORD_LINGER: Duration = Duration::from_millis(20);
+const RECORD_BATCH: usize = 256;
 /// An endpoint with this many jobs per allowed attempt in flight queued on this node takes no
 /// more from claims.
 const QUEUED_PER_SLOT: usize = 4;
@@ -68,6 +74,8 @@ pub struct Settings {
     pub allow_private: bool,
     /// Niceness of delivery's threads and its PostgreSQL backend.
     pub nice: i32,
+    /// Start attempts at a lowered rate while ingest is slower than usual (`governor`).
+    pub yield_to_ingest: bool,
 }
 
 /// Lowers the calling thread's priority to niceness `nice` (on Linux, a thread's own).
@@ -141,9 +149,11 @@ struct Shared {
     settings: Settings,
     hooks: Arc<Hooks>,
     stats: Arc<DeliveryStats>,
+    /// The node's stats, where the governor reads how ingest is doing.
+    node: Arc<Stats>,
     /// Endpoints with enough queued on this node: claims skip them.
     busy: Mutex<HashSet<OrgId>>,
-    done: Mutex<Vec<Done>>,
+    done: Mutex<Finished>,
     /// Endpoints whose breaker opened (resting until then) or closed (`None`), for the store
     /// to tell every node.
     rests: Mutex<Vec<(OrgId, Option<SystemTime>)>>,
@@ -167,13 +177,14 @@ impl Engine {
         settings: Settings,
         hooks: Arc<Hooks>,
         db: postgres::Config,
-        stats: Arc<DeliveryStats>,
+        node: Arc<Stats>,
     ) -> Engine {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             settings,
             hooks: hooks.clone(),
-            stats,
+            stats: node.delivery.clone(),
+            node,
             busy: Mutex::default(),
             done: Mutex::default(),
             rests: Mutex::default(),
@@ -233,6 +244,28 @@ impl Engine {
     }
 }
 
+/// Finished jobs waiting for the store, and since when the oldest of them waits.
+#[derive(Default)]
+struct Finished {
+    list: Vec<Done>,
+    since: Option<Instant>,
+}
+
+impl Finished {
+    /// All of them, if the store should record them now; else how long until it should.
+    fn take_if_due(&mut self, now: Instant, force: bool) -> Result<Vec<Done>, Duration> {
+        let Some(since) = self.since else {
+            return Ok(Vec::new());
+        };
+        let waited = now.saturating_duration_since(since);
+        if force || waited >= RECORD_LINGER || self.list.len() >= RECORD_BATCH {
+            self.since = None;
+            return Ok(std::mem::take(&mut self.list));
+        }
+        Err(RECORD_LINGER - waited)
+    }
+}
+
 /// One endpoint's jobs on this node.
 #[derive(Default)]
 struct Queue {
@@ -243,7 +276,19 @@ struct Queue {
 /// How often the sender looks for endpoints whose rest is over.
 const BREAKER_TICK: Duration = Duration::from_millis(100);
 
-/// The sender: one queue and one breaker per endpoint, attempts as local tasks.
+/// What woke the sender.
+enum Wake {
+    Msg(Msg),
+    /// Endpoints whose rest may be over.
+    Breakers,
+    /// The governor's tick.
+    Governor,
+    /// The governor's limit lets an attempt start again.
+    Room,
+}
+
+/// The sender: one queue and one breaker per endpoint, attempts as local tasks, started no
+/// faster than the governor allows.
 async fn sender(
     shared: Arc<Shared>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Msg>,
@@ -258,24 +303,37 @@ async fn sender(
     let mut flying: HashMap<(OrgId, EventId), Done> = HashMap::new();
     let mut tick = tokio::time::interval(BREAKER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut governor = Governor::new(Instant::now());
+    let mut governor_tick = tokio::time::interval(governor::TICK);
+    governor_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut governed_since = Instant::now();
+    // Attempts started since the governor's last tick.
+    let mut started: u64 = 0;
+    // Endpoints with jobs the governor's limit held back, oldest first.
+    let mut held_back: Vec<OrgId> = Vec::new();
     loop {
         let deadline = *shared.deadline.lock().expect("deadline lock");
         let until = deadline.map_or_else(
             || tokio::time::Instant::now() + Duration::from_secs(3600),
             tokio::time::Instant::from_std,
         );
-        let msg = tokio::select! {
+        let room_at = tokio::time::Instant::from_std(governor.next_start(Instant::now()));
+        let wake = tokio::select! {
             m = rx.recv() => match m {
-                Some(m) => Some(m),
+                Some(m) => Wake::Msg(m),
                 None => break,
             },
-            _ = tick.tick(), if !breakers.is_empty() => None,
+            _ = tick.tick(), if !breakers.is_empty() => Wake::Breakers,
+            // Only while there is something to govern: an idle node does not tick.
+            _ = governor_tick.tick(), if s.yield_to_ingest
+                && (!queues.is_empty() || governor.limit().is_some()) => Wake::Governor,
+            () = tokio::time::sleep_until(room_at), if !held_back.is_empty() => Wake::Room,
             () = tokio::time::sleep_until(until), if deadline.is_some() => break,
         };
         let stopping = shared.stopping.load(Ordering::Acquire);
         let now = Instant::now();
-        let orgs: Vec<OrgId> = match msg {
-            Some(Msg::Jobs(jobs)) => {
+        let orgs: Vec<OrgId> = match wake {
+            Wake::Msg(Msg::Jobs(jobs)) => {
                 let mut orgs = Vec::new();
                 for job in jobs {
                     if !orgs.contains(&job.org) {
@@ -285,7 +343,7 @@ async fn sender(
                 }
                 orgs
             }
-            Some(Msg::Finished(org, id, result)) => {
+            Wake::Msg(Msg::Finished(org, id, result)) => {
                 flying.remove(&(org, id));
                 if let Some(q) = queues.get_mut(&org) {
                     q.in_flight -= 1;
@@ -313,15 +371,28 @@ async fn sender(
                 }
                 vec![org]
             }
-            // The tick: endpoints whose rest may be over.
-            None => breakers
+            Wake::Breakers => breakers
                 .iter()
                 .filter(|(_, b)| b.allowed(now) == Allowed::Probe)
                 .map(|(o, _)| *o)
                 .collect(),
+            Wake::Governor => {
+                let ingest = shared.node.ingest_pulse.take();
+                let elapsed = now.saturating_duration_since(governed_since);
+                governed_since = now;
+                if governor.tick(ingest, std::mem::take(&mut started), elapsed) {
+                    shared.stats.yields.add(1);
+                }
+                let limit = governor.limit().map_or(0, |l| l.ceil() as u64);
+                shared.stats.limit_per_s.store(limit, Ordering::Relaxed);
+                shared.hooks.hold_back(limit > 0);
+                // The limit may have grown or gone.
+                std::mem::take(&mut held_back)
+            }
+            Wake::Room => std::mem::take(&mut held_back),
         };
         if stopping {
-            // Jobs not started go back to the table, due as they were.
+            // Jobs not started go back to the table, due at once.
             let left: Vec<Job> = queues.values_mut().flat_map(|q| q.jobs.drain(..)).collect();
             finish(&shared, left.iter().map(|j| released(j, None)), &store);
             if flying.is_empty() {
@@ -360,7 +431,21 @@ async fn sender(
                 }
             };
             while q.in_flight < cap {
+                let Some(next) = q.jobs.front() else { break };
+                if lease_too_short(next, s.timeout) {
+                    // Given back without an attempt, and without spending the governor's room.
+                    let job = q.jobs.pop_front().expect("front exists");
+                    finish(&shared, std::iter::once(released(&job, None)), &store);
+                    continue;
+                }
+                if s.yield_to_ingest && !governor.take(now) {
+                    if !held_back.contains(&org) {
+                        held_back.push(org);
+                    }
+                    break;
+                }
                 let Some(job) = q.jobs.pop_front() else { break };
+                started += 1;
                 q.in_flight += 1;
                 flying.insert((job.org, job.id), released(&job, None));
                 let (shared, client, finished, store) = (
@@ -408,12 +493,17 @@ async fn sender(
     );
 }
 
-/// Hands finished jobs to the store.
+/// Hands finished jobs to the store, waking it for the first of a batch (it then sleeps out
+/// the linger) and when a batch is full.
 fn finish(shared: &Shared, done: impl Iterator<Item = Done>, store: &std::thread::Thread) {
-    let mut list = shared.done.lock().expect("done lock");
-    let before = list.len();
-    list.extend(done);
-    if list.len() > before {
+    let mut f = shared.done.lock().expect("done lock");
+    let before = f.list.len();
+    f.list.extend(done);
+    let after = f.list.len();
+    if before == 0 && after > 0 {
+        f.since = Some(Instant::now());
+    }
+    if (before == 0 && after > 0) || (before < RECORD_BATCH && after >= RECORD_BATCH) {
         store.unpark();
     }
 }
@@ -436,7 +526,7 @@ impl Done {
     }
 }
 
-/// A job given back unmade, its attempts not spent: its lease ends, the row due as it was, or
+/// A job given back unmade, its attempts not spent: its lease ends, the row due at once, or
 /// at `due`.
 fn released(job: &Job, due: Option<SystemTime>) -> Done {
     Done::of(
@@ -456,12 +546,7 @@ async fn run(shared: &Shared, client: &reqwest::Client, job: Job) -> Done {
         // node a moment ago and not yet read here (its row is due again at once).
         return released(&job, None);
     };
-    let lease_left = job
-        .lease_until
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    // Twice the timeout: the attempt, and as much again for recording its outcome.
-    if lease_left < s.timeout * 2 {
+    if lease_too_short(&job, s.timeout) {
         return released(&job, None);
     }
     shared.stats.attempted.add(1);
@@ -510,31 +595,54 @@ async fn run(shared: &Shared, client: &reqwest::Client, job: Job) -> Done {
     }
 }
 
+/// Whether too little of `job`'s lease is left to start an attempt: twice the timeout, the
+/// attempt and as much again for recording its outcome.
+fn lease_too_short(job: &Job, timeout: Duration) -> bool {
+    let left = job
+        .lease_until
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    left < timeout * 2
+}
+
 fn unit_random() -> f64 {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).expect("the OS random source failed");
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The store's connection (reopened with backoff when lost), set up by `set_up_session`.
-fn connection<'a>(
-    link: &'a mut Link,
-    db: &postgres::Config,
+/// The store's connection (reopened with backoff when lost, set up by `set_up_session`), and
+/// the statements prepared on it.
+struct Session {
+    link: Link,
+    db: postgres::Config,
     nice: i32,
-    now: Instant,
-) -> Option<&'a mut postgres::Client> {
-    let (client, fresh) = link.get_fresh(db, now)?;
-    if fresh {
-        set_up_session(client, nice);
+    recorder: Option<Recorder>,
+}
+
+impl Session {
+    fn client(&mut self, now: Instant) -> Option<&mut postgres::Client> {
+        self.recording(now).map(|(client, _)| client)
     }
-    Some(client)
+
+    /// The connection, and the recorder prepared on it (`None` until it could be).
+    fn recording(
+        &mut self,
+        now: Instant,
+    ) -> Option<(&mut postgres::Client, &mut Option<Recorder>)> {
+        let (client, fresh) = self.link.get_fresh(&self.db, now)?;
+        if fresh {
+            set_up_session(client, self.nice);
+            self.recorder = None;
+        }
+        Some((client, &mut self.recorder))
+    }
 }
 
 /// The store thread: records outcomes, claims due rows, refreshes endpoints.
 struct Store {
     shared: Arc<Shared>,
-    db: postgres::Config,
-    link: Link,
+    session: Session,
     to_sender: tokio::sync::mpsc::UnboundedSender<Msg>,
     /// Outcomes taken from the sender, not yet recorded (PostgreSQL may be away).
     pending: Vec<Done>,
@@ -550,11 +658,16 @@ impl Store {
         to_sender: tokio::sync::mpsc::UnboundedSender<Msg>,
     ) -> Store {
         let now = Instant::now();
+        let nice = shared.settings.nice;
         Store {
             shared,
-            db,
+            session: Session {
+                link: Link::new("delivery store"),
+                db,
+                nice,
+                recorder: None,
+            },
             to_sender,
-            link: Link::new("delivery store"),
             pending: Vec::new(),
             next_claim: now,
             next_refresh: now,
@@ -565,22 +678,31 @@ impl Store {
     fn run(mut self) {
         loop {
             let ended = self.shared.sender_ended.load(Ordering::Acquire);
-            self.pending
-                .append(&mut self.shared.done.lock().expect("done lock"));
+            let stopping = self.shared.stopping.load(Ordering::Acquire);
             let now = Instant::now();
+            let linger = match self
+                .shared
+                .done
+                .lock()
+                .expect("done lock")
+                .take_if_due(now, stopping)
+            {
+                Ok(mut due) => {
+                    self.pending.append(&mut due);
+                    None
+                }
+                Err(left) => Some(left),
+            };
             if !self.pending.is_empty() {
                 self.record(now);
             }
             if ended
                 && self.pending.is_empty()
-                && self.shared.done.lock().expect("done lock").is_empty()
+                && self.shared.done.lock().expect("done lock").list.is_empty()
             {
                 break;
             }
-            if ended
-                && !self.pending.is_empty()
-                && connection(&mut self.link, &self.db, self.shared.settings.nice, now).is_none()
-            {
+            if ended && !self.pending.is_empty() && self.session.client(now).is_none() {
                 // PostgreSQL is away at shutdown: the leases run out and other nodes (or this
                 // one, restarted) take the rows again.
                 tracing::warn!(
@@ -593,7 +715,6 @@ impl Store {
             if !rests.is_empty() {
                 self.rest(rests, now);
             }
-            let stopping = self.shared.stopping.load(Ordering::Acquire);
             if !stopping && now >= self.next_refresh {
                 self.refresh(now);
             }
@@ -601,22 +722,32 @@ impl Store {
                 self.claim(now);
             }
             let wake = self.next_claim.min(self.next_refresh);
-            let pause = if self.pending.is_empty() {
-                wake.saturating_duration_since(Instant::now())
-            } else {
-                RECORD_LINGER
-            };
+            let mut pause = wake.saturating_duration_since(Instant::now());
+            if !self.pending.is_empty() {
+                // Recording failed: try again after a linger.
+                pause = pause.min(RECORD_LINGER);
+            }
+            if let Some(left) = linger {
+                pause = pause.min(left);
+            }
             std::thread::park_timeout(pause.max(Duration::from_millis(1)).min(CLAIM_EVERY));
         }
     }
 
     fn record(&mut self, now: Instant) {
-        let Some(client) = connection(&mut self.link, &self.db, self.shared.settings.nice, now)
-        else {
+        let Some((client, recorder)) = self.session.recording(now) else {
             return;
         };
         let outcomes: Vec<Outcome> = self.pending.iter().map(|d| d.outcome.clone()).collect();
-        if let Err(e) = deliveries::record(client, &outcomes, now_micros()) {
+        let recorded = match recorder {
+            Some(r) => r.record(client, &outcomes, now_micros()),
+            None => Recorder::prepare(client).and_then(|r| {
+                r.record(client, &outcomes, now_micros())?;
+                *recorder = Some(r);
+                Ok(())
+            }),
+        };
+        if let Err(e) = recorded {
             tracing::warn!(
                 error = &e as &dyn std::error::Error,
                 outcomes = outcomes.len(),
@@ -652,8 +783,7 @@ impl Store {
 
     /// Tells every node (through the organization's row) that an endpoint rests or recovered.
     fn rest(&mut self, rests: Vec<(OrgId, Option<SystemTime>)>, now: Instant) {
-        let Some(client) = connection(&mut self.link, &self.db, self.shared.settings.nice, now)
-        else {
+        let Some(client) = self.session.client(now) else {
             return;
         };
         for (org, until) in rests {
@@ -670,8 +800,7 @@ impl Store {
 
     fn refresh(&mut self, now: Instant) {
         self.next_refresh = now + REFRESH_EVERY;
-        let Some(client) = connection(&mut self.link, &self.db, self.shared.settings.nice, now)
-        else {
+        let Some(client) = self.session.client(now) else {
             return;
         };
         if now >= self.next_count {
@@ -696,10 +825,28 @@ impl Store {
         if !self.shared.hooks.any() {
             return;
         }
-        let (room_jobs, room_bytes) = self.shared.hooks.room();
-        let limit = room_jobs.min(CLAIM_ROWS_MAX);
-        if limit == 0 || room_bytes == 0 {
+        // A claim scans due rows oldest first, past those of endpoints it skips: with memory
+        // nearly full, or every endpoint busy, it would read a long backlog to take a handful.
+        // It waits for a claim's worth of room (or a tenth of the memory), and a free endpoint.
+        let hooks = &self.shared.hooks;
+        let (room_jobs, room_bytes) = hooks.room();
+        let enough = CLAIM_ROWS_MAX
+            .min((room_jobs + hooks.held_jobs()) / 10)
+            .max(1);
+        if room_jobs < enough || room_bytes == 0 {
             return;
+        }
+        let mut limit = room_jobs.min(CLAIM_ROWS_MAX);
+        let per_s = self.shared.stats.limit_per_s.load(Ordering::Relaxed) as usize;
+        if per_s > 0 {
+            // Delivery gives way to ingest: hold no more than the governor lets start within
+            // one attempt's timeout, so nothing claimed waits out its lease in memory.
+            let ahead = (per_s as f64 * self.shared.settings.timeout.as_secs_f64()).ceil() as usize;
+            let held = hooks.held_jobs();
+            if held >= ahead.max(1) {
+                return;
+            }
+            limit = limit.min(ahead.max(1) - held);
         }
         let skip: Vec<OrgId> = self
             .shared
@@ -709,8 +856,10 @@ impl Store {
             .iter()
             .copied()
             .collect();
-        let Some(client) = connection(&mut self.link, &self.db, self.shared.settings.nice, now)
-        else {
+        if skip.len() >= hooks.endpoints() {
+            return;
+        }
+        let Some(client) = self.session.client(now) else {
             return;
         };
         let lease = self.shared.hooks.lease();

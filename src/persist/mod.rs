@@ -248,6 +248,9 @@ impl Persister {
                         .map(|(e, w)| outcome::of(&e.row, w))
                         .collect();
                     self.record_commit(started.elapsed(), &outcomes);
+                    if let Some(oldest) = batch.iter().map(|e| e.enqueued_at).min() {
+                        self.shared.stats.ingest_pulse.note(oldest.elapsed());
+                    }
                     self.answer(batch.into_iter().zip(outcomes));
                     return;
                 }

@@ -137,6 +137,28 @@ impl LogEvery {
     }
 }
 
+/// Durations noted by many threads and taken, as their mean, by one: two atomics, no lock.
+#[derive(Default)]
+pub struct Pulse {
+    total_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Pulse {
+    pub fn note(&self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        self.total_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The mean in µs of what was noted since the last call, if anything was.
+    pub fn take(&self) -> Option<u64> {
+        let count = self.count.swap(0, Ordering::Relaxed);
+        let total = self.total_us.swap(0, Ordering::Relaxed);
+        (count > 0).then(|| total / count)
+    }
+}
+
 /// Recorded by a serving core.
 pub struct CoreStats {
     /// Request head read → response written, for `POST /api/events`.
@@ -188,6 +210,10 @@ pub struct DeliveryStats {
     pub breaker_opened: Counter,
     /// Rows taken from the table (retries, and rows a stopped node left).
     pub claimed: Counter,
+    /// Times delivery cut its rate to give way to ingest (`delivery::governor`).
+    pub yields: Counter,
+    /// The rate attempts may start at while delivery gives way, per second; 0: no limit.
+    pub limit_per_s: AtomicU64,
     /// Event created → its first attempt begins.
     pub first_attempt_us: Recorder,
     /// One attempt, request sent to answer read.
@@ -202,7 +228,7 @@ pub struct DeliveryStats {
 
 impl DeliveryStats {
     /// (name, value) of every counter, in a fixed order shared by both stats views.
-    pub fn counters(&self) -> [(&'static str, u64); 7] {
+    pub fn counters(&self) -> [(&'static str, u64); 8] {
         [
             ("attempted", self.attempted.get()),
             ("delivered", self.delivered.get()),
@@ -211,6 +237,7 @@ impl DeliveryStats {
             ("endpoints_disabled", self.disabled.get()),
             ("endpoints_rested", self.breaker_opened.get()),
             ("claimed", self.claimed.get()),
+            ("yields", self.yields.get()),
         ]
     }
 }
@@ -230,6 +257,9 @@ pub struct Stats {
     pub persisters_connected: Gauge,
     /// When the server started (`uptime_s`).
     pub started: Instant,
+    /// Ingest's committed batches, each from its oldest event's arrival to its commit, for
+    /// delivery's governor.
+    pub ingest_pulse: Pulse,
     /// Times the embedded PostgreSQL was restarted after it died.
     pub storage_restarts: Counter,
     /// The embedded PostgreSQL died and could not be restarted: `/health/live` fails.
@@ -267,6 +297,7 @@ impl Stats {
             persisters_running: Gauge::default(),
             persisters_connected: Gauge::default(),
             started,
+            ingest_pulse: Pulse::default(),
             storage_restarts: Counter::default(),
             storage_lost: Flag::default(),
             delivery: std::sync::Arc::default(),

@@ -1,6 +1,7 @@
 //! Webhook delivery against a real receiver on loopback: what arrives and how it is signed
 //! (checked with the independent `standardwebhooks` implementation), retries and their end,
-//! `Retry-After`, `410 Gone`, address checks at connect time, and a node killed mid-delivery.
+//! `Retry-After`, `410 Gone`, address checks at connect time, a node killed mid-delivery, and
+//! delivery giving way to ingest.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -755,4 +756,73 @@ fn a_delivery_claimed_before_this_node_has_read_its_endpoint_is_delivered_once_i
         wait_status(s.addr, key, id, "delivered");
     }
     assert_eq!(rx.received().len(), 3);
+}
+
+#[test]
+fn delivery_gives_way_while_ingest_commits_slowly_then_catches_up() {
+    // Ingest goes on at a few hundred events a second. Then, for 1.5 s, a lock on `events`
+    // holds every commit up for 60 ms of each 100: ingest's batches take far longer than
+    // their floor, and the governor cuts delivery's rate. Once commits flow again the limit
+    // grows back and is lifted, and every event is delivered.
+    let url = shared_cluster().new_database("yield");
+    let s = on(&url, &[]);
+    let rx = Receiver::start();
+    let (key, _) = new_org(s.addr, "yield");
+    configure(s.addr, &key, &rx.url());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let posters: Vec<_> = (0..4)
+        .map(|t| {
+            let (stop, key, addr) = (stop.clone(), key.clone(), s.addr);
+            std::thread::spawn(move || {
+                let mut ids = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    ids.push(post(addr, &key, "t", t * 1_000_000 + ids.len() as u64));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                ids
+            })
+        })
+        .collect();
+    let delivery = |what: &str| -> u64 {
+        let stats = call(s.addr, "GET", "/api/queue/stats", None, "").json();
+        stats["webhook_delivery"][what].as_u64().unwrap()
+    };
+    // Time for the governor to see ingest's floor. (That an even ingest sets no limit is
+    // the governor's unit tests' to show: beside other tests, this one's ingest is not even.)
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = delivery("yields");
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut limited = false;
+    for _ in 0..15 {
+        let mut tx = db.transaction().unwrap();
+        tx.batch_execute("LOCK TABLE events IN SHARE MODE").unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        tx.commit().unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        limited |= delivery("limit_per_s") > 0;
+    }
+    assert!(
+        delivery("yields") > before,
+        "slow commits must cut delivery's rate"
+    );
+    assert!(limited, "the limit shows in the stats while it holds");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ids: HashSet<String> = posters
+        .into_iter()
+        .flat_map(|p| p.join().unwrap())
+        .collect();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while delivery("limit_per_s") > 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the limit was never lifted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = rx.wait_for(Duration::from_secs(30), "every event", |g| {
+        let seen: HashSet<&str> = g.iter().map(|r| r.header("webhook-id")).collect();
+        ids.iter().all(|id| seen.contains(id.as_str()))
+    });
+    assert!(got.len() >= ids.len());
 }
