@@ -7,11 +7,11 @@
 //! that with the figure's own recent floor. Two slow ticks in a row halve the rate at which
 //! attempts start (from the rate they were starting at); each calm tick raises it again (by a
 //! share of the rate cut from, or by 5 %); a limit well above what delivery asks for is
-//! lifted. While there is a limit, new deliveries wait in the table rather than in memory. A limit never goes
-//! below `RATE_MIN`, so delivery always moves. With or without a limit, the rate may at most
-//! double from one tick to the next (from `RAMP_BASE` when idle): a burst of work after a
-//! quiet spell ramps up over a few ticks, and the floor is seen before delivery is at full
-//! speed.
+//! lifted. A limit never goes below `RATE_MIN`, so delivery always moves; while there is one,
+//! new deliveries wait in the table rather than in memory. With or without a limit, the rate
+//! may at most double from one tick to the next (from `RAMP_BASE` when idle): a burst of work
+//! after a quiet spell ramps up over a few ticks, and the floor is seen before delivery is at
+//! full speed.
 //!
 //! Slow is relative: half as slow again as the floor, plus `MARGIN_US`. A node on a distant
 //! PostgreSQL has a high floor and is not held back by it; a storage stall holds delivery back
@@ -33,7 +33,7 @@ const MARGIN_US: u64 = 500;
 /// Slow ticks in a row that cut the rate (one slow tick is often a disk's hiccup).
 const STRIKES: u32 = 2;
 /// Attempts per second a limit never goes below.
-pub const RATE_MIN: f64 = 100.0;
+const RATE_MIN: f64 = 100.0;
 /// Each calm tick adds this share of the rate the last cut was made from, or multiplies the
 /// limit by `GROWTH_FACTOR`, whichever is more (after many cuts, the share is small).
 const GROWTH: f64 = 0.02;
@@ -41,7 +41,7 @@ const GROWTH_FACTOR: f64 = 1.05;
 /// Calm ticks after which a limit above twice the rate delivery asks for is lifted.
 const LIFT_TICKS: u32 = 20;
 /// Attempts per second an idle delivery may start at, doubling each tick from there.
-pub const RAMP_BASE: f64 = 1_000.0;
+const RAMP_BASE: f64 = 1_000.0;
 
 /// The rate attempts may start at.
 pub struct Governor {
