@@ -264,9 +264,10 @@ impl Writer {
     /// attempt of this batch failed with its outcome unknown, so some rows may be stored.
     ///
     /// A first attempt at a batch without dedup_ids cannot conflict (its ids are new), so it is
-    /// one COPY straight into `events`: two round trips, plain inserts; with deliveries to
-    /// queue, the COPY and one INSERT of their rows in a transaction. Everything else takes
-    /// three: COPY into staging (a temp table: its own transaction writes no WAL and waits for
+    /// plain inserts straight into `events`: up to `SMALL_BATCH_ROWS` rows, one INSERT from
+    /// arrays that also queues the deliveries (one round trip); more, one COPY (two), with
+    /// deliveries to queue the COPY and one INSERT of their rows in a transaction (five).
+    /// Everything else takes three: COPY into staging (a temp table: its own transaction writes no WAL and waits for
     /// no flush), COPY's end, and the INSERT … ON CONFLICT whose commit holds every row (and
     /// the `deliveries` rows of `deliveries`, when given).
     pub fn write<R: AsRef<EventRow>>(
