@@ -24,10 +24,14 @@ use crate::ids::{EventId, OrgId};
 /// that later batches scan. Truncating every ~1k rows keeps both small.
 const STAGING_TRUNCATE_ROWS: usize = 1024;
 
-/// Batches up to this many rows that queue deliveries are one INSERT from arrays (one round
-/// trip) rather than a COPY and an INSERT in a transaction (five): for a few rows the round
-/// trips cost more than COPY saves.
-const SMALL_BATCH_ROWS: usize = 64;
+/// New rows up to this many are one INSERT from arrays (one round trip) rather than a COPY
+/// (two): for a few rows the round trip costs more than COPY saves on rows. Measured at 12k
+/// and 20k req/s (results/2026-11-30-delivery-yields): 64 cost PostgreSQL more at 20k, 8 did
+/// not.
+const SMALL_BATCH_ROWS: usize = 8;
+/// The same when the batch queues webhook deliveries, whose COPY takes a transaction and an
+/// INSERT besides (five round trips).
+const SMALL_QUEUEING_BATCH_ROWS: usize = 64;
 
 /// A column a batch fills.
 pub struct Column {
@@ -264,9 +268,10 @@ impl Writer {
     /// attempt of this batch failed with its outcome unknown, so some rows may be stored.
     ///
     /// A first attempt at a batch without dedup_ids cannot conflict (its ids are new), so it is
-    /// plain inserts straight into `events`: up to `SMALL_BATCH_ROWS` rows, one INSERT from
-    /// arrays that also queues the deliveries (one round trip); more, one COPY (two), with
-    /// deliveries to queue the COPY and one INSERT of their rows in a transaction (five).
+    /// plain inserts straight into `events`: a small batch (`SMALL_BATCH_ROWS`,
+    /// `SMALL_QUEUEING_BATCH_ROWS`) is one INSERT from arrays that also queues the deliveries
+    /// (one round trip); a larger one a COPY (two), with deliveries to queue the COPY and one
+    /// INSERT of their rows in a transaction (five).
     /// Everything else takes three: COPY into staging (a temp table: its own transaction writes no WAL and waits for
     /// no flush), COPY's end, and the INSERT … ON CONFLICT whose commit holds every row (and
     /// the `deliveries` rows of `deliveries`, when given).
@@ -279,7 +284,9 @@ impl Writer {
         let rows = || rows.iter().map(AsRef::as_ref);
         if !replay && rows().all(|r| r.dedup_id.is_none()) {
             let copied = match deliveries {
-                _ if rows().len() <= SMALL_BATCH_ROWS => {
+                _ if rows().len()
+                    <= deliveries.map_or(SMALL_BATCH_ROWS, |_| SMALL_QUEUEING_BATCH_ROWS) =>
+                {
                     let (orgs, lease_until) =
                         deliveries.map_or((&[][..], None), |d| (d.orgs, d.lease_until));
                     self.client.execute(
