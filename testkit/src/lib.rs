@@ -295,9 +295,24 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failing test shows what its server said last (the harness prints it with the
+            // failure): a flake that does not come back can still be read.
+            let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let tail = &log[log.len().saturating_sub(SERVER_LOG_TAIL)..];
+            eprintln!(
+                "--- server {}: its last {} log lines ---\n{}",
+                self.addr,
+                tail.len(),
+                tail.join("\n")
+            );
+        }
         self.kill();
     }
 }
+
+/// Log lines of a failing test's server shown with the failure.
+const SERVER_LOG_TAIL: usize = 80;
 
 #[derive(Debug)]
 pub struct Resp {
