@@ -8,7 +8,7 @@
 //! After the commit it hands the leased jobs over with `Hooks::hand_off`. Nothing here blocks.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
@@ -92,9 +92,10 @@ pub struct Hooks {
     any: AtomicBool,
     limits: MemoryLimits,
     held: Held,
-    /// Delivery gives way to ingest: persisters leave new deliveries in the table, to be
-    /// claimed oldest first as attempts may start, rather than pile them up in memory.
-    holding_back: AtomicBool,
+    /// While delivery gives way to ingest, the attempts per second it may start (0: it does
+    /// not). Meanwhile persisters leave new deliveries in the table, to be claimed oldest first
+    /// as attempts may start, rather than pile them up in memory.
+    giving_way: AtomicU64,
     intake: Mutex<Option<Arc<dyn Intake>>>,
 }
 
@@ -105,7 +106,7 @@ impl Hooks {
             any: AtomicBool::new(false),
             limits,
             held: Held::default(),
-            holding_back: AtomicBool::new(false),
+            giving_way: AtomicU64::new(0),
             intake: Mutex::new(None),
         }
     }
@@ -188,9 +189,7 @@ impl Hooks {
     /// Reserves room for `jobs` jobs of `bytes` bytes in memory; false (nothing reserved) when
     /// they do not fit or no engine takes hand-offs.
     pub fn reserve(&self, jobs: usize, bytes: usize) -> bool {
-        if self.holding_back.load(Ordering::Relaxed)
-            || self.intake.lock().expect("hooks intake lock").is_none()
-        {
+        if self.giving_way() > 0 || self.intake.lock().expect("hooks intake lock").is_none() {
             return false;
         }
         let held_jobs = self.held.jobs.fetch_add(jobs, Ordering::AcqRel) + jobs;
@@ -202,9 +201,15 @@ impl Hooks {
         true
     }
 
-    /// Whether delivery gives way to ingest now (see `reserve`).
-    pub fn hold_back(&self, on: bool) {
-        self.holding_back.store(on, Ordering::Relaxed);
+    /// Delivery gives way to ingest, starting at most `per_s` attempts a second (0: it does
+    /// not); see `reserve`.
+    pub fn give_way(&self, per_s: u64) {
+        self.giving_way.store(per_s, Ordering::Relaxed);
+    }
+
+    /// The attempts per second delivery may start while it gives way to ingest; 0: no limit.
+    pub fn giving_way(&self) -> u64 {
+        self.giving_way.load(Ordering::Relaxed)
     }
 
     /// Counts jobs the engine claimed, sized to the room it read.

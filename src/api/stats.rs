@@ -96,7 +96,7 @@ fn snapshot(ctx: &Context) -> Snapshot {
             v.push(("in_memory", ctx.hooks.held_jobs() as u64));
             v.push(("backlog", d.backlog.load(Relaxed)));
             v.push(("backlog_paused", d.backlog_paused.load(Relaxed)));
-            v.push(("limit_per_s", d.limit_per_s.load(Relaxed)));
+            v.push(("limit_per_s", ctx.hooks.giving_way()));
             v
         },
     }

@@ -169,6 +169,17 @@ pub struct Deliveries<'a> {
     pub lease_until: Option<SystemTime>,
 }
 
+/// The `INSERT INTO deliveries` of those rows (`org_id`, `id`) of `from` whose organization is
+/// in the array parameter `orgs`, leased until the parameter `lease` (`NULL`: not leased). A
+/// leased row is due when its lease runs out (see `db::deliveries`), one that is not, at once.
+fn queue_deliveries(from: &str, orgs: &str, lease: &str) -> String {
+    format!(
+        "INSERT INTO deliveries (org_id, event_id, due_at, lease_until)
+         SELECT org_id, id, coalesce({lease}::timestamptz, now()), {lease}::timestamptz
+         FROM {from} WHERE org_id = ANY({orgs}::uuid[])"
+    )
+}
+
 /// A persister's connection, with its staging table and statements ready.
 pub struct Writer {
     client: Client,
@@ -179,12 +190,12 @@ pub struct Writer {
     insert: Statement,
     /// `insert`, also queueing deliveries for new events of the organizations in `$1`.
     insert_queueing: Statement,
-    /// Queues deliveries for the events `$1`, `$2` (all new), leased until `$3` (and due then,
-    /// should the lease run out).
+    /// Queues deliveries for the events `$1`, `$2` of the organizations in `$3`, leased until
+    /// `$4`.
     queue: Statement,
     /// Inserts new rows from arrays and queues deliveries for those of the organizations in
     /// `$7`, leased until `$8`: one round trip for a small batch.
-    insert_small_queueing: Statement,
+    insert_small: Statement,
     lookup: Statement,
 }
 
@@ -217,28 +228,23 @@ impl Writer {
                  ORDER BY org_id, dedup_id, id
                  ON CONFLICT DO NOTHING
                  RETURNING org_id, id),
-             queued AS (
-                 INSERT INTO deliveries (org_id, event_id, due_at, lease_until)
-                 SELECT org_id, id, coalesce($2::timestamptz, now()), $2::timestamptz
-                 FROM inserted
-                 WHERE org_id = ANY($1::uuid[])
-                 ON CONFLICT DO NOTHING)
-             SELECT id FROM inserted"
+             queued AS ({} ON CONFLICT DO NOTHING)
+             SELECT id FROM inserted",
+            queue_deliveries("inserted", "$1", "$2")
         ))?;
-        let queue = client.prepare(
-            "INSERT INTO deliveries (org_id, event_id, due_at, lease_until)
-             SELECT k.org_id, k.event_id, coalesce($3::timestamptz, now()), $3::timestamptz
-             FROM unnest($1::uuid[], $2::uuid[]) AS k(org_id, event_id)",
-        )?;
-        let insert_small_queueing = client.prepare(&format!(
+        let queue = client.prepare(&queue_deliveries(
+            "unnest($1::uuid[], $2::uuid[]) AS k(org_id, id)",
+            "$3",
+            "$4",
+        ))?;
+        let insert_small = client.prepare(&format!(
             "WITH inserted AS (
                  INSERT INTO events ({columns})
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[],
                                       $5::text[], $6::timestamptz[])
                  RETURNING org_id, id)
-             INSERT INTO deliveries (org_id, event_id, due_at, lease_until)
-             SELECT org_id, id, coalesce($8::timestamptz, now()), $8::timestamptz
-             FROM inserted WHERE org_id = ANY($7::uuid[])"
+             {}",
+            queue_deliveries("inserted", "$7", "$8")
         ))?;
         // For rows the INSERT skipped: the stored events holding their dedup_ids (their own
         // ids when a replayed batch had in fact committed). Runs after the commit, on
@@ -255,7 +261,7 @@ impl Writer {
             insert,
             insert_queueing,
             queue,
-            insert_small_queueing,
+            insert_small,
             lookup,
         })
     }
@@ -264,60 +270,23 @@ impl Writer {
         self.client.is_closed()
     }
 
-    /// Stores `rows` in one transaction; what became of each, in order. `replay`: an earlier
+    /// Stores `batch` in one transaction; what became of each row, in order. `replay`: an earlier
     /// attempt of this batch failed with its outcome unknown, so some rows may be stored.
     ///
-    /// A first attempt at a batch without dedup_ids cannot conflict (its ids are new), so it is
-    /// plain inserts straight into `events`: a small batch (`SMALL_BATCH_ROWS`,
-    /// `SMALL_QUEUEING_BATCH_ROWS`) is one INSERT from arrays that also queues the deliveries
-    /// (one round trip); a larger one a COPY (two), with deliveries to queue the COPY and one
-    /// INSERT of their rows in a transaction (five).
-    /// Everything else takes three: COPY into staging (a temp table: its own transaction writes no WAL and waits for
-    /// no flush), COPY's end, and the INSERT … ON CONFLICT whose commit holds every row (and
-    /// the `deliveries` rows of `deliveries`, when given).
+    /// A first attempt at a batch without dedup_ids cannot conflict (its ids are new): see
+    /// `write_new`. Everything else takes three round trips: COPY into staging (a temp table:
+    /// its own transaction writes no WAL and waits for no flush), COPY's end, and the
+    /// INSERT … ON CONFLICT whose commit holds every row (and the `deliveries` rows of
+    /// `deliveries`, when given).
     pub fn write<R: AsRef<EventRow>>(
         &mut self,
-        rows: &[R],
+        batch: &[R],
         replay: bool,
         deliveries: Option<&Deliveries<'_>>,
     ) -> Result<Vec<Written>, postgres::Error> {
-        let rows = || rows.iter().map(AsRef::as_ref);
+        let rows = || batch.iter().map(AsRef::as_ref);
         if !replay && rows().all(|r| r.dedup_id.is_none()) {
-            let copied = match deliveries {
-                _ if rows().len()
-                    <= deliveries.map_or(SMALL_BATCH_ROWS, |_| SMALL_QUEUEING_BATCH_ROWS) =>
-                {
-                    let (orgs, lease_until) =
-                        deliveries.map_or((&[][..], None), |d| (d.orgs, d.lease_until));
-                    self.client.execute(
-                        &self.insert_small_queueing,
-                        &[
-                            &rows().map(|r| r.org).collect::<Vec<_>>(),
-                            &rows().map(|r| r.id).collect::<Vec<_>>(),
-                            &rows().map(|r| &*r.kind).collect::<Vec<_>>(),
-                            &rows().map(|r| &r.payload).collect::<Vec<_>>(),
-                            &rows().map(|r| r.dedup_id.as_deref()).collect::<Vec<_>>(),
-                            &rows().map(|r| r.created_at).collect::<Vec<_>>(),
-                            &orgs,
-                            &lease_until,
-                        ],
-                    )?;
-                    rows().len() as u64
-                }
-                None => copy_rows(&mut self.client, "events", rows())?,
-                Some(d) => {
-                    let mut tx = self.client.transaction()?;
-                    let copied = copy_rows(&mut tx, "events", rows())?;
-                    let (orgs, ids): (Vec<OrgId>, Vec<EventId>) = rows()
-                        .filter(|r| d.orgs.binary_search(&r.org).is_ok())
-                        .map(|r| (r.org, r.id))
-                        .unzip();
-                    tx.execute(&self.queue, &[&orgs, &ids, &d.lease_until])?;
-                    tx.commit()?;
-                    copied
-                }
-            };
-            assert_eq!(copied as usize, rows().len(), "COPY must take every row");
+            self.write_new(batch, deliveries)?;
             return Ok(vec![Written::Inserted; rows().len()]);
         }
         if self.staging_dirty || self.staged_rows >= STAGING_TRUNCATE_ROWS {
@@ -363,6 +332,52 @@ impl Writer {
                 Written::Skipped { holder }
             })
             .collect())
+    }
+
+    /// Stores rows that cannot conflict (a first attempt, no dedup_ids) as plain inserts. A
+    /// small batch is one INSERT from arrays that also queues its deliveries: one round trip.
+    /// A larger one is a COPY (two round trips), and with deliveries to queue, the COPY and
+    /// the INSERT of their rows in a transaction (five).
+    fn write_new<R: AsRef<EventRow>>(
+        &mut self,
+        batch: &[R],
+        deliveries: Option<&Deliveries<'_>>,
+    ) -> Result<(), postgres::Error> {
+        let rows = || batch.iter().map(AsRef::as_ref);
+        let (orgs, lease_until) = deliveries.map_or((&[][..], None), |d| (d.orgs, d.lease_until));
+        let small = match deliveries {
+            None => SMALL_BATCH_ROWS,
+            Some(_) => SMALL_QUEUEING_BATCH_ROWS,
+        };
+        let ids = || rows().map(|r| r.id).collect::<Vec<_>>();
+        let row_orgs = || rows().map(|r| r.org).collect::<Vec<_>>();
+        if batch.len() <= small {
+            self.client.execute(
+                &self.insert_small,
+                &[
+                    &row_orgs(),
+                    &ids(),
+                    &rows().map(|r| &*r.kind).collect::<Vec<_>>(),
+                    &rows().map(|r| &r.payload).collect::<Vec<_>>(),
+                    &rows().map(|r| r.dedup_id.as_deref()).collect::<Vec<_>>(),
+                    &rows().map(|r| r.created_at).collect::<Vec<_>>(),
+                    &orgs,
+                    &lease_until,
+                ],
+            )?;
+            return Ok(());
+        }
+        let copied = if deliveries.is_none() {
+            copy_rows(&mut self.client, "events", rows())?
+        } else {
+            let mut tx = self.client.transaction()?;
+            let copied = copy_rows(&mut tx, "events", rows())?;
+            tx.execute(&self.queue, &[&row_orgs(), &ids(), &orgs, &lease_until])?;
+            tx.commit()?;
+            copied
+        };
+        assert_eq!(copied as usize, batch.len(), "COPY must take every row");
+        Ok(())
     }
 }
 

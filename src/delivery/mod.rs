@@ -383,9 +383,9 @@ async fn sender(
                 if governor.tick(ingest, std::mem::take(&mut started), elapsed) {
                     shared.stats.yields.add(1);
                 }
-                let limit = governor.limit().map_or(0, |l| l.ceil() as u64);
-                shared.stats.limit_per_s.store(limit, Ordering::Relaxed);
-                shared.hooks.hold_back(limit > 0);
+                shared
+                    .hooks
+                    .give_way(governor.limit().map_or(0, |l| l.ceil() as u64));
                 // The limit may have grown or gone.
                 std::mem::take(&mut held_back)
             }
@@ -500,10 +500,11 @@ fn finish(shared: &Shared, done: impl Iterator<Item = Done>, store: &std::thread
     let before = f.list.len();
     f.list.extend(done);
     let after = f.list.len();
-    if before == 0 && after > 0 {
+    let first = before == 0 && after > 0;
+    if first {
         f.since = Some(Instant::now());
     }
-    if (before == 0 && after > 0) || (before < RECORD_BATCH && after >= RECORD_BATCH) {
+    if first || (before < RECORD_BATCH && after >= RECORD_BATCH) {
         store.unpark();
     }
 }
@@ -621,21 +622,34 @@ struct Session {
 }
 
 impl Session {
-    fn client(&mut self, now: Instant) -> Option<&mut postgres::Client> {
-        self.recording(now).map(|(client, _)| client)
-    }
-
-    /// The connection, and the recorder prepared on it (`None` until it could be).
-    fn recording(
-        &mut self,
-        now: Instant,
-    ) -> Option<(&mut postgres::Client, &mut Option<Recorder>)> {
+    /// The connection, set up when new (which drops the statements prepared on the old one),
+    /// and the slot of the recorder prepared on it.
+    fn parts(&mut self, now: Instant) -> Option<(&mut postgres::Client, &mut Option<Recorder>)> {
         let (client, fresh) = self.link.get_fresh(&self.db, now)?;
         if fresh {
             set_up_session(client, self.nice);
             self.recorder = None;
         }
         Some((client, &mut self.recorder))
+    }
+
+    fn client(&mut self, now: Instant) -> Option<&mut postgres::Client> {
+        self.parts(now).map(|(client, _)| client)
+    }
+
+    /// The connection and the recorder prepared on it; `Ok(None)` while PostgreSQL is away.
+    fn recording(
+        &mut self,
+        now: Instant,
+    ) -> Result<Option<(&mut postgres::Client, &Recorder)>, postgres::Error> {
+        let Some((client, slot)) = self.parts(now) else {
+            return Ok(None);
+        };
+        if slot.is_none() {
+            *slot = Some(Recorder::prepare(client)?);
+        }
+        let slot: &Option<Recorder> = slot;
+        Ok(slot.as_ref().map(|r| (client, r)))
     }
 }
 
@@ -735,32 +749,31 @@ impl Store {
     }
 
     fn record(&mut self, now: Instant) {
-        let Some((client, recorder)) = self.session.recording(now) else {
-            return;
-        };
         let outcomes: Vec<Outcome> = self.pending.iter().map(|d| d.outcome.clone()).collect();
-        let recorded = match recorder {
-            Some(r) => r.record(client, &outcomes, now_micros()),
-            None => Recorder::prepare(client).and_then(|r| {
-                r.record(client, &outcomes, now_micros())?;
-                *recorder = Some(r);
-                Ok(())
-            }),
-        };
-        if let Err(e) = recorded {
-            tracing::warn!(
-                error = &e as &dyn std::error::Error,
-                outcomes = outcomes.len(),
-                "recording delivery outcomes failed; will retry"
-            );
-            return;
-        }
         let gone: HashSet<OrgId> = self
             .pending
             .iter()
             .filter(|d| d.gone)
             .map(|d| d.outcome.org)
             .collect();
+        let recorded = match self.session.recording(now) {
+            Ok(None) => return,
+            Ok(Some((client, recorder))) => recorder
+                .record(client, &outcomes, now_micros())
+                .map(|()| client),
+            Err(e) => Err(e),
+        };
+        let client = match recorded {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    outcomes = outcomes.len(),
+                    "recording delivery outcomes failed; will retry"
+                );
+                return;
+            }
+        };
         for org in gone {
             match deliveries::disable(client, org, "gone") {
                 Ok(_) => {
@@ -830,23 +843,22 @@ impl Store {
         // It waits for a claim's worth of room (or a tenth of the memory), and a free endpoint.
         let hooks = &self.shared.hooks;
         let (room_jobs, room_bytes) = hooks.room();
-        let enough = CLAIM_ROWS_MAX
-            .min((room_jobs + hooks.held_jobs()) / 10)
-            .max(1);
+        let held = hooks.held_jobs();
+        let enough = CLAIM_ROWS_MAX.min((room_jobs + held) / 10).max(1);
         if room_jobs < enough || room_bytes == 0 {
             return;
         }
         let mut limit = room_jobs.min(CLAIM_ROWS_MAX);
-        let per_s = self.shared.stats.limit_per_s.load(Ordering::Relaxed) as usize;
-        if per_s > 0 {
+        let per_s = hooks.giving_way() as f64;
+        if per_s > 0.0 {
             // Delivery gives way to ingest: hold no more than the governor lets start within
             // one attempt's timeout, so nothing claimed waits out its lease in memory.
-            let ahead = (per_s as f64 * self.shared.settings.timeout.as_secs_f64()).ceil() as usize;
-            let held = hooks.held_jobs();
-            if held >= ahead.max(1) {
+            let ahead =
+                ((per_s * self.shared.settings.timeout.as_secs_f64()).ceil() as usize).max(1);
+            if held >= ahead {
                 return;
             }
-            limit = limit.min(ahead.max(1) - held);
+            limit = limit.min(ahead - held);
         }
         let skip: Vec<OrgId> = self
             .shared

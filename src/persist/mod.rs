@@ -247,9 +247,10 @@ impl Persister {
                         .zip(written)
                         .map(|(e, w)| outcome::of(&e.row, w))
                         .collect();
-                    self.record_commit(started.elapsed(), &outcomes);
+                    let now = Instant::now();
+                    self.record_commit(now - started, &outcomes);
                     if let Some(oldest) = batch.iter().map(|e| e.enqueued_at).min() {
-                        self.shared.stats.ingest_pulse.note(oldest.elapsed());
+                        self.shared.stats.ingest_pulse.note(now - oldest);
                     }
                     self.answer(batch.into_iter().zip(outcomes));
                     return;

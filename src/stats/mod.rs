@@ -212,8 +212,6 @@ pub struct DeliveryStats {
     pub claimed: Counter,
     /// Times delivery cut its rate to give way to ingest (`delivery::governor`).
     pub yields: Counter,
-    /// The rate attempts may start at while delivery gives way, per second; 0: no limit.
-    pub limit_per_s: AtomicU64,
     /// Event created → its first attempt begins.
     pub first_attempt_us: Recorder,
     /// One attempt, request sent to answer read.

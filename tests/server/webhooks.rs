@@ -826,3 +826,46 @@ fn delivery_gives_way_while_ingest_commits_slowly_then_catches_up() {
     });
     assert!(got.len() >= ids.len());
 }
+
+#[test]
+fn a_large_batch_queues_its_deliveries_in_its_commit_and_each_arrives_once() {
+    // 100 events without dedup_ids take the COPY path, with the deliveries inserted in the
+    // same transaction (a small batch is one INSERT; the other test covers it). Memory for 10
+    // jobs: the batch is not handed over in memory, so only its rows can bring it.
+    let s = start(&["--webhook-memory-jobs", "10"]);
+    let rx = Receiver::start();
+    let (key, _) = new_org(s.addr, "large-batch");
+    configure(s.addr, &key, &rx.url());
+    let events: Vec<String> = (0..100)
+        .map(|n| format!(r#"{{"type":"big","payload":{{"n":{n}}}}}"#))
+        .collect();
+    let r = call(
+        s.addr,
+        "POST",
+        "/api/events/batch",
+        Some(&key),
+        &format!(r#"{{"events":[{}]}}"#, events.join(",")),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let ids: HashSet<String> = r.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["status"], 202, "{e}");
+            e["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 100);
+    rx.wait_for(Duration::from_secs(10), "100 deliveries", |g| {
+        g.len() >= 100
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let got = rx.received();
+    assert_eq!(got.len(), 100, "each event exactly once");
+    let seen: HashSet<String> = got
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    assert_eq!(seen, ids);
+}
