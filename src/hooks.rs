@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::db::deliveries::{self, EndpointRow};
 use crate::ids::{EventId, OrgId};
@@ -93,9 +93,11 @@ pub struct Hooks {
     limits: MemoryLimits,
     held: Held,
     /// While delivery gives way to ingest, the attempts per second it may start (0: it does
-    /// not). Meanwhile persisters leave new deliveries in the table, to be claimed oldest first
-    /// as attempts may start, rather than pile them up in memory.
+    /// not), and the jobs it may hold in memory meanwhile: as many as start within `within`
+    /// (an attempt's timeout), so that none waits out its lease. Beyond that, new deliveries
+    /// wait in the table for a claim.
     giving_way: AtomicU64,
+    hold_max: AtomicUsize,
     intake: Mutex<Option<Arc<dyn Intake>>>,
 }
 
@@ -107,6 +109,7 @@ impl Hooks {
             limits,
             held: Held::default(),
             giving_way: AtomicU64::new(0),
+            hold_max: AtomicUsize::new(0),
             intake: Mutex::new(None),
         }
     }
@@ -189,12 +192,13 @@ impl Hooks {
     /// Reserves room for `jobs` jobs of `bytes` bytes in memory; false (nothing reserved) when
     /// they do not fit or no engine takes hand-offs.
     pub fn reserve(&self, jobs: usize, bytes: usize) -> bool {
-        if self.giving_way() > 0 || self.intake.lock().expect("hooks intake lock").is_none() {
+        if self.intake.lock().expect("hooks intake lock").is_none() {
             return false;
         }
+        let max_jobs = self.hold_max().unwrap_or(usize::MAX).min(self.limits.jobs);
         let held_jobs = self.held.jobs.fetch_add(jobs, Ordering::AcqRel) + jobs;
         let held_bytes = self.held.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        if held_jobs > self.limits.jobs || held_bytes > self.limits.bytes {
+        if held_jobs > max_jobs || held_bytes > self.limits.bytes {
             self.release(jobs, bytes);
             return false;
         }
@@ -202,9 +206,16 @@ impl Hooks {
     }
 
     /// Delivery gives way to ingest, starting at most `per_s` attempts a second (0: it does
-    /// not); see `reserve`.
-    pub fn give_way(&self, per_s: u64) {
+    /// not), so it holds no more jobs than start `within`; see `reserve`.
+    pub fn give_way(&self, per_s: u64, within: Duration) {
+        let hold = (per_s as f64 * within.as_secs_f64()).ceil() as usize;
+        self.hold_max.store(hold.max(1), Ordering::Relaxed);
         self.giving_way.store(per_s, Ordering::Relaxed);
+    }
+
+    /// While delivery gives way to ingest, the most jobs it may hold in memory.
+    pub fn hold_max(&self) -> Option<usize> {
+        (self.giving_way() > 0).then(|| self.hold_max.load(Ordering::Relaxed))
     }
 
     /// The attempts per second delivery may start while it gives way to ingest; 0: no limit.
@@ -247,7 +258,7 @@ impl Hooks {
     }
 
     /// How long a node holds the rows it works on.
-    pub fn lease(&self) -> std::time::Duration {
+    pub fn lease(&self) -> Duration {
         self.limits.lease
     }
 
@@ -321,6 +332,31 @@ mod tests {
             "the job not stored is given back"
         );
         assert_eq!(sink.0.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn while_delivery_gives_way_memory_holds_what_starts_within_a_timeout() {
+        let hooks = Hooks::new(MemoryLimits {
+            jobs: 1_000,
+            bytes: 1 << 20,
+            lease: Duration::from_secs(60),
+        });
+        hooks.connect(Arc::new(Sink(Mutex::new(Vec::new()))));
+        assert_eq!(hooks.hold_max(), None);
+        // 20 attempts a second, 2 s of timeout: 40 jobs.
+        hooks.give_way(20, Duration::from_secs(2));
+        assert_eq!(hooks.hold_max(), Some(40));
+        assert!(hooks.reserve(30, 300));
+        assert!(
+            !hooks.reserve(11, 110),
+            "beyond what starts within the timeout"
+        );
+        assert!(hooks.reserve(10, 100));
+        assert_eq!(hooks.held_jobs(), 40);
+        // The limit lifted: the memory bounds alone.
+        hooks.give_way(0, Duration::from_secs(2));
+        assert_eq!(hooks.hold_max(), None);
+        assert!(hooks.reserve(500, 5_000));
     }
 
     #[test]

@@ -304,6 +304,7 @@ async fn sender(
     let mut tick = tokio::time::interval(BREAKER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut governor = Governor::new(Instant::now());
+    let mut spare = governor::Spare::default();
     let mut governor_tick = tokio::time::interval(governor::TICK);
     governor_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut governed_since = Instant::now();
@@ -380,12 +381,12 @@ async fn sender(
                 let ingest = shared.node.ingest_pulse.take();
                 let elapsed = now.saturating_duration_since(governed_since);
                 governed_since = now;
-                if governor.tick(ingest, std::mem::take(&mut started), elapsed) {
+                if governor.tick(ingest, spare.read(), std::mem::take(&mut started), elapsed) {
                     shared.stats.yields.add(1);
                 }
                 shared
                     .hooks
-                    .give_way(governor.limit().map_or(0, |l| l.ceil() as u64));
+                    .give_way(governor.limit().map_or(0, |l| l.ceil() as u64), s.timeout);
                 // The limit may have grown or gone.
                 std::mem::take(&mut held_back)
             }
@@ -849,12 +850,9 @@ impl Store {
             return;
         }
         let mut limit = room_jobs.min(CLAIM_ROWS_MAX);
-        let per_s = hooks.giving_way() as f64;
-        if per_s > 0.0 {
+        if let Some(ahead) = hooks.hold_max() {
             // Delivery gives way to ingest: hold no more than the governor lets start within
             // one attempt's timeout, so nothing claimed waits out its lease in memory.
-            let ahead =
-                ((per_s * self.shared.settings.timeout.as_secs_f64()).ceil() as usize).max(1);
             if held >= ahead {
                 return;
             }
