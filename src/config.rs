@@ -128,6 +128,10 @@ keys! {
     batch_linger_us: u64 = required, env "TRIGGERS_BATCH_LINGER_US", range 0..=1000000;
     /// Longest an event waits for its commit while PostgreSQL is unreachable, then 503
     storage_wait_ms: u64 = required, env "TRIGGERS_STORAGE_WAIT_MS", range 10..=600000;
+    /// How often the embedded cluster's recently written data files are written back, in
+    /// milliseconds (0: left to the kernel, which on an untuned host writes them in bursts
+    /// that stall commits)
+    writeback_ms: u64 = required, env "TRIGGERS_WRITEBACK_MS", range 0..=60000;
     /// Open connections per core
     connections_max: usize = required, env "TRIGGERS_CONNECTIONS_MAX", range 1..=1000000;
     /// Bytes that request and response bodies over 64 KiB may hold at once, node-wide; past
@@ -182,8 +186,12 @@ keys! {
 /// Where the events are stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Database {
-    /// A private cluster the server runs in this data directory.
-    Embedded { data_dir: PathBuf },
+    /// A private cluster the server runs in this data directory, its data files written back
+    /// this often (`cluster::writeback`; `None`: by the kernel alone).
+    Embedded {
+        data_dir: PathBuf,
+        writeback: Option<Duration>,
+    },
     /// A PostgreSQL someone else runs.
     Url(String),
 }
@@ -241,6 +249,7 @@ impl Config {
                 Some(url) => Database::Url(url),
                 None => Database::Embedded {
                     data_dir: v.data_dir,
+                    writeback: (v.writeback_ms > 0).then(|| ms(v.writeback_ms)),
                 },
             },
             ring_slots: v.ring_slots,

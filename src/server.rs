@@ -121,6 +121,8 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
 struct Storage {
     db: postgres::Config,
     cluster: Option<Cluster>,
+    /// How often the embedded cluster's data files are written back (`cluster::writeback`).
+    writeback: Option<Duration>,
     lock: Option<std::fs::File>,
 }
 
@@ -129,18 +131,44 @@ fn storage(database: &Database) -> anyhow::Result<Storage> {
         Database::Url(url) => Ok(Storage {
             db: url.parse().context("parsing the database URL")?,
             cluster: None,
+            writeback: None,
             lock: None,
         }),
-        Database::Embedded { data_dir } => {
+        Database::Embedded {
+            data_dir,
+            writeback,
+        } => {
             let lock = lock_data_dir(data_dir)?;
             let mut cluster = Cluster::new(data_dir)?;
             cluster.start(false)?;
-            if let Some(warning) = cluster::writeback_warning() {
-                tracing::warn!("{warning}");
-            }
+            // Only where the kernel would let bursts build: the pass has a price (it drops
+            // the page cache of the files it hands over).
+            let writeback = cluster::writeback::starts_late().and_then(|at| match writeback {
+                Some(every) => {
+                    tracing::info!(
+                        every_ms = every.as_millis() as u64,
+                        "the kernel starts writing dirty pages back only at {} MiB: the server \
+                         hands the cluster's recently written files to write-back itself",
+                        at >> 20
+                    );
+                    Some(*every)
+                }
+                None => {
+                    tracing::warn!(
+                        "the kernel starts writing dirty pages back only at {} MiB: under \
+                         sustained ingest PostgreSQL's writes leave in bursts and durable \
+                         commits stall behind them (100+ ms); set writeback_ms (the server then \
+                         writes the cluster's files back itself) or vm.dirty_background_bytes \
+                         = 33554432 (tuning/sysctl.conf)",
+                        at >> 20
+                    );
+                    None
+                }
+            });
             Ok(Storage {
                 db: cluster.client_config(),
                 cluster: Some(cluster),
+                writeback,
                 lock: Some(lock),
             })
         }
@@ -152,14 +180,19 @@ fn storage(database: &Database) -> anyhow::Result<Storage> {
 /// crash recovery) and logs each step; restarts that fail are retried with backoff, and after
 /// `RESTARTS_BEFORE_LOST` in a row `/health/live` fails so an orchestrator replaces the node.
 /// Meanwhile persisters and query threads reconnect on their own, and requests get 503
-/// `storage_unavailable` as during any outage.
+/// `storage_unavailable` as during any outage. Between looks, it writes back the data files
+/// the cluster wrote lately (`cluster::writeback`), when the server is set to.
 struct Supervisor {
     quit: Arc<AtomicBool>,
     thread: JoinHandle<Cluster>,
 }
 
 impl Supervisor {
-    fn spawn(mut cluster: Cluster, stats: Arc<Stats>) -> anyhow::Result<Supervisor> {
+    fn spawn(
+        mut cluster: Cluster,
+        writeback: Option<Duration>,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<Supervisor> {
         let quit = Arc::new(AtomicBool::new(false));
         let quitting = quit.clone();
         let pause = move |d: Duration| {
@@ -172,7 +205,15 @@ impl Supervisor {
         let thread = std::thread::Builder::new()
             .name("cluster-supervisor".into())
             .spawn(move || {
+                let writeback = writeback.map(|every| (cluster.writeback(every), every));
+                let mut written_back = Instant::now();
                 while pause(SUPERVISE_POLL) {
+                    if let Some((w, every)) = &writeback {
+                        if written_back.elapsed() >= *every {
+                            written_back = Instant::now();
+                            w.pass();
+                        }
+                    }
                     let Some(how) = cluster.exited() else {
                         continue;
                     };
@@ -225,6 +266,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let Storage {
         db,
         cluster,
+        writeback,
         lock: data_dir_lock,
     } = storage(&config.database)?;
     db::migrate(&db)?;
@@ -268,7 +310,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .collect();
     let (queries, query_threads) = QueryPool::spawn(config.query_threads, &db);
     let supervisor = match cluster {
-        Some(cluster) => Some(Supervisor::spawn(cluster, stats.clone())?),
+        Some(cluster) => Some(Supervisor::spawn(cluster, writeback, stats.clone())?),
         None => None,
     };
     let keys = Arc::new(KeyCache::default());

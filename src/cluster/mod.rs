@@ -19,6 +19,8 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Pid, User};
 
+pub mod writeback;
+
 /// The superuser `initdb` creates and the database the server uses.
 pub const DB_USER: &str = "triggers";
 pub const DB_NAME: &str = "triggers";
@@ -166,52 +168,6 @@ pub struct Cluster {
     running: Option<Running>,
 }
 
-/// Dirty page cache past which a host's kernel starts background write-back and still keeps
-/// commits smooth. Beyond it, write-back comes in bursts that every COMMIT's WAL flush waits
-/// behind (measured: 110-270 ms stalls with 2.4 GB, none with 32 MiB:
-/// results/2026-11-26-writeback-stalls).
-const WRITEBACK_START_MAX: u64 = 256 << 20;
-
-/// Bytes of dirty page cache at which background write-back starts: `dirty_background_bytes`
-/// when set, else `dirty_background_ratio` percent of memory (the kernel's rule, which counts
-/// only reclaimable memory: `mem_total` overstates it a little).
-fn writeback_start(background_bytes: u64, background_ratio: u64, mem_total: u64) -> u64 {
-    if background_bytes > 0 {
-        background_bytes
-    } else {
-        mem_total / 100 * background_ratio
-    }
-}
-
-/// A warning when this host's kernel lets enough dirty pages pile up that their write-back
-/// stalls the embedded cluster's commits; `None` when it does not, or when it cannot be read.
-pub fn writeback_warning() -> Option<String> {
-    let read = |path: &str| -> Option<u64> { fs::read_to_string(path).ok()?.trim().parse().ok() };
-    let mem_total = fs::read_to_string("/proc/meminfo")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse::<u64>()
-        .ok()?
-        * 1024;
-    let start = writeback_start(
-        read("/proc/sys/vm/dirty_background_bytes")?,
-        read("/proc/sys/vm/dirty_background_ratio")?,
-        mem_total,
-    );
-    (start > WRITEBACK_START_MAX).then(|| {
-        format!(
-            "the kernel starts writing dirty pages back only at {} MiB: under sustained ingest \
-             PostgreSQL's writes leave in bursts and durable commits stall behind them (100+ ms); \
-             set vm.dirty_background_bytes = 33554432 (tuning/sysctl.conf)",
-            start >> 20
-        )
-    })
-}
-
 impl Cluster {
     pub fn new(data_dir: &Path) -> anyhow::Result<Cluster> {
         let bins = Binaries::locate()?;
@@ -249,6 +205,11 @@ impl Cluster {
     }
 
     /// Connection settings for the server's database on this cluster.
+    /// What writes this cluster's data files back every `every`.
+    pub fn writeback(&self, every: Duration) -> writeback::Writeback {
+        writeback::Writeback::new(&self.dir, every)
+    }
+
     pub fn client_config(&self) -> postgres::Config {
         let mut c = postgres::Config::new();
         c.host_path(&self.socket_dir)
@@ -521,23 +482,5 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn write_back_starts_at_the_byte_setting_or_else_a_share_of_memory() {
-        let gib = 1u64 << 30;
-        // The kernel's defaults on a 24 GiB host: 10 % of memory, far past the bound.
-        assert_eq!(writeback_start(0, 10, 24 * gib), 24 * gib / 100 * 10);
-        assert!(writeback_start(0, 10, 24 * gib) > WRITEBACK_START_MAX);
-        // tuning/sysctl.conf's setting wins over the ratio.
-        assert_eq!(writeback_start(32 << 20, 10, 24 * gib), 32 << 20);
-        assert!(writeback_start(32 << 20, 10, 24 * gib) <= WRITEBACK_START_MAX);
-        // A small machine is fine with the ratio alone.
-        assert!(writeback_start(0, 10, 2 * gib) <= WRITEBACK_START_MAX);
     }
 }
