@@ -29,8 +29,8 @@ use std::time::{Duration, SystemTime};
 /// The data files of one cluster: `base/*/*` (databases) and `global/*` (shared catalogs).
 pub struct Writeback {
     dirs: Vec<PathBuf>,
-    /// Files modified this recently are written back: those written since the last pass,
-    /// with a margin for a pass that ran late.
+    /// Files modified this recently are handed to write-back: those written since the last
+    /// pass, with a margin for a pass that ran late.
     recent: Duration,
 }
 
@@ -62,13 +62,16 @@ impl Writeback {
     }
 }
 
-/// Regular files in `dir` and, for `base`, in each database's directory under it.
+/// Relation files in `dir` and in each directory under it (`base/<database>/`). Temporary
+/// ones are left out: temporary relations (`t<backend>_<file>`) and sort and hash spills
+/// (`pgsql_tmp/`) are dropped soon, and written back they would only be written for nothing.
 fn data_files(dir: &Path) -> Vec<PathBuf> {
+    let kept = |e: &fs::DirEntry| !e.file_name().to_string_lossy().starts_with(['t', 'p']);
     let mut files = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else {
         return files;
     };
-    for entry in entries.flatten() {
+    for entry in entries.flatten().filter(kept) {
         match entry.file_type() {
             Ok(t) if t.is_file() => files.push(entry.path()),
             Ok(t) if t.is_dir() => {
@@ -76,7 +79,7 @@ fn data_files(dir: &Path) -> Vec<PathBuf> {
                     files.extend(
                         inner
                             .flatten()
-                            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                            .filter(|e| kept(e) && e.file_type().is_ok_and(|t| t.is_file()))
                             .map(|e| e.path()),
                     );
                 }
@@ -153,6 +156,11 @@ mod tests {
         for f in ["16385", "16386", "16387_fsm"] {
             fs::write(db.join(f), vec![1u8; 8192]).unwrap();
         }
+        // Temporary: a temporary table's file, a sort's spill.
+        fs::write(db.join("t3_16390"), vec![1u8; 8192]).unwrap();
+        let spills = pgdata.path().join("base").join("pgsql_tmp");
+        fs::create_dir_all(&spills).unwrap();
+        fs::write(spills.join("pgsql_tmp123.0"), vec![1u8; 8192]).unwrap();
         fs::write(pgdata.path().join("global").join("1262"), b"x").unwrap();
         // Outside the data directories: never looked at.
         fs::write(pgdata.path().join("postmaster.pid"), b"1").unwrap();
