@@ -180,6 +180,17 @@ fn queue_deliveries(from: &str, orgs: &str, lease: &str) -> String {
     )
 }
 
+/// For rows the INSERT skipped: the stored events holding their dedup_ids (their own ids when
+/// a replayed batch had in fact committed). Runs after the commit, on committed rows.
+///
+/// Planned at each run, not prepared once: a prepared statement may settle on a generic plan
+/// after five runs, and one made while `events` was nearly empty (a node's first minute)
+/// reads the whole table for every lookup until autovacuum's first analyze replaces it. It
+/// runs only for batches with skipped rows; planning it costs one more round trip there.
+const LOOKUP: &str = "SELECT e.org_id, e.dedup_id, e.id
+                      FROM unnest($1::uuid[], $2::text[]) AS k(org_id, dedup_id)
+                      JOIN events e ON e.org_id = k.org_id AND e.dedup_id = k.dedup_id";
+
 /// A persister's connection, with its staging table and statements ready.
 pub struct Writer {
     client: Client,
@@ -196,7 +207,6 @@ pub struct Writer {
     /// Inserts new rows from arrays and queues deliveries for those of the organizations in
     /// `$7`, leased until `$8`: one round trip for a small batch.
     insert_small: Statement,
-    lookup: Statement,
 }
 
 impl Writer {
@@ -246,14 +256,6 @@ impl Writer {
              {}",
             queue_deliveries("inserted", "$7", "$8")
         ))?;
-        // For rows the INSERT skipped: the stored events holding their dedup_ids (their own
-        // ids when a replayed batch had in fact committed). Runs after the commit, on
-        // committed rows.
-        let lookup = client.prepare(
-            "SELECT e.org_id, e.dedup_id, e.id
-             FROM unnest($1::uuid[], $2::text[]) AS k(org_id, dedup_id)
-             JOIN events e ON e.org_id = k.org_id AND e.dedup_id = k.dedup_id",
-        )?;
         Ok(Writer {
             client,
             staged_rows: 0,
@@ -262,7 +264,6 @@ impl Writer {
             insert_queueing,
             queue,
             insert_small,
-            lookup,
         })
     }
 
@@ -316,7 +317,7 @@ impl Writer {
                 .iter()
                 .filter_map(|r| r.dedup_id.as_deref())
                 .collect();
-            for row in self.client.query(&self.lookup, &[&orgs, &dedups])? {
+            for row in self.client.query(LOOKUP, &[&orgs, &dedups])? {
                 holders.insert((row.get(0), row.get(1)), row.get(2));
             }
         }

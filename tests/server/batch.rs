@@ -91,3 +91,88 @@ fn batch_limits_are_enforced() {
     assert_eq!(no_key.status, 401);
     let _: Value = no_key.json();
 }
+
+/// A batch's skipped rows are matched to the events holding their dedup_ids with a plan for
+/// the table as it is: a prepared lookup settles on a generic plan, and one made while
+/// `events` was nearly empty reads the whole table for every later lookup.
+#[test]
+fn looking_up_skipped_rows_reads_only_their_events_however_the_table_has_grown() {
+    use std::time::{Duration, SystemTime};
+    use triggers::db::events::{EventRow, JsonText, Writer};
+    use triggers::ids::{EventId, OrgId};
+
+    struct Row(EventRow);
+    impl AsRef<EventRow> for Row {
+        fn as_ref(&self) -> &EventRow {
+            &self.0
+        }
+    }
+    let row = |org: OrgId, dedup: Option<String>| {
+        Row(EventRow {
+            org,
+            id: EventId::new_v7(),
+            created_at: SystemTime::now(),
+            kind: "t".into(),
+            dedup_id: dedup.map(Into::into),
+            payload: JsonText(b"{}".to_vec().into()),
+        })
+    };
+    let config: postgres::Config = shared_cluster()
+        .new_database("lookup_plans")
+        .parse()
+        .unwrap();
+    triggers::db::migrate(&config).unwrap();
+    let mut writer = Writer::open(&config).unwrap();
+    let mut other = config.connect(postgres::NoTls).unwrap();
+    let org = OrgId::new();
+    // Ten batches of the same 200 dedup_ids while `events` holds only them: the last nine
+    // are all skipped and looked up, past the five runs after which PostgreSQL may settle on
+    // a generic plan.
+    let same: Vec<String> = (0..200).map(|i| format!("early-{i}")).collect();
+    for _ in 0..10 {
+        let batch: Vec<Row> = same.iter().map(|d| row(org, Some(d.clone()))).collect();
+        writer.write(&batch, false, None).unwrap();
+    }
+    // Then the table grows (not yet analyzed).
+    other
+        .execute(
+            "INSERT INTO events (org_id, id, type, payload, dedup_id, created_at)
+             SELECT $1, gen_random_uuid(), 't', '{}', 'later-' || g, now()
+             FROM generate_series(1, 50000) g",
+            &[&org],
+        )
+        .unwrap();
+    // Sequential scans of `events`, once the writer's backend has reported its own: it
+    // reports when it goes idle at least a second after its last report, so a second's wait
+    // and one plain write (which scans nothing) bring them in.
+    let mut scans = |writer: &mut Writer| -> i64 {
+        std::thread::sleep(Duration::from_millis(1100));
+        writer.write(&[row(org, None)], false, None).unwrap();
+        other
+            .query_one(
+                "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'events'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let before = scans(&mut writer);
+    let batch: Vec<Row> = (1..=100)
+        .map(|i| row(org, Some(format!("later-{i}"))))
+        .collect();
+    let written = writer.write(&batch, false, None).unwrap();
+    assert_eq!(scans(&mut writer), before, "a lookup scanned the table");
+    // Each skipped row found its holder.
+    let held: i64 = other
+        .query_one(
+            "SELECT count(*) FROM events WHERE dedup_id LIKE 'later-%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 50_000);
+    assert!(written.iter().all(|w| matches!(
+        w,
+        triggers::db::events::Written::Skipped { holder: Some(_) }
+    )));
+}
