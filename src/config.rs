@@ -302,6 +302,7 @@ impl Config {
                 jobs: v.webhook_memory_jobs,
                 bytes: v.webhook_memory_bytes,
                 lease: delivery::lease_for(ms(v.webhook_timeout_ms)),
+                start_within: ms(v.webhook_timeout_ms),
             },
             shutdown_timeout: ms(v.shutdown_timeout_ms),
         })

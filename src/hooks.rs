@@ -76,7 +76,10 @@ pub trait Intake: Send + Sync {
 pub struct MemoryLimits {
     pub jobs: usize,
     pub bytes: usize,
-    pub lease: std::time::Duration,
+    pub lease: Duration,
+    /// While delivery gives way to ingest, it holds no more jobs than start within this long
+    /// (an attempt's timeout: well inside the part of the lease a job may wait in memory).
+    pub start_within: Duration,
 }
 
 #[derive(Default)]
@@ -93,11 +96,10 @@ pub struct Hooks {
     limits: MemoryLimits,
     held: Held,
     /// While delivery gives way to ingest, the attempts per second it may start (0: it does
-    /// not), and the jobs it may hold in memory meanwhile: as many as start within `within`
-    /// (an attempt's timeout), so that none waits out its lease. Beyond that, new deliveries
-    /// wait in the table for a claim.
+    /// not). Meanwhile it holds in memory only what starts within `limits.start_within`, so
+    /// that none waits out its lease; beyond that, new deliveries wait in the table for a
+    /// claim.
     giving_way: AtomicU64,
-    hold_max: AtomicUsize,
     intake: Mutex<Option<Arc<dyn Intake>>>,
 }
 
@@ -109,7 +111,6 @@ impl Hooks {
             limits,
             held: Held::default(),
             giving_way: AtomicU64::new(0),
-            hold_max: AtomicUsize::new(0),
             intake: Mutex::new(None),
         }
     }
@@ -206,16 +207,19 @@ impl Hooks {
     }
 
     /// Delivery gives way to ingest, starting at most `per_s` attempts a second (0: it does
-    /// not), so it holds no more jobs than start `within`; see `reserve`.
-    pub fn give_way(&self, per_s: u64, within: Duration) {
-        let hold = (per_s as f64 * within.as_secs_f64()).ceil() as usize;
-        self.hold_max.store(hold.max(1), Ordering::Relaxed);
+    /// not); see `reserve` and `hold_max`.
+    pub fn give_way(&self, per_s: u64) {
         self.giving_way.store(per_s, Ordering::Relaxed);
     }
 
-    /// While delivery gives way to ingest, the most jobs it may hold in memory.
+    /// While delivery gives way to ingest, the most jobs it may hold in memory: as many as
+    /// start within `limits.start_within`.
     pub fn hold_max(&self) -> Option<usize> {
-        (self.giving_way() > 0).then(|| self.hold_max.load(Ordering::Relaxed))
+        let per_s = self.giving_way();
+        (per_s > 0).then(|| {
+            let hold = per_s as f64 * self.limits.start_within.as_secs_f64();
+            (hold.ceil() as usize).max(1)
+        })
     }
 
     /// The attempts per second delivery may start while it gives way to ingest; 0: no limit.
@@ -311,7 +315,8 @@ mod tests {
         let hooks = Hooks::new(MemoryLimits {
             jobs: 2,
             bytes: 1000,
-            lease: std::time::Duration::from_secs(60),
+            lease: Duration::from_secs(60),
+            start_within: Duration::from_secs(15),
         });
         assert!(!hooks.reserve(1, 10), "no engine connected: no hand-off");
         let sink = Arc::new(Sink(Mutex::new(Vec::new())));
@@ -340,11 +345,12 @@ mod tests {
             jobs: 1_000,
             bytes: 1 << 20,
             lease: Duration::from_secs(60),
+            start_within: Duration::from_secs(2),
         });
         hooks.connect(Arc::new(Sink(Mutex::new(Vec::new()))));
         assert_eq!(hooks.hold_max(), None);
-        // 20 attempts a second, 2 s of timeout: 40 jobs.
-        hooks.give_way(20, Duration::from_secs(2));
+        // 20 attempts a second, started within 2 s: 40 jobs.
+        hooks.give_way(20);
         assert_eq!(hooks.hold_max(), Some(40));
         assert!(hooks.reserve(30, 300));
         assert!(
@@ -354,7 +360,7 @@ mod tests {
         assert!(hooks.reserve(10, 100));
         assert_eq!(hooks.held_jobs(), 40);
         // The limit lifted: the memory bounds alone.
-        hooks.give_way(0, Duration::from_secs(2));
+        hooks.give_way(0);
         assert_eq!(hooks.hold_max(), None);
         assert!(hooks.reserve(500, 5_000));
     }
@@ -364,7 +370,8 @@ mod tests {
         let hooks = Hooks::new(MemoryLimits {
             jobs: 1,
             bytes: 1,
-            lease: std::time::Duration::from_secs(60),
+            lease: Duration::from_secs(60),
+            start_within: Duration::from_secs(15),
         });
         let (a, b) = (OrgId(uuid::Uuid::now_v7()), OrgId(uuid::Uuid::now_v7()));
         let pushes_to = |o: OrgId| hooks.pushing(std::iter::once(o)) == [o];

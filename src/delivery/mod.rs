@@ -386,7 +386,7 @@ async fn sender(
                 }
                 shared
                     .hooks
-                    .give_way(governor.limit().map_or(0, |l| l.ceil() as u64), s.timeout);
+                    .give_way(governor.limit().map_or(0, |l| l.ceil() as u64));
                 // The limit may have grown or gone.
                 std::mem::take(&mut held_back)
             }
