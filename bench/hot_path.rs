@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
         });
     });
 
-    let hub = Hub::new(1, 1024, RING_BYTES_MAX, 1);
+    let hub = Hub::new(1, 1024, RING_BYTES_MAX, 1, 0);
     c.bench_function("ring push + pop (one event)", |b| {
         b.iter_batched(
             event,

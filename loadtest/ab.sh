@@ -8,6 +8,10 @@
 #   e.g. loadtest/ab.sh /tmp/ab 2 "--persisters 2" "--persisters 1" --rate 12000 --duration 15
 # A side may name another binary with BIN=/path/to/triggers as its first word:
 #   loadtest/ab.sh /tmp/ab 2 "BIN=/tmp/old/triggers" "" --rate 12000
+# A side named BARE runs the bare-HTTP responder (loadtest's bare_http: a 202 to any POST,
+# nothing stored) instead, so a server's CPU per request can be set against the machine's
+# floor at the same rate (issue 11, target 1):
+#   loadtest/ab.sh /tmp/cost 3 BARE "" --rate 20000 --duration 15
 # Each run's cluster (hundreds of MB to GBs) is deleted after it; KEEP_DATA=1 keeps it.
 # Needs release builds: cargo build --release --workspace. PORT picks the port (default 8091).
 set -euo pipefail
@@ -58,9 +62,13 @@ run_side() { # name flags round
   fi
   local dir="$out/$name-$round"
   rm -rf "$dir" && mkdir -p "$dir"
-  # shellcheck disable=SC2086
-  "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" \
-    --keygen-per-minute 1000000 --keygen-tier-max unlimited $flags >"$dir/server.log" 2>&1 &
+  if [[ "$flags" == BARE ]]; then
+    "$root/target/release/bare_http" "127.0.0.1:$port" >"$dir/server.log" 2>&1 &
+  else
+    # shellcheck disable=SC2086
+    "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" \
+      --keygen-per-minute 1000000 --keygen-tier-max unlimited $flags >"$dir/server.log" 2>&1 &
+  fi
   local pid=$!
   for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && break

@@ -109,6 +109,9 @@ keys! {
     cores: usize = required, env "TRIGGERS_CORES", range 0..=1024;
     /// Persister threads committing batches with COPY
     persisters: usize = required, env "TRIGGERS_PERSISTERS", range 1..=64;
+    /// Requests queued for the persisters at which a second one starts a commit of its own
+    /// while the first is busy (0: at any)
+    persister_help_at: usize = required, env "TRIGGERS_PERSISTER_HELP_AT", range 0..=1000000;
     /// Threads running key look-ups and other queries off the cores
     query_threads: usize = required, env "TRIGGERS_QUERY_THREADS", range 1..=64;
     /// Data directory: embedded PostgreSQL cluster and lock file [default ./data]
@@ -202,6 +205,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub cores: usize,
     pub persisters: usize,
+    /// Queued entries at which a helper persister joins the busy lead (see `queue::Doorbell`).
+    pub persister_help_at: usize,
     pub query_threads: usize,
     pub database: Database,
     pub ring_slots: usize,
@@ -244,6 +249,7 @@ impl Config {
             listen: v.listen,
             cores: if v.cores == 0 { cpus } else { v.cores },
             persisters: v.persisters,
+            persister_help_at: v.persister_help_at,
             query_threads: v.query_threads,
             database: match v.database_url.filter(|u| !u.trim().is_empty()) {
                 Some(url) => Database::Url(url),

@@ -277,6 +277,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         config.ring_slots,
         RING_BYTES_MAX,
         config.persisters,
+        config.persister_help_at,
     ));
     let stats = Arc::new(Stats::new(cores, config.persisters, started));
     let stop = Arc::new(Stop::new(cores, config.shutdown_timeout));

@@ -175,18 +175,28 @@ impl Persister {
     fn gather(&mut self, batch: &mut Batch) -> bool {
         let hub = self.shared.hub.clone();
         let stop = self.shared.stop.clone();
-        // Wait for a first entry.
+        // Wait for a first entry: the lead for any, a helper for a backlog (see
+        // `queue::Doorbell`), so that a helper rung once does not go on splitting the lead's
+        // batches after the backlog is gone.
+        let wanted = |me: &Persister| {
+            !me.backlog.is_empty()
+                || stop.is_finishing()
+                || hub.doorbell.wanted(me.index, || hub.queued())
+        };
         loop {
             let now = Instant::now();
-            if let Some(e) = self.take(now) {
-                batch.add(e, now);
-                break;
+            if wanted(self) {
+                if let Some(e) = self.take(now) {
+                    batch.add(e, now);
+                    break;
+                }
             }
             if stop.is_finishing() && hub.is_empty() {
                 return false;
             }
             hub.doorbell.will_sleep(self.index);
-            if hub.is_empty() && !stop.is_finishing() {
+            // (`wanted` holds while finishing.)
+            if !wanted(self) || (hub.is_empty() && !stop.is_finishing()) {
                 std::thread::park_timeout(IDLE_PARK);
             }
             hub.doorbell.awake(self.index);

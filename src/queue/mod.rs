@@ -3,7 +3,8 @@
 //!
 //! - `ring`: each core pushes accepted events into its own lock-free ring, bounded in slots and
 //!   in payload bytes; every persister drains every ring. A full ring is refused at once.
-//! - `doorbell`: a parked persister is woken only when it said it was going to sleep.
+//! - `doorbell`: a parked persister is woken only when it said it was going to sleep; helpers
+//!   only when a backlog builds while the lead persister is busy.
 //! - `mailbox`: outcomes travel back as one message per committed batch per core.
 //! - `waiters`: each core's table of requests waiting for their outcome, which also holds the
 //!   storage budget: how long a request may wait for its commit.
@@ -40,23 +41,30 @@ pub struct Hub {
 
 impl Hub {
     /// Rings of `ring_slots` entries and `ring_bytes_max` payload bytes for `cores` cores, and
-    /// a doorbell for `persisters` persisters.
-    pub fn new(cores: usize, ring_slots: usize, ring_bytes_max: usize, persisters: usize) -> Hub {
+    /// a doorbell for `persisters` persisters whose helpers join at `help_at` queued entries.
+    pub fn new(
+        cores: usize,
+        ring_slots: usize,
+        ring_bytes_max: usize,
+        persisters: usize,
+        help_at: usize,
+    ) -> Hub {
         Hub {
             rings: (0..cores)
                 .map(|_| Ring::new(ring_slots, ring_bytes_max))
                 .collect(),
             mailboxes: (0..cores).map(|_| Mailbox::default()).collect(),
-            doorbell: Doorbell::new(persisters),
+            doorbell: Doorbell::new(persisters, help_at),
         }
     }
 
-    /// Queues an entry on `core`'s ring and wakes a sleeping persister; a full ring refuses it.
+    /// Queues an entry on `core`'s ring and wakes a sleeping persister if one is needed; a full
+    /// ring refuses it.
     #[allow(clippy::result_large_err)]
     pub fn push(&self, core: usize, entry: Entry) -> Result<(), RingFull> {
         debug_assert!(entry.head().waiter.is_none_or(|w| w.core as usize == core));
         self.rings[core].push(entry)?;
-        self.doorbell.ring();
+        self.doorbell.ring(|| self.queued());
         Ok(())
     }
 

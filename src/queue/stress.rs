@@ -16,6 +16,9 @@ use super::*;
 
 const CORES: usize = 2;
 const PERSISTERS: usize = 2;
+/// Helpers join at 3 queued entries, under the 8 the rings can hold: both the lead alone and
+/// the lead with a helper are exercised.
+const HELP_AT: usize = 3;
 const TASKS_PER_CORE: usize = 8;
 const EVENTS_PER_TASK: usize = 2_500;
 /// Fewer slots and bytes than the tasks of a core keep in flight, so both bounds refuse pushes.
@@ -43,9 +46,11 @@ struct Tally {
 
 fn persister(i: usize, hub: Arc<Hub>, done: Arc<AtomicBool>, tally: Arc<Tally>) {
     hub.doorbell.register(i);
+    // A helper takes work only for a backlog, as the server's persisters do.
+    let wanted = || done.load(Ordering::Acquire) || hub.doorbell.wanted(i, || hub.queued());
     loop {
         let mut per_core: Vec<Vec<Completion>> = (0..CORES).map(|_| Vec::new()).collect();
-        for ring in &hub.rings {
+        for ring in hub.rings.iter().filter(|_| wanted()) {
             tally
                 .most_bytes
                 .fetch_max(ring.queued_bytes(), Ordering::Relaxed);
@@ -73,7 +78,7 @@ fn persister(i: usize, hub: Arc<Hub>, done: Arc<AtomicBool>, tally: Arc<Tally>) 
             return;
         }
         hub.doorbell.will_sleep(i);
-        if hub.is_empty() && !done.load(Ordering::Acquire) {
+        if !wanted() || hub.is_empty() {
             std::thread::park_timeout(PARK);
         }
         hub.doorbell.awake(i);
@@ -131,7 +136,13 @@ fn core(id: usize, hub: Arc<Hub>, tally: Arc<Tally>) {
 
 #[test]
 fn cores_and_persisters_under_contention_lose_no_wake_up_outcome_or_byte_bound() {
-    let hub = Arc::new(Hub::new(CORES, RING_SLOTS, RING_BYTES_MAX, PERSISTERS));
+    let hub = Arc::new(Hub::new(
+        CORES,
+        RING_SLOTS,
+        RING_BYTES_MAX,
+        PERSISTERS,
+        HELP_AT,
+    ));
     let tally = Arc::new(Tally::default());
     let done = Arc::new(AtomicBool::new(false));
     let persisters: Vec<_> = (0..PERSISTERS)
