@@ -9,7 +9,7 @@
 # and prints the ratios. Every sweep's summary, .hgrm and SVG land under OUT.
 #
 # Usage: loadtest/ceilings.sh OUT        (needs: cargo build --release --workspace)
-# Knobs (environment): STEP_SECONDS (10), P99_MS (10), BATCH_P99_MS (100), SERVER_FLAGS (""),
+# Knobs (environment): STEP_SECONDS (10), P99_MS (10), BATCH_P99_MS (100), SERVER_FLAGS (""), PORT (8093),
 # KEEP_DATA=1 to keep the cluster the sweeps filled (several GB; deleted by default).
 set -euo pipefail
 out="$1"
@@ -18,7 +18,7 @@ p99="${P99_MS:-10}"
 batch_p99="${BATCH_P99_MS:-100}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/target/release"
-port=8093
+port="${PORT:-8093}"
 url="http://127.0.0.1:$port"
 rm -rf "$out" && mkdir -p "$out"
 

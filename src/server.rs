@@ -195,22 +195,34 @@ impl Supervisor {
     ) -> anyhow::Result<Supervisor> {
         let quit = Arc::new(AtomicBool::new(false));
         let quitting = quit.clone();
+        // Sleeps `d` (in steps of at most SUPERVISE_POLL, to notice quitting); false once
+        // quitting.
         let pause = move |d: Duration| {
             let until = Instant::now() + d;
-            while Instant::now() < until && !quitting.load(Ordering::Relaxed) {
-                std::thread::sleep(SUPERVISE_POLL);
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() || quitting.load(Ordering::Relaxed) {
+                    return !quitting.load(Ordering::Relaxed);
+                }
+                std::thread::sleep(left.min(SUPERVISE_POLL));
             }
-            !quitting.load(Ordering::Relaxed)
         };
         let thread = std::thread::Builder::new()
             .name("cluster-supervisor".into())
             .spawn(move || {
                 let writeback = writeback.map(|every| (cluster.writeback(every), every));
-                let mut written_back = Instant::now();
-                while pause(SUPERVISE_POLL) {
+                let mut next_pass = Instant::now();
+                // Looks at the cluster every SUPERVISE_POLL, and writes back on time.
+                let next_look = |next_pass: Instant| match writeback {
+                    Some(_) => {
+                        SUPERVISE_POLL.min(next_pass.saturating_duration_since(Instant::now()))
+                    }
+                    None => SUPERVISE_POLL,
+                };
+                while pause(next_look(next_pass)) {
                     if let Some((w, every)) = &writeback {
-                        if written_back.elapsed() >= *every {
-                            written_back = Instant::now();
+                        if Instant::now() >= next_pass {
+                            next_pass = Instant::now() + *every;
                             w.pass();
                         }
                     }

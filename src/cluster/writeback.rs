@@ -7,10 +7,13 @@
 //! are not hinted by default) then leave in bursts of hundreds of MB, and every COMMIT's WAL
 //! flush queues behind them on the same disk: stalls of 100-200 ms under sustained ingest.
 //! `tuning/sysctl.conf` fixes it for the whole host; on an untuned one (`starts_late`) the
-//! server does this instead: every second its supervisor hands each data file written to
-//! lately to write-back, so dirty pages leave about as fast as they come
-//! (results/2026-11-30-writeback: p99.9 at 20,000 req/s 21-50 ms instead of 127-210, the
-//! page cache's dirty share ~27 MB instead of 415-450).
+//! server does this instead: every `writeback_ms` (250) its supervisor hands each data file
+//! written to lately to write-back, so dirty pages leave about as fast as they come
+//! (results/2026-11-30-writeback: once a second, p99.9 at 20,000 req/s 21-50 ms instead of
+//! 127-210, the page cache's dirty share ~27 MB instead of 415-450). The period is short
+//! because each pass is a small stall of its own (the commits' WAL flushes queue behind the
+//! writes it starts): once a second made p99 11-14 ms, every 250 ms 6-7.5
+//! (results/2026-11-30-lead-persister).
 //!
 //! How: `posix_fadvise(POSIX_FADV_DONTNEED)` over the whole file, which on Linux starts the
 //! write of its dirty pages without waiting for it (as background write-back does) and then
