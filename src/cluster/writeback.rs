@@ -128,7 +128,18 @@ fn writeback_start(background_bytes: u64, background_ratio: u64, mem_total: u64)
 /// enough (a host tuned with tuning/sysctl.conf, or a small one), or cannot be read.
 pub fn starts_late() -> Option<u64> {
     let read = |path: &str| -> Option<u64> { fs::read_to_string(path).ok()?.trim().parse().ok() };
-    let mem_total = fs::read_to_string("/proc/meminfo")
+    let mem_total = mem_total()?;
+    let start = writeback_start(
+        read("/proc/sys/vm/dirty_background_bytes")?,
+        read("/proc/sys/vm/dirty_background_ratio")?,
+        mem_total,
+    );
+    (start > WRITEBACK_START_MAX).then_some(start)
+}
+
+/// The host's memory in bytes (`MemTotal`), if it can be read.
+pub fn mem_total() -> Option<u64> {
+    let kb = fs::read_to_string("/proc/meminfo")
         .ok()?
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))?
@@ -136,14 +147,8 @@ pub fn starts_late() -> Option<u64> {
         .trim_end_matches("kB")
         .trim()
         .parse::<u64>()
-        .ok()?
-        * 1024;
-    let start = writeback_start(
-        read("/proc/sys/vm/dirty_background_bytes")?,
-        read("/proc/sys/vm/dirty_background_ratio")?,
-        mem_total,
-    );
-    (start > WRITEBACK_START_MAX).then_some(start)
+        .ok()?;
+    Some(kb * 1024)
 }
 
 #[cfg(test)]
