@@ -196,10 +196,9 @@ impl Hooks {
         if self.intake.lock().expect("hooks intake lock").is_none() {
             return false;
         }
-        let max_jobs = self.hold_max().unwrap_or(usize::MAX).min(self.limits.jobs);
         let held_jobs = self.held.jobs.fetch_add(jobs, Ordering::AcqRel) + jobs;
         let held_bytes = self.held.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        if held_jobs > max_jobs || held_bytes > self.limits.bytes {
+        if held_jobs > self.jobs_max() || held_bytes > self.limits.bytes {
             self.release(jobs, bytes);
             return false;
         }
@@ -207,19 +206,21 @@ impl Hooks {
     }
 
     /// Delivery gives way to ingest, starting at most `per_s` attempts a second (0: it does
-    /// not); see `reserve` and `hold_max`.
+    /// not); see `jobs_max`.
     pub fn give_way(&self, per_s: u64) {
         self.giving_way.store(per_s, Ordering::Relaxed);
     }
 
-    /// While delivery gives way to ingest, the most jobs it may hold in memory: as many as
-    /// start within `limits.start_within`.
-    pub fn hold_max(&self) -> Option<usize> {
+    /// The most jobs memory may hold now: `limits.jobs`, and while delivery gives way to
+    /// ingest, no more than start within `limits.start_within` (hand-offs and claims alike),
+    /// so that nothing held waits out its lease in memory.
+    fn jobs_max(&self) -> usize {
         let per_s = self.giving_way();
-        (per_s > 0).then(|| {
-            let hold = per_s as f64 * self.limits.start_within.as_secs_f64();
-            (hold.ceil() as usize).max(1)
-        })
+        if per_s == 0 {
+            return self.limits.jobs;
+        }
+        let starting = (per_s as f64 * self.limits.start_within.as_secs_f64()).ceil() as usize;
+        starting.clamp(1, self.limits.jobs)
     }
 
     /// The attempts per second delivery may start while it gives way to ingest; 0: no limit.
@@ -249,11 +250,10 @@ impl Hooks {
         self.held.jobs.load(Ordering::Relaxed)
     }
 
-    /// How many more jobs, and bytes of them, fit in memory.
+    /// How many more jobs, and bytes of them, fit in memory (see `jobs_max`).
     pub fn room(&self) -> (usize, usize) {
         (
-            self.limits
-                .jobs
+            self.jobs_max()
                 .saturating_sub(self.held.jobs.load(Ordering::Relaxed)),
             self.limits
                 .bytes
@@ -348,20 +348,22 @@ mod tests {
             start_within: Duration::from_secs(2),
         });
         hooks.connect(Arc::new(Sink(Mutex::new(Vec::new()))));
-        assert_eq!(hooks.hold_max(), None);
+        assert_eq!(hooks.room().0, 1_000);
         // 20 attempts a second, started within 2 s: 40 jobs.
         hooks.give_way(20);
-        assert_eq!(hooks.hold_max(), Some(40));
+        assert_eq!(hooks.room().0, 40);
         assert!(hooks.reserve(30, 300));
+        assert_eq!(hooks.room().0, 10, "claims see the same bound");
         assert!(
             !hooks.reserve(11, 110),
             "beyond what starts within the timeout"
         );
         assert!(hooks.reserve(10, 100));
         assert_eq!(hooks.held_jobs(), 40);
+        assert_eq!(hooks.room().0, 0);
         // The limit lifted: the memory bounds alone.
         hooks.give_way(0);
-        assert_eq!(hooks.hold_max(), None);
+        assert_eq!(hooks.room().0, 960);
         assert!(hooks.reserve(500, 5_000));
     }
 

@@ -215,12 +215,12 @@ impl Cluster {
         })
     }
 
-    /// Connection settings for the server's database on this cluster.
     /// What writes this cluster's data files back every `every`.
     pub fn writeback(&self, every: Duration) -> writeback::Writeback {
         writeback::Writeback::new(&self.dir, every)
     }
 
+    /// Connection settings for the server's database on this cluster.
     pub fn client_config(&self) -> postgres::Config {
         let mut c = postgres::Config::new();
         c.host_path(&self.socket_dir)

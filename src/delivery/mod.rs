@@ -849,15 +849,9 @@ impl Store {
         if room_jobs < enough || room_bytes == 0 {
             return;
         }
-        let mut limit = room_jobs.min(CLAIM_ROWS_MAX);
-        if let Some(ahead) = hooks.hold_max() {
-            // Delivery gives way to ingest: hold no more than the governor lets start within
-            // one attempt's timeout, so nothing claimed waits out its lease in memory.
-            if held >= ahead {
-                return;
-            }
-            limit = limit.min(ahead - held);
-        }
+        // While delivery gives way to ingest, `room` is what starts within one attempt's
+        // timeout (`Hooks::jobs_max`).
+        let limit = room_jobs.min(CLAIM_ROWS_MAX);
         let skip: Vec<OrgId> = self
             .shared
             .busy

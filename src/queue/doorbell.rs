@@ -25,6 +25,10 @@ pub struct Doorbell {
 
 impl Doorbell {
     pub fn new(persisters: usize, help_at: usize) -> Doorbell {
+        assert!(
+            persisters > 0,
+            "a doorbell rings for at least one persister"
+        );
         Doorbell {
             sleepers: (0..persisters)
                 .map(|_| (AtomicBool::new(false), OnceLock::new()))
@@ -52,13 +56,21 @@ impl Doorbell {
     /// Wakes the lead if it sleeps; if it is busy, one sleeping helper when `queued()` (the
     /// entries the rings hold) has reached `help_at`. A busy lead looks at the rings again
     /// before it sleeps, so whatever no helper takes, the lead does.
+    /// The rings are counted only when a helper sleeps: this runs at every push.
     pub fn ring(&self, queued: impl FnOnce() -> usize) {
         fence(Ordering::SeqCst);
-        let mut sleepers = self.sleepers.iter();
-        if sleepers.next().is_some_and(wake) || queued() < self.help_at {
+        let (lead, helpers) = self.sleepers.split_first().expect("at least one persister");
+        if wake(lead) {
             return;
         }
-        sleepers.any(wake);
+        let sleeping = || {
+            helpers
+                .iter()
+                .any(|(asleep, _)| asleep.load(Ordering::Relaxed))
+        };
+        if sleeping() && queued() >= self.help_at {
+            helpers.iter().any(wake);
+        }
     }
 
     /// Whether persister `i` should take work now: the lead always, a helper when `queued()`
@@ -119,6 +131,7 @@ mod tests {
         assert_eq!(asleep(&bell), [false, false, true], "one helper per push");
         bell.ring(|| 9);
         assert_eq!(asleep(&bell), [false, false, false]);
+        bell.ring(|| unreachable!("no helper sleeps: the rings are not counted"));
     }
 
     #[test]
