@@ -109,8 +109,8 @@ keys! {
     cores: usize = required, env "TRIGGERS_CORES", range 0..=1024;
     /// Persister threads committing batches with COPY
     persisters: usize = required, env "TRIGGERS_PERSISTERS", range 1..=64;
-    /// Requests queued for the persisters at which a second one starts a commit of its own
-    /// while the first is busy (0: at any)
+    /// Events queued for the persisters (a batch request counts each of its events) at which a
+    /// second one starts a commit of its own while the first is busy (0: at any)
     persister_help_at: usize = required, env "TRIGGERS_PERSISTER_HELP_AT", range 0..=1000000;
     /// Threads running key look-ups and other queries off the cores
     query_threads: usize = required, env "TRIGGERS_QUERY_THREADS", range 1..=64;
@@ -205,7 +205,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub cores: usize,
     pub persisters: usize,
-    /// Queued entries at which a helper persister joins the busy lead (see `queue::Doorbell`).
+    /// Queued events at which a helper persister joins the busy lead (see `queue::Doorbell`).
     pub persister_help_at: usize,
     pub query_threads: usize,
     pub database: Database,

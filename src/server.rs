@@ -460,7 +460,7 @@ impl Running {
         for t in self.persisters {
             let _ = t.join();
         }
-        let left = self.hub.queued();
+        let left = self.hub.queued_events();
         // 3. Delivery: attempts in flight finish within the budget; what is left is given
         // back to the table.
         if let Some(engine) = self.delivery {
@@ -481,7 +481,7 @@ impl Running {
         tracing::info!(
             cores_ms = cores_done.as_millis() as u64,
             total_ms = stopping.elapsed().as_millis() as u64,
-            left_in_rings = left,
+            events_left_in_rings = left,
             "shutdown complete"
         );
     }

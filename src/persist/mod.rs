@@ -181,7 +181,7 @@ impl Persister {
         let wanted = |me: &Persister| {
             !me.backlog.is_empty()
                 || stop.is_finishing()
-                || hub.doorbell.wanted(me.index, || hub.queued())
+                || hub.doorbell.wanted(me.index, || hub.queued_events())
         };
         loop {
             let now = Instant::now();

@@ -2,11 +2,14 @@
 //! pushed wakes one.
 //!
 //! The first persister is the lead: it is woken by any push. The others help only when the
-//! rings hold `help_at` entries or more while the lead is busy. A commit costs far more than
+//! rings hold `help_at` events or more while the lead is busy. A commit costs far more than
 //! a row (measured: ~345 µs of server and PostgreSQL CPU per commit, ~27 µs per row), so a
 //! helper that commits the two or three events that arrived during the lead's commit doubles
 //! the commits for nothing the lead's next batch would not do a moment later; a backlog that
-//! outgrows one commit is worth a second (results/2026-11-30-lead-persister).
+//! outgrows one commit is worth a second (results/2026-11-30-lead-persister). The backlog is
+//! counted in events, not requests: one batch request of 100 events waiting is a backlog, and
+//! counting it as one kept batch ingest on a single PostgreSQL backend
+//! (results/2026-11-30-help-by-events).
 //!
 //! The fences pair up so that either the persister sees the new event or the core sees the
 //! persister's flag: a persister stores its flag, fences, then looks at the rings once more
@@ -19,7 +22,7 @@ use std::thread::Thread;
 
 pub struct Doorbell {
     sleepers: Vec<(AtomicBool, OnceLock<Thread>)>,
-    /// Entries queued in the rings at which a helper is woken while the lead is busy.
+    /// Events queued in the rings at which a helper is woken while the lead is busy.
     help_at: usize,
 }
 
@@ -54,7 +57,7 @@ impl Doorbell {
     }
 
     /// Wakes the lead if it sleeps; if it is busy, one sleeping helper when `queued()` (the
-    /// entries the rings hold) has reached `help_at`. A busy lead looks at the rings again
+    /// events the rings hold) has reached `help_at`. A busy lead looks at the rings again
     /// before it sleeps, so whatever no helper takes, the lead does.
     /// The rings are counted only when a helper sleeps: this runs at every push.
     pub fn ring(&self, queued: impl FnOnce() -> usize) {

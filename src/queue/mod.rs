@@ -4,7 +4,7 @@
 //! - `ring`: each core pushes accepted events into its own lock-free ring, bounded in slots and
 //!   in payload bytes; every persister drains every ring. A full ring is refused at once.
 //! - `doorbell`: a parked persister is woken only when it said it was going to sleep; helpers
-//!   only when a backlog builds while the lead persister is busy.
+//!   only when a backlog of events builds while the lead persister is busy.
 //! - `mailbox`: outcomes travel back as one message per committed batch per core.
 //! - `waiters`: each core's table of requests waiting for their outcome, which also holds the
 //!   storage budget: how long a request may wait for its commit.
@@ -41,7 +41,7 @@ pub struct Hub {
 
 impl Hub {
     /// Rings of `ring_slots` entries and `ring_bytes_max` payload bytes for `cores` cores, and
-    /// a doorbell for `persisters` persisters whose helpers join at `help_at` queued entries.
+    /// a doorbell for `persisters` persisters whose helpers join at `help_at` queued events.
     pub fn new(
         cores: usize,
         ring_slots: usize,
@@ -64,7 +64,7 @@ impl Hub {
     pub fn push(&self, core: usize, entry: Entry) -> Result<(), RingFull> {
         debug_assert!(entry.head().waiter.is_none_or(|w| w.core as usize == core));
         self.rings[core].push(entry)?;
-        self.doorbell.ring(|| self.queued());
+        self.doorbell.ring(|| self.queued_events());
         Ok(())
     }
 
@@ -72,7 +72,9 @@ impl Hub {
         self.rings.iter().all(|r| r.is_empty())
     }
 
-    pub fn queued(&self) -> usize {
-        self.rings.iter().map(|r| r.len()).sum()
+    /// Events the rings hold: a batch request counts for each of its events, since a backlog
+    /// is measured in the rows it will cost.
+    pub fn queued_events(&self) -> usize {
+        self.rings.iter().map(|r| r.queued_events()).sum()
     }
 }

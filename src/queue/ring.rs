@@ -1,5 +1,6 @@
 //! queue::ring: one core's bounded ring. Lock-free (`ArrayQueue`); bounded in slots and in
-//! payload bytes, both checked before an entry is taken.
+//! payload bytes, both checked before an entry is taken. It also counts the events its entries
+//! hold (a batch request is one entry of many events): the backlog persisters measure.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -16,6 +17,9 @@ pub struct Ring {
     slots: ArrayQueue<Entry>,
     bytes: AtomicUsize,
     bytes_max: usize,
+    /// Events in the queued entries. Raised before an entry lands (and lowered again if it
+    /// finds no slot), lowered after it leaves, so a pop never takes away what no push added.
+    events: AtomicUsize,
 }
 
 impl Ring {
@@ -24,6 +28,7 @@ impl Ring {
             slots: ArrayQueue::new(slots),
             bytes: AtomicUsize::new(0),
             bytes_max,
+            events: AtomicUsize::new(0),
         }
     }
 
@@ -31,7 +36,7 @@ impl Ring {
     #[allow(clippy::result_large_err)]
     pub fn push(&self, entry: Entry) -> Result<(), RingFull> {
         debug_assert!(!entry.is_empty(), "an entry holds at least one event");
-        let b = entry.payload_bytes();
+        let (b, n) = (entry.payload_bytes(), entry.len());
         // Reserve the bytes first, and only if they fit: the count never passes the bound, not
         // even for a moment (a reserve-then-undo would show readers a count over it).
         let reserved = self
@@ -42,8 +47,10 @@ impl Ring {
         if reserved.is_err() {
             return Err(RingFull(entry));
         }
+        self.events.fetch_add(n, Ordering::AcqRel);
         self.slots.push(entry).map_err(|entry| {
             self.bytes.fetch_sub(b, Ordering::AcqRel);
+            self.events.fetch_sub(n, Ordering::AcqRel);
             RingFull(entry)
         })
     }
@@ -52,11 +59,17 @@ impl Ring {
         let entry = self.slots.pop()?;
         self.bytes
             .fetch_sub(entry.payload_bytes(), Ordering::AcqRel);
+        self.events.fetch_sub(entry.len(), Ordering::AcqRel);
         Some(entry)
     }
 
     pub fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Events in the queued entries (a batch request's entry holds many).
+    pub fn queued_events(&self) -> usize {
+        self.events.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -69,5 +82,34 @@ impl Ring {
 
     pub fn queued_bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Event;
+
+    #[test]
+    fn counts_the_events_of_its_entries_and_forgets_refused_ones() {
+        let ring = Ring::new(2, 1024);
+        let group = || Entry::Group((0..100).map(|_| Event::sample(1, None)).collect());
+        ring.push(group()).unwrap();
+        ring.push(Entry::One(Event::sample(1, None))).unwrap();
+        assert_eq!(
+            ring.queued_events(),
+            101,
+            "a batch request counts each event"
+        );
+        assert!(ring.push(group()).is_err(), "no free slot");
+        assert!(
+            Ring::new(4, 10).push(group()).is_err(),
+            "over the byte bound"
+        );
+        assert_eq!(ring.queued_events(), 101, "a refused entry is not counted");
+        assert_eq!(ring.pop().map(|e| e.len()), Some(100));
+        assert_eq!(ring.queued_events(), 1);
+        ring.pop().unwrap();
+        assert_eq!(ring.queued_events(), 0);
     }
 }

@@ -47,7 +47,7 @@ struct Tally {
 fn persister(i: usize, hub: Arc<Hub>, done: Arc<AtomicBool>, tally: Arc<Tally>) {
     hub.doorbell.register(i);
     // A helper takes work only for a backlog, as the server's persisters do.
-    let wanted = || done.load(Ordering::Acquire) || hub.doorbell.wanted(i, || hub.queued());
+    let wanted = || done.load(Ordering::Acquire) || hub.doorbell.wanted(i, || hub.queued_events());
     loop {
         let mut per_core: Vec<Vec<Completion>> = (0..CORES).map(|_| Vec::new()).collect();
         for ring in hub.rings.iter().filter(|_| wanted()) {
@@ -170,6 +170,11 @@ fn cores_and_persisters_under_contention_lose_no_wake_up_outcome_or_byte_bound()
     assert_eq!(tally.answered.load(Ordering::Relaxed), expected);
     assert!(hub.is_empty());
     assert!(hub.rings.iter().all(|r| r.queued_bytes() == 0));
+    assert_eq!(
+        hub.queued_events(),
+        0,
+        "every refused or taken entry gave its count back"
+    );
     assert!(tally.most_bytes.load(Ordering::Relaxed) <= RING_BYTES_MAX);
     let slowest = Duration::from_micros(tally.slowest_us.load(Ordering::Relaxed));
     // The byte bound was exercised, not just respected.
