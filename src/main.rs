@@ -38,6 +38,15 @@ enum Command {
     },
     /// Print the commented default configuration file
     DefaultConfig,
+    /// Copy the embedded PostgreSQL cluster, running or not, into a new data directory;
+    /// `triggers serve --data-dir OUT` starts from the copy
+    Backup {
+        /// The server's data directory (the cluster is `<data-dir>/postgres`)
+        #[arg(long, env = "TRIGGERS_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Where the copy goes: a new or empty directory
+        out: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,23 +57,42 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Command::Serve { config, settings } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("TRIGGERS_LOG")
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LOG_DEFAULT)),
-                )
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr)
-                .init();
-            let result =
-                Config::load(*settings, config.as_deref()).and_then(triggers::server::serve);
-            match result {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    std::process::ExitCode::FAILURE
-                }
+            logging();
+            exit_code(Config::load(*settings, config.as_deref()).and_then(triggers::server::serve))
+        }
+        Command::Backup { data_dir, out } => {
+            logging();
+            let done = triggers::cluster::backup(&data_dir, &out);
+            if done.is_ok() {
+                tracing::info!(
+                    "backed up into {}: `triggers serve --data-dir {}` starts from it",
+                    out.display(),
+                    out.display()
+                );
             }
+            exit_code(done)
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `TRIGGERS_LOG`.
+fn logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRIGGERS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LOG_DEFAULT)),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

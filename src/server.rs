@@ -100,22 +100,6 @@ fn bind(addr: SocketAddr, cores: usize) -> anyhow::Result<Vec<std::net::TcpListe
     Ok(listeners)
 }
 
-/// Keeps a second server off the same data directory (and so off the same cluster).
-fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating data directory {}", dir.display()))?;
-    let path = dir.join("triggers.lock");
-    let file = std::fs::File::create(&path)?;
-    file.try_lock().map_err(|_| {
-        anyhow::anyhow!(
-            "another triggers server is using data directory {} (lock {})",
-            dir.display(),
-            path.display()
-        )
-    })?;
-    Ok(file)
-}
-
 /// The database the server stores into: the embedded cluster (started, with the data
 /// directory locked) or a URL.
 struct Storage {
@@ -138,7 +122,7 @@ fn storage(database: &Database) -> anyhow::Result<Storage> {
             data_dir,
             writeback,
         } => {
-            let lock = lock_data_dir(data_dir)?;
+            let lock = cluster::lock_data_dir(data_dir)?;
             let mut cluster = Cluster::new(data_dir)?;
             cluster.start(false)?;
             // Only where the kernel would let bursts build: the pass has a price (it drops

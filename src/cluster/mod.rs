@@ -6,7 +6,8 @@
 //! postmaster before starting a new one, reaps and restarts a postmaster that died (`exited`,
 //! `restart`: the server's supervisor decides when), and stops it on shutdown. Never turns
 //! `fsync` or `synchronous_commit` off, and never runs two postmasters on one directory (the
-//! server's data-directory lock plus PostgreSQL's own `postmaster.pid` see to that).
+//! server's data-directory lock plus PostgreSQL's own `postmaster.pid` see to that). `backup`
+//! copies a cluster, running or not, into a data directory a server can start from.
 
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
@@ -26,6 +27,8 @@ pub const DB_USER: &str = "triggers";
 pub const DB_NAME: &str = "triggers";
 /// Only names the socket file (`.s.PGSQL.5432`); no TCP port is opened.
 const PORT: u16 = 5432;
+/// Beside `postgres/` in a server data directory once `initdb` finished there.
+const INITIALIZED_MARKER: &str = "postgres.initialized";
 /// Crash recovery replays WAL before the cluster accepts connections; give it time.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the backends of a killed postmaster may finish their work before they are told to
@@ -76,7 +79,8 @@ pub struct Binaries {
 }
 
 impl Binaries {
-    /// Looks in `PATH`, then `pg_config --bindir`, then `/usr/lib/postgresql/*/bin` (newest).
+    /// Looks in `PATH`, then `pg_config --bindir`, then `/usr/lib/postgresql/*/bin` (newest);
+    /// the directory is the one the found `initdb` really lives in.
     pub fn locate() -> anyhow::Result<Binaries> {
         let has_server = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
         let from_path = std::env::var_os("PATH")
@@ -103,7 +107,13 @@ impl Binaries {
             .chain(from_pg_config)
             .chain(versioned.into_iter().map(|(_, d)| d))
             .find(|d| has_server(d))
-            .map(|dir| Binaries { dir })
+            // A PATH entry may hold links to a few of the binaries (`initdb`, `postgres`); the
+            // rest (`pg_basebackup`, ...) sit beside the real ones.
+            .map(|d| {
+                let real = fs::canonicalize(d.join("initdb")).ok();
+                let dir = real.and_then(|r| r.parent().map(Path::to_path_buf));
+                Binaries { dir: dir.unwrap_or(d) }
+            })
             .with_context(|| {
                 format!(
                     "PostgreSQL server binaries (initdb, postgres) were not found in PATH, \
@@ -209,7 +219,7 @@ impl Cluster {
             dir: data_dir.join("postgres"),
             socket_dir,
             log_path: data_dir.join("postgres.log"),
-            initialized_marker: data_dir.join("postgres.initialized"),
+            initialized_marker: data_dir.join(INITIALIZED_MARKER),
             owner,
             running: None,
         })
@@ -492,6 +502,110 @@ impl Cluster {
         }
         tracing::info!(pid = pid.as_raw(), "embedded PostgreSQL stopped");
     }
+}
+
+/// Keeps a second server off the same data directory (and so off the same cluster): the lock
+/// is held while the returned file is open.
+pub fn lock_data_dir(dir: &Path) -> anyhow::Result<fs::File> {
+    fs::create_dir_all(dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    let path = dir.join("triggers.lock");
+    let file = fs::File::create(&path)?;
+    file.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "another triggers server is using data directory {} (lock {})",
+            dir.display(),
+            path.display()
+        )
+    })?;
+    Ok(file)
+}
+
+/// Copies the embedded cluster of server data directory `data_dir` into `out`, which becomes a
+/// server data directory of its own: `triggers serve --data-dir <out>` starts from the copy
+/// (PostgreSQL replays the WAL copied with it up to the moment the backup ended), and so does
+/// moving `out` where the lost data directory was.
+///
+/// A running cluster is copied online with `pg_basebackup` over its socket, the WAL written
+/// meanwhile streamed alongside, so ingest goes on; a stopped one is started for the copy and
+/// stopped again. The copy is checked with `pg_verifybackup` against the manifest PostgreSQL
+/// wrote, and synced to disk, before this returns. `out` must not exist, or be empty.
+pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<()> {
+    if !data_dir.join(INITIALIZED_MARKER).exists() {
+        bail!(
+            "{} holds no embedded PostgreSQL cluster to back up (a server run with \
+             --database-url keeps its events in that database: back that up instead)",
+            data_dir.display()
+        );
+    }
+    if fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
+        bail!(
+            "{} is not empty: back up into a new directory",
+            out.display()
+        );
+    }
+    // Held, no server can start on the directory while this one runs the cluster; declared
+    // first, it is let go after `cluster` (and a cluster started here) is dropped.
+    let no_server = lock_data_dir(data_dir).ok();
+    let mut cluster = Cluster::new(data_dir)?;
+    if live_postmaster(&cluster.dir).is_none() {
+        if no_server.is_none() {
+            bail!(
+                "the server using {} has no running cluster (it may be restarting it): try \
+                 again in a moment",
+                data_dir.display()
+            );
+        }
+        tracing::info!("the cluster is not running: starting it for the backup");
+        // Stopped again when `cluster` is dropped; a running one was not adopted and stays.
+        cluster.start(false)?;
+    }
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let out = out.canonicalize()?;
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o700))?;
+    cluster.give_to_owner(&out)?;
+    let copy = out.join("postgres");
+    let run = |program: &str, args: &[&std::ffi::OsStr]| -> anyhow::Result<()> {
+        let path = cluster.bins.bin(program);
+        let output = cluster
+            .command(&path)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", path.display()))?;
+        if !output.status.success() {
+            bail!(
+                "{program} failed ({}):\n{}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    };
+    let port = PORT.to_string();
+    run(
+        "pg_basebackup",
+        &[
+            "--pgdata".as_ref(),
+            copy.as_os_str(),
+            "--host".as_ref(),
+            cluster.socket_dir.as_os_str(),
+            "--port".as_ref(),
+            port.as_ref(),
+            "--username".as_ref(),
+            DB_USER.as_ref(),
+            "--no-password".as_ref(),
+            "--wal-method=stream".as_ref(),
+            // A spread checkpoint could take most of `checkpoint_timeout` (15 min) to start.
+            "--checkpoint=fast".as_ref(),
+            "--label=triggers backup".as_ref(),
+        ],
+    )?;
+    run("pg_verifybackup", &[copy.as_os_str()])?;
+    let marker = out.join(INITIALIZED_MARKER);
+    fs::write(&marker, b"")?;
+    cluster.give_to_owner(&marker)?;
+    Ok(())
 }
 
 impl Drop for Cluster {

@@ -5,6 +5,7 @@
 //! One module per concern; each test's name states what it proves.
 
 mod api;
+mod backup;
 mod batch;
 mod durability;
 mod hostile;
