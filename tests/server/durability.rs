@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 /// What clients were told, by dedup_id: the id of the stored event (from a 202, or from a 409
 /// for a retry whose first attempt had in fact committed).
-type Acked = Arc<Mutex<HashMap<String, Uuid>>>;
+pub(crate) type Acked = Arc<Mutex<HashMap<String, Uuid>>>;
 
 /// Posts events on `clients` keep-alive connections until `stop`, each with a unique dedup_id
 /// while `dedup` is set (the server's ON CONFLICT path) and without one otherwise (its plain
@@ -23,7 +23,7 @@ type Acked = Arc<Mutex<HashMap<String, Uuid>>>;
 /// connection breaks is retried with the same dedup_id, as a careful client does, against
 /// whatever `addr` holds by then; one without is sent anew. Acknowledged events are keyed by
 /// dedup_id, or by `id:<id>` for those without.
-fn load(
+pub(crate) fn load(
     addr: Arc<Mutex<SocketAddr>>,
     key: String,
     clients: usize,
@@ -95,7 +95,7 @@ fn load(
 
 /// Acknowledged events not stored under the id the client was given, and dedup_ids stored
 /// more than once.
-fn lost_and_duplicated(
+pub(crate) fn lost_and_duplicated(
     db: &mut postgres::Client,
     org: &str,
     acked: &HashMap<String, Uuid>,

@@ -12,6 +12,7 @@ mod hostile;
 mod http_framing;
 mod inbox_ack;
 mod keys_webhooks;
+mod nodes;
 mod openapi;
 mod rate_limits;
 mod webhooks;
