@@ -96,3 +96,31 @@ fn ingest_spread_over_three_nodes_loses_nothing_when_one_is_killed() {
     let counts = lost_and_duplicated(&mut shared_cluster().client(), &org, &acked);
     assert_eq!(counts, (0, 0), "lost, duplicated");
 }
+
+#[test]
+fn three_nodes_started_together_on_a_new_database_migrate_it_once_and_all_serve() {
+    let url = shared_cluster().new_database("three_nodes_start");
+    let starts: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || Server::start_with(&["--database-url", &url]))
+        })
+        .collect();
+    let nodes: Vec<Server> = starts.into_iter().map(|s| s.join().unwrap()).collect();
+    let (key, _) = new_org(nodes[0].addr, "started-together");
+    for node in &nodes {
+        assert_eq!(
+            post_event(node.addr, &key, r#"{"type":"t","payload":{}}"#).status,
+            202
+        );
+    }
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let applied: i64 = db
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .unwrap()
+        .get(0);
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .count();
+    assert_eq!(applied as usize, files, "each migration applied once");
+}
