@@ -18,7 +18,7 @@ use crate::hooks::Hooks;
 use crate::http::{Guards, Request};
 use crate::ids::{EventId, KeyHash, OrgId};
 use crate::queue::{Hub, Waiters};
-use crate::ratelimit::{Limiter, Tier, Tiers};
+use crate::ratelimit::{Leases, Limiter, Tier, Tiers};
 use crate::stats::{CoreStats, Stats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -86,7 +86,9 @@ pub(super) fn path_event_id(path: &str, prefix: &str, suffix: &str) -> Result<Ev
 /// Token buckets shared by every core, so a limit holds however a client's connections spread.
 #[derive(Default)]
 pub struct Limits {
-    /// Ingest tokens per organization, by tier.
+    /// Ingest tokens per organization, by tier, leased from the bucket every node shares.
+    pub shared: Leases<OrgId>,
+    /// The node's own ingest buckets: used while the shared ones cannot be reached.
     pub orgs: Limiter<OrgId>,
     /// Self-serve key generation per client address (`client_bucket`).
     pub keygen: Limiter<IpAddr>,

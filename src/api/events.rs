@@ -3,20 +3,23 @@
 
 use std::borrow::Cow;
 use std::io::Write;
-use std::time::Instant;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
+use futures_channel::oneshot;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use super::context::{AckMode, Context};
 use super::error::{parse_body, ApiError};
 use super::jsonb;
+use crate::db;
 use crate::db::events::{EventRow, JsonText};
 use crate::db::orgs::Org;
 use crate::http::{Request, Response};
 use crate::ids::{now_micros, rfc3339, EventId, OrgId};
 use crate::queue::{Entry, Event, Outcome, RingFull};
-use crate::ratelimit::{self, Quota};
+use crate::ratelimit::{self, Ask, Draw, Quota};
 
 /// Most events in one `POST /api/events/batch`.
 pub const BATCH_EVENTS_MAX: usize = 1000;
@@ -133,12 +136,44 @@ fn with_quota(result: Result<Response, ApiError>, quota: QuotaHeaders) -> Respon
     resp
 }
 
-/// Takes `n` tokens from the organization's bucket (none for unlimited tiers).
-fn charge(ctx: &Context, org: &Org, n: u64, quota: &mut QuotaHeaders) -> Result<(), ApiError> {
+/// Takes `n` tokens from the organization's bucket (none for unlimited tiers): from the tokens
+/// this node leased from the bucket every node shares, or on the node's credit while a lease is
+/// under way (see `ratelimit::lease`). When a request must wait for a lease and none comes
+/// within `LEASE_WAIT`, the node's own bucket decides: ingest fails open.
+async fn charge(
+    ctx: &Context,
+    org: &Org,
+    n: u64,
+    quota: &mut QuotaHeaders,
+) -> Result<(), ApiError> {
     let Some(per_minute) = ctx.settings.tiers.get(&org.tier).and_then(|t| t.per_minute) else {
         return Ok(());
     };
-    match ctx.limits.orgs.take(org.id, per_minute, n, Instant::now()) {
+    let shared = &ctx.limits.shared;
+    let give_up = Instant::now() + LEASE_WAIT;
+    let drawn = loop {
+        let now = Instant::now();
+        let leased = match shared.draw(org.id, per_minute, n, now) {
+            Draw::Taken { quota, lease } => {
+                if let Some(ask) = lease {
+                    start_lease(ctx, org.id, per_minute, ask);
+                }
+                break Ok(quota);
+            }
+            Draw::Refused(limited) => break Err(limited),
+            Draw::Lease(ask) => lease(ctx, org.id, per_minute, ask, give_up).await,
+            Draw::Wait if now < give_up => {
+                monoio::time::sleep(LEASE_POLL).await;
+                Ok(())
+            }
+            Draw::Wait => Err(()),
+        };
+        if leased.is_err() {
+            shared.fail_open.fetch_add(1, Relaxed);
+            break ctx.limits.orgs.take(org.id, per_minute, n, Instant::now());
+        }
+    };
+    match drawn {
         Ok(q) => {
             *quota = Some((org.tier.clone(), q));
             Ok(())
@@ -147,6 +182,81 @@ fn charge(ctx: &Context, org: &Org, n: u64, quota: &mut QuotaHeaders) -> Result<
             *quota = Some((org.tier.clone(), limited.quota));
             Err(ApiError::RateLimited(limited.retry_after_s))
         }
+    }
+}
+
+/// Longest a request waits for a lease of rate-limit tokens (its own, or one another request
+/// started) before the node's own bucket decides for it.
+const LEASE_WAIT: Duration = Duration::from_millis(250);
+/// How often a request waiting for another's lease looks again.
+const LEASE_POLL: Duration = Duration::from_millis(1);
+
+/// The job that takes lease `ask` of `org`'s shared bucket on a query thread. Its tokens are
+/// this node's once the thread has them, whether or not anyone still waits; `done` hears
+/// whether it took place.
+fn lease_job(
+    ctx: &Context,
+    org: OrgId,
+    per_minute: u64,
+    ask: Ask,
+    done: Option<oneshot::Sender<bool>>,
+) -> impl FnOnce(Option<&mut postgres::Client>) + Send + 'static {
+    let limits = ctx.limits.clone();
+    move |client| {
+        let leased = client.and_then(|c| {
+            db::limits::lease(c, org, per_minute, ask.need, ask.want)
+                .inspect_err(|e| {
+                    tracing::warn!(
+                        error = e as &dyn std::error::Error,
+                        "rate limit lease failed"
+                    );
+                })
+                .ok()
+        });
+        match leased {
+            Some(l) => limits
+                .shared
+                .deposit(org, l.granted, l.left, Instant::now()),
+            None => limits.shared.lease_failed(org),
+        }
+        if let Some(done) = done {
+            let _ = done.send(leased.is_some());
+        }
+    }
+}
+
+/// Starts lease `ask` for `org`, waiting for nothing.
+fn start_lease(ctx: &Context, org: OrgId, per_minute: u64, ask: Ask) {
+    if ctx
+        .queries
+        .send(lease_job(ctx, org, per_minute, ask, None))
+        .is_err()
+    {
+        ctx.limits.shared.lease_failed(org);
+    }
+}
+
+/// Takes lease `ask` for `org` and waits for it until `give_up`.
+async fn lease(
+    ctx: &Context,
+    org: OrgId,
+    per_minute: u64,
+    ask: Ask,
+    give_up: Instant,
+) -> Result<(), ()> {
+    let (tx, rx) = oneshot::channel();
+    if ctx
+        .queries
+        .send(lease_job(ctx, org, per_minute, ask, Some(tx)))
+        .is_err()
+    {
+        ctx.limits.shared.lease_failed(org);
+        return Err(());
+    }
+    let wait = give_up.saturating_duration_since(Instant::now());
+    match monoio::time::timeout(wait, rx).await {
+        Ok(Ok(true)) => Ok(()),
+        _ => Err(()),
     }
 }
 
@@ -191,7 +301,7 @@ async fn accept(
     quota: &mut QuotaHeaders,
 ) -> Result<Response, ApiError> {
     let valid = validate(req.body)?;
-    charge(ctx, org, 1, quota)?;
+    charge(ctx, org, 1, quota).await?;
     let event = queued(ctx, org.id, valid, Instant::now());
     let mut body = Vec::with_capacity(160);
     let _ = write!(
@@ -290,7 +400,7 @@ async fn accept_batch(
     // One token per event that will be stored; all or none.
     let valid = checked.iter().filter(|c| c.is_ok()).count() as u64;
     if valid > 0 {
-        charge(ctx, org, valid, quota)?;
+        charge(ctx, org, valid, quota).await?;
     }
     let now = Instant::now();
     // Each item: the event's position in `group` or why it was refused.

@@ -150,6 +150,10 @@ pub fn show(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
                 "held_bytes": ctx.guards.budget.held(),
                 "max_bytes": ctx.guards.budget.max(),
             },
+            "rate_limits": {
+                "leases": ctx.limits.shared.leases.load(Relaxed),
+                "fail_open": ctx.limits.shared.fail_open.load(Relaxed),
+            },
             "pace": {
                 "answers_per_s": ctx.guards.pace.per_s(),
                 "active": ctx.guards.pace.busy(Instant::now()),

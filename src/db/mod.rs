@@ -4,6 +4,7 @@
 //! - `events`: the COPY row layout, batch writes (persisters), inbox pages and acks.
 //! - `orgs`: organizations, their API keys and webhook configuration.
 //! - `deliveries`: the webhook delivery queue and its attempts.
+//! - `limits`: the token buckets every node leases rate-limit tokens from.
 //! - `pool`: the query threads that run everything but event writes off the cores.
 //! - `conn`: how every connection to PostgreSQL is opened.
 //!
@@ -13,6 +14,7 @@
 mod conn;
 pub mod deliveries;
 pub mod events;
+pub mod limits;
 pub mod orgs;
 mod pool;
 

@@ -61,6 +61,18 @@ impl QueryPool {
         (QueryPool { jobs }, QueryThreads { handles, stop })
     }
 
+    /// Queues `job` for a query thread, which runs it with a live connection (`None` while
+    /// PostgreSQL cannot be reached); nobody waits for it.
+    pub fn send(
+        &self,
+        job: impl FnOnce(Option<&mut Client>) + Send + 'static,
+    ) -> Result<(), QueryError> {
+        self.jobs.try_send(Box::new(job)).map_err(|e| match e {
+            TrySendError::Full(_) => QueryError::Busy,
+            TrySendError::Disconnected(_) => QueryError::Unavailable,
+        })
+    }
+
     /// Runs `f` on a query thread with a live connection and awaits its result without
     /// blocking the calling core.
     pub async fn run<T, F>(&self, what: &'static str, f: F) -> Result<T, QueryError>
@@ -69,7 +81,7 @@ impl QueryPool {
         F: FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
     {
         let (tx, rx) = futures_channel::oneshot::channel();
-        let job: Job = Box::new(move |client: Option<&mut Client>| {
+        self.send(move |client: Option<&mut Client>| {
             let result = match client {
                 None => Err(QueryError::Unavailable),
                 Some(c) => f(c).map_err(|e| {
@@ -82,12 +94,7 @@ impl QueryPool {
                 }),
             };
             let _ = tx.send(result);
-        });
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(QueryError::Busy),
-            Err(TrySendError::Disconnected(_)) => return Err(QueryError::Unavailable),
-        }
+        })?;
         match monoio::time::timeout(QUERY_WAIT, rx).await {
             Ok(Ok(result)) => result,
             _ => Err(QueryError::Unavailable),

@@ -1,13 +1,14 @@
 //! Several nodes on one database, as the design deploys them behind a load balancer: three
-//! `triggers serve` processes on the tests' cluster. A dedup_id is exact across them, and
-//! ingest spread over them loses nothing when one is killed (its clients retry elsewhere with
-//! the same dedup_id). A rotated key on another node: `keys_webhooks`; deliveries shared by
+//! `triggers serve` processes on the tests' cluster. A dedup_id is exact across them, ingest
+//! spread over them loses nothing when one is killed (its clients retry elsewhere with the same
+//! dedup_id), and a tier's rate limit holds across them (a node that cannot reach the shared
+//! buckets fails open, and says so). A rotated key on another node: `keys_webhooks`; deliveries shared by
 //! nodes: `webhooks`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Barrier, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use testkit::*;
 
@@ -123,4 +124,87 @@ fn three_nodes_started_together_on_a_new_database_migrate_it_once_and_all_serve(
         .unwrap()
         .count();
     assert_eq!(applied as usize, files, "each migration applied once");
+}
+
+#[test]
+fn a_tier_holds_across_three_nodes_where_each_node_alone_would_allow_three_times_as_much() {
+    let nodes = three_nodes();
+    // `free`: 100 per minute, burst 100; a node leases 5 at a time.
+    let (key, _) = new_org_tier(nodes[0].addr, "three-nodes-limit", "free");
+    let started = Instant::now();
+    let clients: Vec<_> = (0..9)
+        .map(|i| {
+            let (addr, key) = (nodes[i % 3].addr, key.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr).unwrap();
+                let event = br#"{"type":"t","payload":{}}"#;
+                (0..30)
+                    .map(|_| {
+                        c.request("POST", "/api/events", &[("X-API-Key", &key)], event)
+                            .unwrap()
+                    })
+                    .collect::<Vec<Resp>>()
+            })
+        })
+        .collect();
+    let per_client: Vec<Vec<Resp>> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    let accepted = |rs: &[Resp]| rs.iter().filter(|r| r.status == 202).count();
+    let total: usize = per_client.iter().map(|rs| accepted(rs)).sum();
+    let refused = per_client
+        .iter()
+        .flatten()
+        .filter(|r| r.status == 429)
+        .count();
+    assert_eq!(total + refused, 270, "only 202 and 429");
+    // The burst and what refilled meanwhile, within one lease per node either way (what a
+    // node spent on credit, or holds unspent).
+    let refill = (elapsed * 100.0 / 60.0).ceil() as usize;
+    assert!(
+        (100 - 3 * 5..=100 + 3 * 5 + refill).contains(&total),
+        "accepted {total} of 270 in {elapsed:.2}s"
+    );
+    for (n, node) in nodes.iter().enumerate() {
+        let mine: usize = per_client
+            .iter()
+            .skip(n)
+            .step_by(3)
+            .map(|rs| accepted(rs))
+            .sum();
+        assert!(mine > 0, "node {n} admitted none");
+        let stats = call(node.addr, "GET", "/api/queue/stats", None, "").json();
+        assert!(stats["rate_limits"]["leases"].as_u64().unwrap() > 0);
+        assert_eq!(stats["rate_limits"]["fail_open"], 0);
+    }
+}
+
+#[test]
+fn a_node_that_cannot_reach_the_shared_buckets_admits_by_its_own_and_says_so() {
+    let cluster = TestCluster::start();
+    let s = Server::start_with(&["--database-url", &cluster.url, "--ack-mode", "enqueued"]);
+    let (key, _) = new_org_tier(s.addr, "fail-open", "starter"); // 60 per minute
+    assert_eq!(
+        post_event(s.addr, &key, r#"{"type":"t","payload":{}}"#).status,
+        202
+    );
+    // That request was admitted on credit; its lease (3) lands on its own.
+    let stats = || call(s.addr, "GET", "/api/queue/stats", None, "").json();
+    let waited = Instant::now();
+    while stats()["rate_limits"]["leases"] != 1 {
+        assert!(waited.elapsed() < Duration::from_secs(5), "no lease landed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cluster.stop();
+    // The key is cached; the shared bucket is gone with its database. Enqueued events wait in
+    // the ring, and the node's own bucket (a full burst of 60) decides.
+    let answers: Vec<u16> = (0..70)
+        .map(|_| post_event(s.addr, &key, r#"{"type":"t","payload":{}}"#).status)
+        .collect();
+    let admitted = answers.iter().filter(|&&s| s == 202).count();
+    // The 2 tokens left of the first lease (3), the node's credit of one lease, then the own
+    // bucket's burst (and what it refilled, should this take over a second).
+    assert!((65..=66).contains(&admitted), "{answers:?}");
+    assert!(answers.iter().all(|&s| s == 202 || s == 429), "{answers:?}");
+    let limits = &stats()["rate_limits"];
+    assert!(limits["fail_open"].as_u64().unwrap() >= 60, "{limits}");
 }

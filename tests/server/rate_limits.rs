@@ -1,5 +1,5 @@
-//! Tiered rate limits: exact across cores, one token per event, headers on every ingest
-//! response; self-serve key generation limited per address; the optional admin token.
+//! Tiered rate limits: across cores within one lease, one token per event, headers on every
+//! ingest response; self-serve key generation limited per address; the optional admin token.
 
 use std::time::Instant;
 
@@ -28,10 +28,11 @@ fn a_tier_holds_across_cores_and_every_answer_says_where_it_stands() {
     let accepted = all.iter().filter(|r| r.status == 202).count();
     let limited: Vec<&Resp> = all.iter().filter(|r| r.status == 429).collect();
     assert_eq!(accepted + limited.len(), 160);
-    // The burst, plus what refilled meanwhile (100 per minute), and not one more.
+    // The burst, plus what refilled meanwhile (100 per minute), plus at most the node's credit
+    // of one lease (5: see `ratelimit::lease`), and not one more.
     let refill = (elapsed * 100.0 / 60.0).ceil() as usize;
     assert!(
-        accepted >= 100 && accepted <= 100 + refill,
+        accepted >= 100 && accepted <= 100 + refill + 5,
         "accepted {accepted} in {elapsed:.2}s"
     );
     for r in &all {
