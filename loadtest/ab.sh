@@ -12,6 +12,10 @@
 # nothing stored) instead, so a server's CPU per request can be set against the machine's
 # floor at the same rate (issue 11, target 1):
 #   loadtest/ab.sh /tmp/cost 3 BARE "" --rate 20000 --duration 15
+# A side may also name an SQL file, SQL=/path/file.sql, after BIN= if any: it is run (psql) on
+# the fresh embedded cluster once the server is ready and before the load starts, for schema
+# experiments (the server's statements find the changed tables by name):
+#   loadtest/ab.sh /tmp/part 3 "" "SQL=/tmp/partition.sql" --rate 12000
 # Each run's cluster (hundreds of MB to GBs) is deleted after it; KEEP_DATA=1 keeps it.
 # Needs release builds: cargo build --release --workspace. PORT picks the port (default 8091).
 set -euo pipefail
@@ -60,6 +64,11 @@ run_side() { # name flags round
     bin="${flags%% *}" bin="${bin#BIN=}"
     [[ "$flags" == *" "* ]] && flags="${flags#* }" || flags=""
   fi
+  local sql=""
+  if [[ "$flags" == SQL=* ]]; then
+    sql="${flags%% *}" sql="${sql#SQL=}"
+    [[ "$flags" == *" "* ]] && flags="${flags#* }" || flags=""
+  fi
   local dir="$out/$name-$round"
   rm -rf "$dir" && mkdir -p "$dir"
   if [[ "$flags" == BARE ]]; then
@@ -74,6 +83,10 @@ run_side() { # name flags round
     curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && break
     sleep 0.2
   done
+  if [[ -n "$sql" ]]; then
+    psql -v ON_ERROR_STOP=1 -q -h "$dir/data/run" -p 5432 -U triggers -d triggers -f "$sql" \
+      >"$dir/sql.log" 2>&1 || { echo "$sql failed: $(cat "$dir/sql.log")" >&2; kill "$pid"; exit 1; }
+  fi
   local server0 pg0 server1 pg1
   server0=$(cpu_of "$pid" self) pg0=$(cpu_of "$pid" tree)
   /usr/bin/time -f "loadtest_cpu_s %U %S" \
