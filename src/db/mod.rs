@@ -17,6 +17,8 @@ pub mod events;
 pub mod limits;
 pub mod orgs;
 mod pool;
+#[cfg(test)]
+mod statements;
 
 use std::error::Error;
 
