@@ -28,6 +28,9 @@ pub struct Target {
     pub host: String,
     /// How the target is named in summaries and plots.
     pub name: String,
+    /// Several nodes of one deployment (`--spread`): connection `c` goes to `nodes[c % len]`;
+    /// empty for a single server at `addr`.
+    pub nodes: Vec<Target>,
 }
 
 impl Target {
@@ -48,7 +51,32 @@ impl Target {
             addr,
             host,
             name: url.trim_end_matches('/').to_string(),
+            nodes: Vec::new(),
         })
+    }
+
+    /// Nodes sharing one database, as one deployment: requests are spread over them by
+    /// connection; set-up and verification talk to the first.
+    pub fn spread(urls: &[String]) -> anyhow::Result<Target> {
+        let nodes = urls
+            .iter()
+            .map(|u| Target::parse(u))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let first = nodes.first().context("--spread needs a --url")?;
+        Ok(Target {
+            name: format!("{} nodes ({})", nodes.len(), urls.join(", ")),
+            addr: first.addr,
+            host: first.host.clone(),
+            nodes,
+        })
+    }
+
+    /// Where connection `c` goes.
+    pub fn for_connection(&self, c: usize) -> Target {
+        match self.nodes.len() {
+            0 => self.clone(),
+            n => self.nodes[c % n].clone(),
+        }
     }
 }
 

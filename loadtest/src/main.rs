@@ -26,7 +26,6 @@ mod webhook;
 
 use clap::{Parser, Subcommand};
 
-use client::Target;
 use run::{run_once, RunArgs};
 
 #[derive(Parser)]
@@ -91,14 +90,10 @@ enum Command {
 /// missing.
 async fn run_all(args: &RunArgs) -> anyhow::Result<()> {
     let mut outcomes = Vec::new();
-    for (i, url) in args.url.iter().enumerate() {
-        let mut target = Target::parse(url)?;
-        if let Some(label) = args.label.get(i) {
-            target.name = format!("{label} ({url})");
-        }
+    for target in args.targets()? {
         eprintln!(
-            "{url}: {:?} at {} req/s for {} s over {} connections",
-            args.scenario, args.rate, args.duration, args.connections
+            "{}: {:?} at {} req/s for {} s over {} connections",
+            target.name, args.scenario, args.rate, args.duration, args.connections
         );
         let o = run_once(&target, args, false).await?;
         println!("{}", report::summary(&o));

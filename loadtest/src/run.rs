@@ -61,6 +61,31 @@ pub struct RunArgs {
     /// Afterwards, read every organization's inbox and count the acknowledged events stored
     #[arg(long)]
     pub verify: bool,
+    /// Every --url is a node of one deployment sharing a database: the connections are spread
+    /// over them in turn, and they are measured as one target
+    #[arg(long)]
+    pub spread: bool,
+}
+
+impl RunArgs {
+    /// The targets to measure one after another: each --url, or all of them as one
+    /// deployment with `--spread`.
+    pub fn targets(&self) -> anyhow::Result<Vec<Target>> {
+        if self.spread {
+            return Ok(vec![Target::spread(&self.url)?]);
+        }
+        self.url
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let mut target = Target::parse(url)?;
+                if let Some(label) = self.label.get(i) {
+                    target.name = format!("{label} ({url})");
+                }
+                Ok(target)
+            })
+            .collect()
+    }
 }
 
 /// What one run measured.
@@ -301,7 +326,7 @@ pub async fn run_keys(
     let tasks: Vec<_> = (0..args.connections)
         .map(|c| {
             tokio::spawn(connection_loop(
-                target.clone(),
+                target.for_connection(c),
                 shape,
                 args.verify,
                 keys.clone(),

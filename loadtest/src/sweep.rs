@@ -2,7 +2,6 @@
 //! A step holds when its p99 is within the bound, at least 99.9% of its answers are 2xx, and
 //! the generator achieved at least 95% of the asked rate.
 
-use crate::client::Target;
 use crate::report;
 use crate::run::{run_once, Outcome, RunArgs};
 
@@ -21,7 +20,7 @@ fn holds(o: &Outcome, rate: u64, p99_ms: f64) -> bool {
 }
 
 pub async fn sweep(run: &RunArgs, steps: &Steps) -> anyhow::Result<()> {
-    let target = Target::parse(&run.url[0])?;
+    let target = run.targets()?.remove(0);
     let mut held = None;
     let mut rows = Vec::new();
     let mut rate = steps.start;

@@ -150,6 +150,46 @@ fn a_comparison_of_two_targets_writes_one_plot_with_a_line_each() {
 }
 
 #[test]
+fn spread_measures_nodes_of_one_deployment_as_one_target_and_verifies_through_any() {
+    // Two nodes on the one shared database.
+    let (a, b) = (server(), server());
+    let out = tempfile::tempdir().unwrap();
+    let accepted = |s: &Server| -> u64 {
+        let stats = testkit::call(s.addr, "GET", "/api/queue/stats", None, "").json();
+        stats["events"]["accepted"].as_u64().unwrap()
+    };
+    let before = (accepted(&a), accepted(&b));
+    let stdout = loadtest(&[
+        "run",
+        "--url",
+        &a.url(),
+        "--url",
+        &b.url(),
+        "--spread",
+        "--rate",
+        "100",
+        "--duration",
+        "1",
+        "--connections",
+        "4",
+        "--orgs",
+        "2",
+        "--verify",
+        "--out",
+        out.path().to_str().unwrap(),
+    ])
+    .stdout;
+    let stdout = String::from_utf8(stdout).unwrap();
+    assert!(stdout.contains("2 nodes ("), "{stdout}");
+    let runs = summary(out.path());
+    assert_eq!(runs.len(), 1, "one target");
+    assert!(status_count(&runs[0], "202") >= 50, "{}", runs[0]);
+    // Connections alternate between the nodes; each took about half.
+    let (da, db) = (accepted(&a) - before.0, accepted(&b) - before.1);
+    assert!(da >= 20 && db >= 20, "node a took {da}, node b {db}");
+}
+
+#[test]
 fn a_sweep_reports_the_highest_rate_that_held() {
     let server = server();
     // A step's achieved rate counts the run until its last answer: 2 s steps let that answer

@@ -148,6 +148,7 @@ fn victim_args(args: &HostileArgs) -> RunArgs {
         batch_size: 1,
         out: None,
         verify: false,
+        spread: false,
     }
 }
 
