@@ -2,8 +2,8 @@
 //! `triggers serve` processes on the tests' cluster. A dedup_id is exact across them, ingest
 //! spread over them loses nothing when one is killed (its clients retry elsewhere with the same
 //! dedup_id), and a tier's rate limit holds across them (a node that cannot reach the shared
-//! buckets fails open, and says so). A rotated key on another node: `keys_webhooks`; deliveries shared by
-//! nodes: `webhooks`.
+//! buckets fails open, and says so). Key rotation across three nodes: `keys_webhooks`;
+//! deliveries shared by nodes: `webhooks`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
