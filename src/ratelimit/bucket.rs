@@ -25,11 +25,36 @@ pub struct Quota {
     pub reset_s: u64,
 }
 
+impl Quota {
+    /// What a client is told when `tokens` are there for it, of a bucket of `per_minute`.
+    pub(super) fn of(tokens: f64, per_minute: u64) -> Quota {
+        let burst = per_minute as f64;
+        let tokens = tokens.min(burst);
+        Quota {
+            limit: per_minute,
+            remaining: tokens.max(0.0).floor() as u64,
+            reset_s: ((burst - tokens) / (burst / 60.0)).ceil().max(0.0) as u64,
+        }
+    }
+}
+
 /// Refused: retry after this many seconds (at least 1).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Limited {
     pub quota: Quota,
     pub retry_after_s: u64,
+}
+
+impl Limited {
+    /// Refused with `tokens` there for the client, `n` asked, of a bucket of `per_minute`:
+    /// retry once the rest can have refilled.
+    pub(super) fn short(tokens: f64, n: f64, per_minute: u64) -> Limited {
+        let per_second = per_minute as f64 / 60.0;
+        Limited {
+            quota: Quota::of(tokens, per_minute),
+            retry_after_s: ((n - tokens) / per_second).ceil().max(1.0) as u64,
+        }
+    }
 }
 
 /// A map split into `SHARDS` locks, so that cores rarely meet on one.
@@ -87,54 +112,30 @@ impl<K: Hash + Eq + Copy> Limiter<K> {
         take: bool,
         now: Instant,
     ) -> Result<Quota, Limited> {
-        let burst = per_minute as f64;
-        let per_second = per_minute as f64 / 60.0;
+        let (n, burst) = (n as f64, per_minute as f64);
+        let per_second = burst / 60.0;
         self.buckets.with(key, |map| {
-            Self::draw_in(map, key, burst, per_second, per_minute, n, take, now)
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn draw_in(
-        map: &mut HashMap<K, Bucket>,
-        key: K,
-        burst: f64,
-        per_second: f64,
-        per_minute: u64,
-        n: u64,
-        take: bool,
-        now: Instant,
-    ) -> Result<Quota, Limited> {
-        if map.len() >= SHARD_BUCKETS_MAX {
-            // Buckets that have refilled to the brim are indistinguishable from new ones.
-            map.retain(|_, b| {
-                b.tokens + now.duration_since(b.at).as_secs_f64() * per_second < burst
-            });
-        }
-        let b = map.entry(key).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
-        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * per_second).min(burst);
-        b.at = now;
-        let quota = |tokens: f64| Quota {
-            limit: per_minute,
-            remaining: tokens.max(0.0).floor() as u64,
-            reset_s: ((burst - tokens) / per_second).ceil().max(0.0) as u64,
-        };
-        if b.tokens >= n as f64 {
-            if take {
-                b.tokens -= n as f64;
+            if map.len() >= SHARD_BUCKETS_MAX {
+                // Buckets that have refilled to the brim are indistinguishable from new ones.
+                map.retain(|_, b| {
+                    b.tokens + now.duration_since(b.at).as_secs_f64() * per_second < burst
+                });
             }
-            Ok(quota(b.tokens))
-        } else {
-            let short = n as f64 - b.tokens;
-            Err(Limited {
-                quota: quota(b.tokens),
-                retry_after_s: (short / per_second).ceil().max(1.0) as u64,
-            })
-        }
+            let b = map.entry(key).or_insert(Bucket {
+                tokens: burst,
+                at: now,
+            });
+            let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+            b.tokens = (b.tokens + elapsed * per_second).min(burst);
+            b.at = now;
+            if b.tokens < n {
+                return Err(Limited::short(b.tokens, n, per_minute));
+            }
+            if take {
+                b.tokens -= n;
+            }
+            Ok(Quota::of(b.tokens, per_minute))
+        })
     }
 }
 

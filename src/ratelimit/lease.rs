@@ -40,6 +40,17 @@ struct Held {
     leasing: Option<Instant>,
 }
 
+impl Held {
+    fn new(shared_left: f64, now: Instant) -> Held {
+        Held {
+            tokens: 0.0,
+            shared_left,
+            at: now,
+            leasing: None,
+        }
+    }
+}
+
 /// A lease to take: none unless the bucket holds `need`, up to `want`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Ask {
@@ -93,28 +104,22 @@ impl<K: Hash + Eq + Copy> Leases<K> {
     /// cannot have them yet, or says to wait for a lease.
     pub fn draw(&self, key: K, per_minute: u64, n: u64, now: Instant) -> Draw {
         let (n, credit) = (n as f64, Self::lease_size(per_minute));
-        let per_second = per_minute as f64 / 60.0;
         self.held.with(key, |map| {
             if map.len() >= SHARD_BUCKETS_MAX {
                 // Forgotten tokens are a lease no one spends, forgotten debt one spent on
                 // credit: both within the stated tolerance.
                 map.retain(|_, h| h.tokens >= 1.0 || h.leasing.is_some());
             }
-            let h = map.entry(key).or_insert(Held {
-                tokens: 0.0,
-                // Not known before a first lease: as much as it could.
-                shared_left: per_minute as f64,
-                at: now,
-                leasing: None,
-            });
+            // What the shared bucket holds is not known before a first lease: as much as it
+            // could.
+            let h = map
+                .entry(key)
+                .or_insert_with(|| Held::new(per_minute as f64, now));
             // The most this node could have: what it holds and the shared bucket at most
             // holds now (others only take from it).
             let could = h.tokens + shared_now(h, per_minute, now);
             if could < n {
-                return Draw::Refused(Limited {
-                    quota: quota(h, per_minute, now),
-                    retry_after_s: ((n - could) / per_second).ceil().max(1.0) as u64,
-                });
+                return Draw::Refused(Limited::short(could, n, per_minute));
             }
             let in_flight = h
                 .leasing
@@ -129,7 +134,7 @@ impl<K: Hash + Eq + Copy> Leases<K> {
                     }
                 });
                 return Draw::Taken {
-                    quota: quota(h, per_minute, now),
+                    quota: Quota::of(h.tokens + shared_now(h, per_minute, now), per_minute),
                     lease,
                 };
             }
@@ -150,12 +155,7 @@ impl<K: Hash + Eq + Copy> Leases<K> {
     pub fn deposit(&self, key: K, granted: f64, left: f64, now: Instant) {
         self.leases.fetch_add(1, Ordering::Relaxed);
         self.held.with(key, |map| {
-            let h = map.entry(key).or_insert(Held {
-                tokens: 0.0,
-                shared_left: left,
-                at: now,
-                leasing: None,
-            });
+            let h = map.entry(key).or_insert_with(|| Held::new(left, now));
             h.tokens += granted;
             h.shared_left = left;
             h.at = now;
@@ -177,17 +177,6 @@ impl<K: Hash + Eq + Copy> Leases<K> {
 fn shared_now(h: &Held, per_minute: u64, now: Instant) -> f64 {
     let refilled = now.saturating_duration_since(h.at).as_secs_f64() * per_minute as f64 / 60.0;
     (h.shared_left + refilled).min(per_minute as f64)
-}
-
-/// The quota a client is told: what this node holds and the shared bucket can hold now.
-fn quota(h: &Held, per_minute: u64, now: Instant) -> Quota {
-    let burst = per_minute as f64;
-    let tokens = (h.tokens + shared_now(h, per_minute, now)).min(burst);
-    Quota {
-        limit: per_minute,
-        remaining: tokens.max(0.0).floor() as u64,
-        reset_s: ((burst - tokens) / (burst / 60.0)).ceil().max(0.0) as u64,
-    }
 }
 
 #[cfg(test)]
