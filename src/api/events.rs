@@ -150,13 +150,13 @@ async fn charge(
         return Ok(());
     };
     let shared = &ctx.limits.shared;
-    let give_up = Instant::now() + LEASE_WAIT;
+    let mut now = Instant::now();
+    let give_up = now + LEASE_WAIT;
     let drawn = loop {
-        let now = Instant::now();
         let leased = match shared.draw(org.id, per_minute, n, now) {
             Draw::Taken { quota, lease } => {
                 if let Some(ask) = lease {
-                    start_lease(ctx, org.id, per_minute, ask);
+                    start_lease(ctx, org.id, per_minute, ask, None);
                 }
                 break Ok(quota);
             }
@@ -168,9 +168,10 @@ async fn charge(
             }
             Draw::Wait => Err(()),
         };
+        now = Instant::now();
         if leased.is_err() {
             shared.fail_open.fetch_add(1, Relaxed);
-            break ctx.limits.orgs.take(org.id, per_minute, n, Instant::now());
+            break ctx.limits.orgs.take(org.id, per_minute, n, now);
         }
     };
     match drawn {
@@ -225,15 +226,21 @@ fn lease_job(
     }
 }
 
-/// Starts lease `ask` for `org`, waiting for nothing.
-fn start_lease(ctx: &Context, org: OrgId, per_minute: u64, ask: Ask) {
-    if ctx
-        .queries
-        .send(lease_job(ctx, org, per_minute, ask, None))
-        .is_err()
-    {
+/// Queues lease `ask` for `org` on a query thread (`done` hears how it went); false when no
+/// thread can take it, and then no lease is in flight.
+fn start_lease(
+    ctx: &Context,
+    org: OrgId,
+    per_minute: u64,
+    ask: Ask,
+    done: Option<oneshot::Sender<bool>>,
+) -> bool {
+    let job = lease_job(ctx, org, per_minute, ask, done);
+    let queued = ctx.queries.send(job).is_ok();
+    if !queued {
         ctx.limits.shared.lease_failed(org);
     }
+    queued
 }
 
 /// Takes lease `ask` for `org` and waits for it until `give_up`.
@@ -245,12 +252,7 @@ async fn lease(
     give_up: Instant,
 ) -> Result<(), ()> {
     let (tx, rx) = oneshot::channel();
-    if ctx
-        .queries
-        .send(lease_job(ctx, org, per_minute, ask, Some(tx)))
-        .is_err()
-    {
-        ctx.limits.shared.lease_failed(org);
+    if !start_lease(ctx, org, per_minute, ask, Some(tx)) {
         return Err(());
     }
     let wait = give_up.saturating_duration_since(Instant::now());
