@@ -9,6 +9,7 @@
 //! server's data-directory lock plus PostgreSQL's own `postmaster.pid` see to that). `backup`
 //! copies a cluster, running or not, into a data directory a server can start from.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -257,6 +258,31 @@ impl Cluster {
         cmd
     }
 
+    /// Runs PostgreSQL's `program` (as the cluster's owner when there is one); what it printed
+    /// is in the error if it fails.
+    fn run_tool(&self, program: &str, args: &[&dyn AsRef<OsStr>]) -> anyhow::Result<()> {
+        let path = self.bins.bin(program);
+        let out = self
+            .command(&path)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", path.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{program} failed ({}){}:\n{}{}",
+                out.status,
+                self.owner.as_ref().map_or(String::new(), |u| format!(
+                    " (as user {}: every directory above the data directory must be \
+                     searchable by it)",
+                    u.name
+                )),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     fn initdb(&self) -> anyhow::Result<()> {
         if self.initialized_marker.exists() {
             return Ok(());
@@ -270,25 +296,10 @@ impl Cluster {
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
         self.give_to_owner(&self.dir)?;
         tracing::info!(dir = %self.dir.display(), "initializing embedded PostgreSQL cluster");
-        let out = self
-            .command(self.bins.bin("initdb"))
-            .arg("-D")
-            .arg(&self.dir)
-            .args(["-U", DB_USER, "-A", "trust", "-E", "UTF8", "--locale=C"])
-            .output()
-            .context("running initdb")?;
-        if !out.status.success() {
-            bail!(
-                "initdb failed{}:\n{}{}",
-                self.owner.as_ref().map_or(String::new(), |u| format!(
-                    " (as user {}: every directory above the data directory must be \
-                     searchable by it)",
-                    u.name
-                )),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        #[rustfmt::skip]
+        self.run_tool("initdb", &[
+            &"-D", &self.dir, &"-U", &DB_USER, &"-A", &"trust", &"-E", &"UTF8", &"--locale=C",
+        ])?;
         fs::write(&self.initialized_marker, b"")?;
         Ok(())
     }
@@ -565,43 +576,26 @@ pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<()> {
     fs::set_permissions(&out, fs::Permissions::from_mode(0o700))?;
     cluster.give_to_owner(&out)?;
     let copy = out.join("postgres");
-    let run = |program: &str, args: &[&std::ffi::OsStr]| -> anyhow::Result<()> {
-        let path = cluster.bins.bin(program);
-        let output = cluster
-            .command(&path)
-            .args(args)
-            .output()
-            .with_context(|| format!("running {}", path.display()))?;
-        if !output.status.success() {
-            bail!(
-                "{program} failed ({}):\n{}{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
-    };
     let port = PORT.to_string();
-    run(
+    cluster.run_tool(
         "pg_basebackup",
         &[
-            "--pgdata".as_ref(),
-            copy.as_os_str(),
-            "--host".as_ref(),
-            cluster.socket_dir.as_os_str(),
-            "--port".as_ref(),
-            port.as_ref(),
-            "--username".as_ref(),
-            DB_USER.as_ref(),
-            "--no-password".as_ref(),
-            "--wal-method=stream".as_ref(),
+            &"--pgdata",
+            &copy,
+            &"--host",
+            &cluster.socket_dir,
+            &"--port",
+            &port,
+            &"--username",
+            &DB_USER,
+            &"--no-password",
+            &"--wal-method=stream",
             // A spread checkpoint could take most of `checkpoint_timeout` (15 min) to start.
-            "--checkpoint=fast".as_ref(),
-            "--label=triggers backup".as_ref(),
+            &"--checkpoint=fast",
+            &"--label=triggers backup",
         ],
     )?;
-    run("pg_verifybackup", &[copy.as_os_str()])?;
+    cluster.run_tool("pg_verifybackup", &[&copy])?;
     let marker = out.join(INITIALIZED_MARKER);
     fs::write(&marker, b"")?;
     cluster.give_to_owner(&marker)?;
