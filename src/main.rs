@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use triggers::config::{Config, Settings, DEFAULTS_TOML};
+use triggers::config::{Config, Database, Settings, DEFAULTS_TOML};
 
 /// Log filter unless `TRIGGERS_LOG` says otherwise: the server at info, libraries' chatter off.
 const LOG_DEFAULT: &str = "info,refinery_core=warn,postgres=warn,tokio_postgres=warn";
@@ -41,9 +41,12 @@ enum Command {
     /// Copy the embedded PostgreSQL cluster, running or not, into a new data directory;
     /// `triggers serve --data-dir OUT` starts from the copy
     Backup {
-        /// The server's data directory (the cluster is `<data-dir>/postgres`)
-        #[arg(long, env = "TRIGGERS_DATA_DIR", default_value = "./data")]
-        data_dir: PathBuf,
+        /// The server's config file, to find its data directory as `serve` does
+        #[arg(long, env = "TRIGGERS_CONFIG")]
+        config: Option<PathBuf>,
+        /// The server's data directory (the cluster is `<data-dir>/postgres`) [default ./data]
+        #[arg(long, env = "TRIGGERS_DATA_DIR")]
+        data_dir: Option<PathBuf>,
         /// Where the copy goes: a new or empty directory
         out: PathBuf,
     },
@@ -60,9 +63,24 @@ fn main() -> std::process::ExitCode {
             logging();
             exit_code(Config::load(*settings, config.as_deref()).and_then(triggers::server::serve))
         }
-        Command::Backup { data_dir, out } => {
+        Command::Backup {
+            config,
+            data_dir,
+            out,
+        } => {
             logging();
-            let done = triggers::cluster::backup(&data_dir, &out);
+            // The data directory as `serve` would find it: flag, variable, file, default.
+            let settings = Settings {
+                data_dir,
+                ..Settings::default()
+            };
+            let done = Config::load(settings, config.as_deref()).and_then(|c| match c.database {
+                Database::Embedded { data_dir, .. } => triggers::cluster::backup(&data_dir, &out),
+                Database::Url(_) => anyhow::bail!(
+                    "this server stores into a database URL, not an embedded cluster: back that \
+                     database up instead"
+                ),
+            });
             if done.is_ok() {
                 tracing::info!(
                     "backed up into {}: `triggers serve --data-dir {}` starts from it",

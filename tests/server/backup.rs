@@ -18,6 +18,8 @@ fn backup(data: &Path, out: &Path) -> Output {
         .arg(data)
         .arg(out)
         .env("TRIGGERS_LOG", "info")
+        // As `serve` would, the command takes a database URL over the data directory.
+        .env_remove("DATABASE_URL")
         .output()
         .expect("running triggers backup")
 }
