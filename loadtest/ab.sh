@@ -12,7 +12,7 @@
 # nothing stored) instead, so a server's CPU per request can be set against the machine's
 # floor at the same rate (issue 11, target 1):
 #   loadtest/ab.sh /tmp/cost 3 BARE "" --rate 20000 --duration 15
-# A side may also name an SQL file, SQL=/path/file.sql, after BIN= if any: it is run (psql) on
+# A side may also name an SQL file, SQL=/path/file.sql, beside BIN= if any: it is run (psql) on
 # the fresh embedded cluster once the server is ready and before the load starts, for schema
 # experiments (the server's statements find the changed tables by name):
 #   loadtest/ab.sh /tmp/part 3 "" "SQL=/tmp/partition.sql" --rate 12000
@@ -58,17 +58,17 @@ cpu_of() {
 }
 
 run_side() { # name flags round
-  local name="$1" flags="$2" round="$3" bin="$root/target/release/triggers"
+  local name="$1" flags="$2" round="$3" bin="$root/target/release/triggers" sql="" word
   shift 3
-  if [[ "$flags" == BIN=* ]]; then
-    bin="${flags%% *}" bin="${bin#BIN=}"
+  # Leading BIN= and SQL= words, in any order; the rest are server flags.
+  while [[ "$flags" == BIN=* || "$flags" == SQL=* ]]; do
+    word="${flags%% *}"
     [[ "$flags" == *" "* ]] && flags="${flags#* }" || flags=""
-  fi
-  local sql=""
-  if [[ "$flags" == SQL=* ]]; then
-    sql="${flags%% *}" sql="${sql#SQL=}"
-    [[ "$flags" == *" "* ]] && flags="${flags#* }" || flags=""
-  fi
+    case "$word" in
+      BIN=*) bin="${word#BIN=}" ;;
+      SQL=*) sql="${word#SQL=}" ;;
+    esac
+  done
   local dir="$out/$name-$round"
   rm -rf "$dir" && mkdir -p "$dir"
   if [[ "$flags" == BARE ]]; then

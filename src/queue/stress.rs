@@ -16,8 +16,8 @@ use super::*;
 
 const CORES: usize = 2;
 const PERSISTERS: usize = 2;
-/// Helpers join at 3 queued entries, under the 8 the rings can hold: both the lead alone and
-/// the lead with a helper are exercised.
+/// Helpers join at 3 queued events (each entry here is one), under the 8 the rings can hold:
+/// both the lead alone and the lead with a helper are exercised.
 const HELP_AT: usize = 3;
 const TASKS_PER_CORE: usize = 8;
 const EVENTS_PER_TASK: usize = 2_500;
