@@ -25,6 +25,7 @@ fn event() -> Event {
             kind: "order.created".into(),
             dedup_id: Some("order-42".into()),
             payload: JsonText(PAYLOAD.into()),
+            keep_days: 1,
         },
         waiter: None,
         enqueued_at: now,

@@ -23,7 +23,7 @@ use crate::delivery::{self, Schedule};
 use crate::hooks::MemoryLimits;
 use crate::http;
 use crate::persist::BatchLimits;
-use crate::ratelimit::Tiers;
+use crate::tiers::Tiers;
 
 pub const DEFAULTS_TOML: &str = include_str!("../triggers.default.toml");
 
@@ -69,6 +69,9 @@ macro_rules! keys {
             /// Rate-limit tiers (config file only): name = events per minute, 0 = unlimited
             #[arg(skip)]
             pub tiers: Option<BTreeMap<String, u64>>,
+            /// Retention by tier (config file only): name = days events are kept, 0 = forever
+            #[arg(skip)]
+            pub retention: Option<BTreeMap<String, u16>>,
         }
 
         impl Settings {
@@ -77,6 +80,7 @@ macro_rules! keys {
                 Settings {
                     $( $key: self.$key.or(lower.$key), )*
                     tiers: self.tiers.or(lower.tiers),
+                    retention: self.retention.or(lower.retention),
                 }
             }
         }
@@ -85,6 +89,7 @@ macro_rules! keys {
         struct Values {
             $( $key: value_type!($kind $ty), )*
             tiers: BTreeMap<String, u64>,
+            retention: BTreeMap<String, u16>,
         }
 
         impl Values {
@@ -96,6 +101,7 @@ macro_rules! keys {
                         v
                     }, )*
                     tiers: required(s.tiers, "tiers")?,
+                    retention: required(s.retention, "retention")?,
                 })
             }
         }
@@ -181,6 +187,9 @@ keys! {
     /// Highest tier self-serve signup may choose (by events per minute); any tier needs the
     /// admin token when one is set
     keygen_tier_max: String = required, env "TRIGGERS_KEYGEN_TIER_MAX";
+    /// Length of a retention day, in seconds: 86400. Shorter only to watch expiry in a test or
+    /// a soak: tiers' retentions shrink with it, and dedup_ids are remembered only that long
+    retention_day_s: u64 = required, env "TRIGGERS_RETENTION_DAY_S", range 1..=86400;
     /// When set, key generation and the stats routes require `Authorization: Bearer <token>`
     #[arg(hide_env_values = true)]
     admin_token: String = optional, env "TRIGGERS_ADMIN_TOKEN";
@@ -243,7 +252,8 @@ impl Config {
     /// Hands each checked value to the subsystem that uses it.
     fn build(v: Values) -> anyhow::Result<Config> {
         let ms = Duration::from_millis;
-        let tiers = Tiers::new(v.tiers).map_err(|e| anyhow::anyhow!("config key `tiers` {e}"))?;
+        let tiers = Tiers::new(v.tiers, &v.retention)
+            .map_err(|e| anyhow::anyhow!("config key `tiers`: {e}"))?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Config {
             listen: v.listen,
@@ -283,6 +293,7 @@ impl Config {
                     )
                 })?,
                 tiers,
+                retention_day: Duration::from_secs(v.retention_day_s),
                 admin_token: v.admin_token.filter(|t| !t.is_empty()),
                 webhook_allow_private: v.webhook_allow_private,
             },
@@ -328,6 +339,9 @@ mod tests {
         assert_eq!(c.api.tiers.get("unlimited").unwrap().per_minute, None);
         assert_eq!(c.batch.linger, Duration::from_micros(200));
         assert_eq!(c.api.keygen_tier_max.name, "free");
+        assert_eq!(c.api.tiers.retention_days("free"), 1);
+        assert_eq!(c.api.tiers.retention_days("enterprise"), 90);
+        assert_eq!(c.api.retention_day, Duration::from_secs(86400));
     }
 
     #[test]

@@ -36,6 +36,21 @@ impl EventId {
     pub fn new_v7() -> EventId {
         EventId(Uuid::now_v7())
     }
+
+    /// The smallest UUIDv7 of the millisecond `t` falls in: ids are ordered by creation time,
+    /// so `id >= EventId::first_at(t)` is "created at `t` or later", to the millisecond.
+    pub fn first_at(t: SystemTime) -> EventId {
+        let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let mut b = [0u8; 16];
+        b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+        EventId(Uuid::from_bytes(b))
+    }
+
+    /// The millisecond this id was created in (`first_at`'s inverse for a UUIDv7).
+    pub fn millis(&self) -> u64 {
+        let b = self.0.as_bytes();
+        u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+    }
 }
 
 impl KeyHash {

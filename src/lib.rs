@@ -23,7 +23,7 @@
 //! | 3 | `auth`, `queue` | keys and the key cache; rings, doorbell, mailboxes, waiters |
 //! | 2 | `db` | connections, migrations, query threads, every SQL statement |
 //! | 1 | `http`, `cluster`, `egress`, `ratelimit`, `shutdown`, `stats` | HTTP/1.1 for any handler; the embedded PostgreSQL; where webhooks may go; token buckets; the stop signal; histograms |
-//! | 0 | `ids` | identifiers |
+//! | 0 | `ids`, `tiers` | identifiers; the plans organizations are on (rate, retention) |
 
 pub mod api;
 pub mod auth;
@@ -42,11 +42,12 @@ pub mod ratelimit;
 pub mod server;
 pub mod shutdown;
 pub mod stats;
+pub mod tiers;
 
 /// The floors of the table above, lowest first; `main.rs` stands above them all.
 #[cfg(test)]
 const FLOORS: &[&[&str]] = &[
-    &["ids"],
+    &["ids", "tiers"],
     &[
         "http",
         "cluster",

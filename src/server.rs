@@ -1,13 +1,15 @@
 //! server: start-up and shutdown, in order. The top floor: the only module that sees every
 //! other.
 //!
-//! Start: database (embedded cluster or URL) → migrations → webhook delivery (with the
-//! endpoints read) → persisters, query threads, the key listener and the cluster's supervisor →
+//! Start: database (embedded cluster or URL) → migrations → partitions for now and ahead →
+//! webhook delivery (with the
+//! endpoints read) → persisters, query threads, partition upkeep, the key listener and the
+//! cluster's supervisor →
 //! one listener per core → cores → wait for SIGTERM/SIGINT or a failed core. `Running::stop`
 //! is the whole shutdown, the same path backwards, each step bounded by the `shutdown::Stop`
 //! budget: cores drain, then persisters commit what the rings hold, then delivery finishes its
-//! attempts in flight and gives the rest back to the table, then the query threads and the key
-//! listener end, then the embedded cluster stops.
+//! attempts in flight and gives the rest back to the table, then the query threads, the upkeep
+//! and the key listener end, then the embedded cluster stops.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::auth::{self, KeyCache};
 use crate::cluster::{self, Cluster};
 use crate::config::{Config, Database};
+use crate::db::partitions::{self, Upkeep};
 use crate::db::{self, QueryPool, QueryThreads};
 use crate::delivery::Engine;
 use crate::hooks::Hooks;
@@ -266,6 +269,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         lock: data_dir_lock,
     } = storage(&config.database)?;
     db::migrate(&db)?;
+    let upkeep = Upkeep::new(&config.api.tiers.retentions(), config.api.retention_day);
+    let first = partitions::upkeep_at_start(&db, &upkeep)?;
+    tracing::info!(
+        created = first.created.len(),
+        dropped = first.dropped.len(),
+        every_ms = upkeep.every().as_millis() as u64,
+        "partitions ready"
+    );
 
     let cores = config.cores;
     let hub = Arc::new(Hub::new(
@@ -310,6 +321,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         Some(cluster) => Some(Supervisor::spawn(cluster, writeback, stats.clone())?),
         None => None,
     };
+    let upkeep = partitions::spawn_upkeep(db.clone(), upkeep, stop.clone(), stats.upkeep.clone());
     let keys = Arc::new(KeyCache::default());
     let key_listener = auth::spawn_rotation_listener(db, keys.clone(), stop.clone());
     let guards = http::Guards::new(
@@ -403,6 +415,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         delivery,
         query_threads,
         key_listener,
+        upkeep,
         supervisor,
         _data_dir_lock: data_dir_lock,
     }
@@ -422,6 +435,8 @@ struct Running {
     delivery: Option<Engine>,
     query_threads: QueryThreads,
     key_listener: JoinHandle<()>,
+    /// Creates and drops partitions of `events`.
+    upkeep: JoinHandle<()>,
     /// Watches the embedded cluster, and holds it.
     supervisor: Option<Supervisor>,
     /// The embedded cluster's data directory lock, held until the end.
@@ -458,6 +473,7 @@ impl Running {
         // 4. Nothing asks the query threads any more.
         self.query_threads.join();
         let _ = self.key_listener.join();
+        let _ = self.upkeep.join();
         // 5. Last, the database the others wrote to.
         if let Some(mut cluster) = self.supervisor.and_then(Supervisor::stop) {
             cluster.stop();

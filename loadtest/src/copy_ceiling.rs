@@ -68,6 +68,7 @@ pub fn run(
                                 .into_bytes()
                                 .into(),
                             ),
+                            keep_days: 1,
                         })
                         .collect();
                     // A COPY outside a transaction block commits on its own: two round

@@ -13,13 +13,15 @@ use super::error::ApiError;
 use crate::auth::{self, AuthError, KeyCache};
 use crate::db::events::Status;
 use crate::db::orgs::Org;
+use crate::db::partitions::Class;
 use crate::db::QueryPool;
 use crate::hooks::Hooks;
 use crate::http::{Guards, Request};
 use crate::ids::{EventId, KeyHash, OrgId};
 use crate::queue::{Hub, Waiters};
-use crate::ratelimit::{Leases, Limiter, Tier, Tiers};
+use crate::ratelimit::{Leases, Limiter};
 use crate::stats::{CoreStats, Stats};
+use crate::tiers::{Tier, Tiers};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -47,6 +49,8 @@ pub struct Settings {
     /// then never stored). Goes to each core's `Waiters`, which enforce it.
     pub storage_wait: Duration,
     pub tiers: Tiers,
+    /// How long a day of the tiers' retentions lasts (a day, but in tests).
+    pub retention_day: Duration,
     /// Self-serve key generations per minute per client address.
     pub keygen_per_minute: u64,
     /// The highest tier self-serve signup may choose.
@@ -168,6 +172,12 @@ pub struct Context {
 }
 
 impl Context {
+    /// The retention class of `org`'s events: its tier's.
+    pub fn retention(&self, org: &Org) -> Class {
+        let days = self.settings.tiers.retention_days(&org.tier);
+        Class::new(days, self.settings.retention_day)
+    }
+
     pub fn new(core: usize, shared: &Shared) -> Context {
         Context {
             core,

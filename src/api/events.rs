@@ -264,16 +264,17 @@ async fn lease(
 
 /// Turns a validated event into the queued form: id, creation time, and (durable mode) a
 /// waiter slot and the storage deadline.
-fn queued(ctx: &Context, org: OrgId, event: EventIn<'_>, now: Instant) -> Event {
+fn queued(ctx: &Context, org: &Org, event: EventIn<'_>, now: Instant) -> Event {
     let waiting = (ctx.settings.ack_mode == AckMode::Durable).then(|| ctx.waiters.register(now));
     Event {
         row: EventRow {
-            org,
+            org: org.id,
             id: EventId::new_v7(),
             created_at: now_micros(),
             kind: event.kind.into(),
             dedup_id: event.dedup_id.map(Into::into),
             payload: JsonText(event.payload.as_bytes().into()),
+            keep_days: ctx.settings.tiers.retention_days(&org.tier) as i16,
         },
         waiter: waiting.map(|(waiter, _)| waiter),
         enqueued_at: now,
@@ -304,7 +305,7 @@ async fn accept(
 ) -> Result<Response, ApiError> {
     let valid = validate(req.body)?;
     charge(ctx, org, 1, quota).await?;
-    let event = queued(ctx, org.id, valid, Instant::now());
+    let event = queued(ctx, org, valid, Instant::now());
     let mut body = Vec::with_capacity(160);
     let _ = write!(
         body,
@@ -410,7 +411,7 @@ async fn accept_batch(
     let mut group = Vec::with_capacity(valid as usize);
     for c in checked {
         items.push(c.map(|e| {
-            group.push(queued(ctx, org.id, e, now));
+            group.push(queued(ctx, org, e, now));
             group.len() - 1
         }));
     }

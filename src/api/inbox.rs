@@ -6,6 +6,8 @@
 //! and ignored when a cursor is given. The page is read on a query thread (`db::events::page`),
 //! scoped by the caller's organization.
 
+use std::time::SystemTime;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Serialize;
@@ -58,6 +60,7 @@ pub fn parse_query(query: &str) -> Result<PageQuery, ApiError> {
         descending: true,
         after: None,
         offset: 0,
+        kept_since: None,
     };
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match &*key {
@@ -149,7 +152,8 @@ struct Page {
 }
 
 pub async fn list(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Response, ApiError> {
-    let q = parse_query(req.query)?;
+    let mut q = parse_query(req.query)?;
+    q.kept_since = ctx.retention(org).kept_since(SystemTime::now());
     let limit = q.limit;
     let org_id = org.id;
     // The page holds the node's body budget for what it reads, twice over (the rows, then

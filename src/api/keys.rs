@@ -13,7 +13,7 @@ use crate::auth::NewKey;
 use crate::db::orgs::{self, Org};
 use crate::http::{Request, Response};
 use crate::ids::{now_micros, rfc3339, OrgId};
-use crate::ratelimit::{Tier, Tiers};
+use crate::tiers::{Tier, Tiers};
 
 const ORG_NAME_CHARS_MAX: usize = 255;
 
@@ -25,6 +25,11 @@ struct GenerateIn {
 
 fn tier_limit(tier: Option<&Tier>) -> serde_json::Value {
     json!(tier.and_then(|t| t.per_minute))
+}
+
+/// Days the organization's events are kept; `null`: forever.
+fn retention(days: u16) -> serde_json::Value {
+    json!((days > 0).then_some(days))
 }
 
 /// The admin token, when configured, was checked before the body was read (`Handler::admit`).
@@ -92,6 +97,7 @@ pub async fn generate(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiE
             "organization_name": org.name,
             "tier": org.tier,
             "rate_limit_per_minute": tier_limit(Some(&tier)),
+            "retention_days": retention(tier.retention_days),
             "created_at": rfc3339(org.created_at).to_string(),
         }),
     ))
@@ -110,6 +116,7 @@ pub async fn show(ctx: &Context, org: &Org) -> Result<Response, ApiError> {
             "organization_name": org.name,
             "tier": org.tier,
             "rate_limit_per_minute": tier_limit(ctx.settings.tiers.get(&org.tier)),
+            "retention_days": retention(ctx.settings.tiers.retention_days(&org.tier)),
             "webhook_url": webhook.url,
             "api_key_prefix": org.key_prefix,
             "created_at": rfc3339(org.created_at).to_string(),

@@ -154,6 +154,14 @@ pub fn show(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
                 "leases": ctx.limits.shared.leases.load(Relaxed),
                 "fail_open": ctx.limits.shared.fail_open.load(Relaxed),
             },
+            "partitions": {
+                "passes": ctx.stats.upkeep.passes.get(),
+                "skipped": ctx.stats.upkeep.skipped.get(),
+                "failures": ctx.stats.upkeep.failures.get(),
+                "created": ctx.stats.upkeep.created.get(),
+                "dropped": ctx.stats.upkeep.dropped.get(),
+                "trimmed_rows": ctx.stats.upkeep.trimmed.get(),
+            },
             "pace": {
                 "answers_per_s": ctx.guards.pace.per_s(),
                 "active": ctx.guards.pace.busy(Instant::now()),

@@ -108,7 +108,10 @@ pub fn replay(
     // primary key finds the range; created_at then draws its exact edges.
     let filter = "org_id = $1 AND id >= $2 AND id < $3 AND created_at >= $4 AND created_at < $5
                   AND ($6::text IS NULL OR status = $6)";
-    let (lo, hi) = (v7_floor(since), v7_floor(until + Duration::from_millis(1)));
+    let (lo, hi) = (
+        EventId::first_at(since),
+        EventId::first_at(until + Duration::from_millis(1)),
+    );
     let params: [&(dyn postgres::types::ToSql + Sync); 6] =
         [&org, &lo, &hi, &since, &until, &status];
     let (queued, last) = queue_again(client, filter, &params, max)?;
@@ -145,17 +148,6 @@ fn queue_again(
         params,
     )?;
     Ok((row.get::<_, i64>(0) as u64, row.get(1)))
-}
-
-/// The smallest UUIDv7 of the millisecond `t` falls in.
-fn v7_floor(t: SystemTime) -> uuid::Uuid {
-    let ms = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
-    let mut b = [0u8; 16];
-    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    uuid::Uuid::from_bytes(b)
 }
 
 /// A delivery a claim took, with its event.

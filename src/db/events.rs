@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::error::Error;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::{BufMut, BytesMut};
 use postgres::binary_copy::BinaryCopyInWriter;
@@ -41,7 +41,7 @@ pub struct Column {
 }
 
 /// The columns of `EventRow`, in COPY order: the one declaration of the row layout.
-pub const COPY_COLUMNS: [Column; 6] = [
+pub const COPY_COLUMNS: [Column; 7] = [
     Column {
         name: "org_id",
         ty: Type::UUID,
@@ -70,6 +70,11 @@ pub const COPY_COLUMNS: [Column; 6] = [
     Column {
         name: "created_at",
         ty: Type::TIMESTAMPTZ,
+        nullable: false,
+    },
+    Column {
+        name: "keep_days",
+        ty: Type::INT2,
         nullable: false,
     },
 ];
@@ -117,11 +122,14 @@ pub struct EventRow {
     pub kind: Box<str>,
     pub dedup_id: Option<Box<str>>,
     pub payload: JsonText,
+    /// The retention of the organization's tier, in days (`0`: forever): the class of
+    /// partitions the row goes to (see `db::partitions`).
+    pub keep_days: i16,
 }
 
 impl EventRow {
     /// The row's values in `COPY_COLUMNS` order.
-    pub fn values(&self) -> [&(dyn ToSql + Sync); 6] {
+    pub fn values(&self) -> [&(dyn ToSql + Sync); 7] {
         [
             &self.org,
             &self.id,
@@ -129,6 +137,7 @@ impl EventRow {
             &self.payload,
             &self.dedup_id,
             &self.created_at,
+            &self.keep_days,
         ]
     }
 }
@@ -187,9 +196,34 @@ fn queue_deliveries(from: &str, orgs: &str, lease: &str) -> String {
 /// after five runs, and one made while `events` was nearly empty (a node's first minute)
 /// reads the whole table for every lookup until autovacuum's first analyze replaces it. It
 /// runs only for batches with skipped rows; planning it costs one more round trip there.
-const LOOKUP: &str = "SELECT e.org_id, e.dedup_id, e.id
+const LOOKUP: &str = "SELECT d.org_id, d.dedup_id, d.event_id
                       FROM unnest($1::uuid[], $2::text[]) AS k(org_id, dedup_id)
-                      JOIN events e ON e.org_id = k.org_id AND e.dedup_id = k.dedup_id";
+                      JOIN event_dedup d ON d.org_id = k.org_id AND d.dedup_id = k.dedup_id";
+
+/// The statement that moves the staged rows into `events`, its implicit transaction the
+/// batch's commit, returning the `org_id, id` of the rows it stored. A row with a dedup_id is
+/// stored only if it claims that dedup_id in `event_dedup` (the claim and the event commit
+/// together); rows already stored (a replayed batch) are skipped on their own id. Sorted so
+/// that concurrent batches take the same index locks in the same order (no deadlock between
+/// persisters).
+fn move_staged(columns: &str) -> String {
+    format!(
+        "WITH moved AS (DELETE FROM staging RETURNING {columns}),
+         claimed AS (
+             INSERT INTO event_dedup (org_id, dedup_id, event_id, keep_days)
+             SELECT org_id, dedup_id, id, keep_days FROM moved WHERE dedup_id IS NOT NULL
+             ORDER BY org_id, dedup_id
+             ON CONFLICT DO NOTHING
+             RETURNING event_id),
+         inserted AS (
+             INSERT INTO events ({columns})
+             SELECT {columns} FROM moved
+             WHERE dedup_id IS NULL OR id IN (SELECT event_id FROM claimed)
+             ORDER BY org_id, id
+             ON CONFLICT DO NOTHING
+             RETURNING org_id, id)"
+    )
+}
 
 /// A persister's connection, with its staging table and statements ready.
 pub struct Writer {
@@ -205,7 +239,7 @@ pub struct Writer {
     /// `$4`.
     queue: Statement,
     /// Inserts new rows from arrays and queues deliveries for those of the organizations in
-    /// `$7`, leased until `$8`: one round trip for a small batch.
+    /// `$8`, leased until `$9`: one round trip for a small batch. Rows without dedup_ids only.
     insert_small: Statement,
 }
 
@@ -217,29 +251,12 @@ impl Writer {
             "CREATE TEMP TABLE staging ({})",
             column_definitions()
         ))?;
-        // One statement empties staging into events; its implicit transaction is the batch's
-        // commit. Sorted so that concurrent batches take dedup-index locks in one order (no
-        // deadlock between persisters).
-        let insert = client.prepare(&format!(
-            "WITH moved AS (DELETE FROM staging RETURNING {columns})
-             INSERT INTO events ({columns})
-             SELECT {columns} FROM moved
-             ORDER BY org_id, dedup_id, id
-             ON CONFLICT DO NOTHING
-             RETURNING id"
-        ))?;
+        let moving = move_staged(&columns);
+        let insert = client.prepare(&format!("{moving} SELECT id FROM inserted"))?;
         // Only rows this statement inserts are queued: a replayed batch's rows that an earlier,
         // committed attempt stored were queued by that attempt.
         let insert_queueing = client.prepare(&format!(
-            "WITH moved AS (DELETE FROM staging RETURNING {columns}),
-             inserted AS (
-                 INSERT INTO events ({columns})
-                 SELECT {columns} FROM moved
-                 ORDER BY org_id, dedup_id, id
-                 ON CONFLICT DO NOTHING
-                 RETURNING org_id, id),
-             queued AS ({} ON CONFLICT DO NOTHING)
-             SELECT id FROM inserted",
+            "{moving}, queued AS ({} ON CONFLICT DO NOTHING) SELECT id FROM inserted",
             queue_deliveries("inserted", "$1", "$2")
         ))?;
         let queue = client.prepare(&queue_deliveries(
@@ -251,10 +268,10 @@ impl Writer {
             "WITH inserted AS (
                  INSERT INTO events ({columns})
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[],
-                                      $5::text[], $6::timestamptz[])
+                                      $5::text[], $6::timestamptz[], $7::int2[])
                  RETURNING org_id, id)
              {}",
-            queue_deliveries("inserted", "$7", "$8")
+            queue_deliveries("inserted", "$8", "$9")
         ))?;
         Ok(Writer {
             client,
@@ -362,6 +379,7 @@ impl Writer {
                     &rows().map(|r| &r.payload).collect::<Vec<_>>(),
                     &rows().map(|r| r.dedup_id.as_deref()).collect::<Vec<_>>(),
                     &rows().map(|r| r.created_at).collect::<Vec<_>>(),
+                    &rows().map(|r| r.keep_days).collect::<Vec<_>>(),
                     &orgs,
                     &lease_until,
                 ],
@@ -412,7 +430,15 @@ pub struct PageQuery {
     pub after: Option<EventId>,
     /// Rows to skip; ignored when `after` is given.
     pub offset: u64,
+    /// The organization's oldest id still kept (its tier's retention; `None`: forever). Older
+    /// events are not shown, and partitions that hold only older ones are not read.
+    pub kept_since: Option<EventId>,
 }
+
+/// How far past the reader's clock an inbox page looks: ids come from each node's clock, and one
+/// running this far ahead would hide its events for as long. Partitions made ahead of time
+/// (empty) start further on, and pages do not read them.
+const PAGE_AHEAD: Duration = Duration::from_secs(3600);
 
 /// An event as the inbox shows it.
 pub struct StoredEvent {
@@ -450,6 +476,13 @@ pub fn page(
     if let Some(k) = &q.kind {
         params.push(k);
         sql.push_str(&format!(" AND type = ${}", params.len()));
+    }
+    let ceiling = EventId::first_at(SystemTime::now() + PAGE_AHEAD);
+    params.push(&ceiling);
+    sql.push_str(&format!(" AND id < ${}", params.len()));
+    if let Some(since) = &q.kept_since {
+        params.push(since);
+        sql.push_str(&format!(" AND id >= ${}", params.len()));
     }
     if let Some(after) = &q.after {
         params.push(after);
@@ -521,12 +554,13 @@ mod tests {
     fn the_row_layout_makes_the_statements_and_the_values_follow_it() {
         assert_eq!(
             column_names(),
-            "org_id, id, type, payload, dedup_id, created_at"
+            "org_id, id, type, payload, dedup_id, created_at, keep_days"
         );
         assert_eq!(
             column_definitions(),
             "org_id uuid NOT NULL, id uuid NOT NULL, type text NOT NULL, \
-             payload jsonb NOT NULL, dedup_id text, created_at timestamptz NOT NULL"
+             payload jsonb NOT NULL, dedup_id text, created_at timestamptz NOT NULL, \
+             keep_days int2 NOT NULL"
         );
         let row = EventRow {
             org: OrgId::new(),
@@ -535,6 +569,7 @@ mod tests {
             kind: "t".into(),
             dedup_id: None,
             payload: JsonText(b"{}".to_vec().into()),
+            keep_days: 1,
         };
         for (value, column) in row.values().iter().zip(&COPY_COLUMNS) {
             let mut out = BytesMut::new();

@@ -5,6 +5,7 @@
 //! - `orgs`: organizations, their API keys and webhook configuration.
 //! - `deliveries`: the webhook delivery queue and its attempts.
 //! - `limits`: the token buckets every node leases rate-limit tokens from.
+//! - `partitions`: `events` by retention and time; the upkeep that creates and drops partitions.
 //! - `pool`: the query threads that run everything but event writes off the cores.
 //! - `conn`: how every connection to PostgreSQL is opened.
 //!
@@ -16,6 +17,7 @@ pub mod deliveries;
 pub mod events;
 pub mod limits;
 pub mod orgs;
+pub mod partitions;
 mod pool;
 #[cfg(test)]
 mod statements;
@@ -49,6 +51,17 @@ pub fn migrate(config: &postgres::Config) -> anyhow::Result<()> {
     for m in report.applied_migrations() {
         tracing::info!(version = m.version(), name = m.name(), "migration applied");
     }
+    Ok(())
+}
+
+/// Applies migrations up to `version` only: a database as an older release left it, for the
+/// tests of an upgrade.
+pub fn migrate_until(config: &postgres::Config, version: u32) -> anyhow::Result<()> {
+    let mut client = connect(config).context("connecting to PostgreSQL to migrate")?;
+    embedded::migrations::runner()
+        .set_target(refinery::Target::Version(version))
+        .run(&mut client)
+        .context("applying migrations")?;
     Ok(())
 }
 

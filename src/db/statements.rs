@@ -53,6 +53,28 @@ const NOT_CONFINED: &[(&str, &str, &str)] = &[
         "attempts recorded by the hundred: each row carries its org_id and goes to its shard",
     ),
     ("mod.rs", "pg_advisory_", "the migration lock: no table"),
+    (
+        "partitions.rs",
+        "advisory_",
+        "the partition upkeep's lock: no table",
+    ),
+    (
+        "partitions.rs",
+        "FROM pg_",
+        "the partition upkeep reads the catalog (partitions, their bounds, the legacy table's \
+         bound): no table of rows",
+    ),
+    (
+        "partitions.rs",
+        "SELECT to_regclass($1)",
+        "the partition upkeep: does a class or the legacy table exist",
+    ),
+    (
+        "partitions.rs",
+        "DELETE FROM",
+        "the partition upkeep's trimming: rows of expired events of every organization, a \
+         bounded batch per statement, run on every shard (Citus: once a minute at most)",
+    ),
     ("orgs.rs", "pg_notify", "a key rotation's notice: no table"),
     ("health.rs", "SELECT 1", "the readiness probe: no table"),
     (

@@ -40,6 +40,7 @@ impl Event {
                 kind: "sample".into(),
                 dedup_id: Some("d".into()),
                 payload: JsonText(vec![b' '; payload_bytes].into()),
+                keep_days: 1,
             },
             waiter: None,
             enqueued_at: Instant::now(),

@@ -194,6 +194,21 @@ pub struct PersistStats {
     pub retries: Counter,
 }
 
+/// Recorded by the partition upkeep (`db::partitions`).
+#[derive(Default)]
+pub struct UpkeepStats {
+    /// Passes this node ran, and skipped because another node was running one.
+    pub passes: Counter,
+    pub skipped: Counter,
+    /// Passes that failed (logged; the next tries again).
+    pub failures: Counter,
+    /// Partitions created and dropped.
+    pub created: Counter,
+    pub dropped: Counter,
+    /// Rows deleted: dedup_ids, attempts and parked deliveries of expired events.
+    pub trimmed: Counter,
+}
+
 /// Recorded by webhook delivery (`delivery`).
 #[derive(Default)]
 pub struct DeliveryStats {
@@ -263,6 +278,7 @@ pub struct Stats {
     /// The embedded PostgreSQL died and could not be restarted: `/health/live` fails.
     pub storage_lost: Flag,
     pub delivery: std::sync::Arc<DeliveryStats>,
+    pub upkeep: std::sync::Arc<UpkeepStats>,
 }
 
 impl Stats {
@@ -299,6 +315,7 @@ impl Stats {
             storage_restarts: Counter::default(),
             storage_lost: Flag::default(),
             delivery: std::sync::Arc::default(),
+            upkeep: std::sync::Arc::default(),
         }
     }
 

@@ -94,11 +94,12 @@ fn batch_limits_are_enforced() {
 
 /// A batch's skipped rows are matched to the events holding their dedup_ids with a plan for
 /// the table as it is: a prepared lookup settles on a generic plan, and one made while
-/// `events` was nearly empty reads the whole table for every later lookup.
+/// `event_dedup` was nearly empty reads the whole table for every later lookup.
 #[test]
 fn looking_up_skipped_rows_reads_only_their_events_however_the_table_has_grown() {
     use std::time::{Duration, SystemTime};
     use triggers::db::events::{EventRow, JsonText, Writer};
+    use triggers::db::partitions::Upkeep;
     use triggers::ids::{EventId, OrgId};
 
     struct Row(EventRow);
@@ -115,6 +116,7 @@ fn looking_up_skipped_rows_reads_only_their_events_however_the_table_has_grown()
             kind: "t".into(),
             dedup_id: dedup.map(Into::into),
             payload: JsonText(b"{}".to_vec().into()),
+            keep_days: 1,
         })
     };
     let config: postgres::Config = shared_cluster()
@@ -122,6 +124,8 @@ fn looking_up_skipped_rows_reads_only_their_events_however_the_table_has_grown()
         .parse()
         .unwrap();
     triggers::db::migrate(&config).unwrap();
+    let day = Upkeep::new(&[1], Duration::from_secs(86_400));
+    triggers::db::partitions::upkeep_at_start(&config, &day).unwrap();
     let mut writer = Writer::open(&config).unwrap();
     let mut other = config.connect(postgres::NoTls).unwrap();
     let org = OrgId::new();
@@ -133,16 +137,16 @@ fn looking_up_skipped_rows_reads_only_their_events_however_the_table_has_grown()
         let batch: Vec<Row> = same.iter().map(|d| row(org, Some(d.clone()))).collect();
         writer.write(&batch, false, None).unwrap();
     }
-    // Then the table grows (not yet analyzed).
+    // Then the table grows (not yet analyzed). The lookup reads only `event_dedup`.
     other
         .execute(
-            "INSERT INTO events (org_id, id, type, payload, dedup_id, created_at)
-             SELECT $1, gen_random_uuid(), 't', '{}', 'later-' || g, now()
+            "INSERT INTO event_dedup (org_id, dedup_id, event_id, keep_days)
+             SELECT $1, 'later-' || g, gen_random_uuid(), 1
              FROM generate_series(1, 50000) g",
             &[&org],
         )
         .unwrap();
-    // Sequential scans of `events`, once the writer's backend has reported its own: it
+    // Sequential scans of `event_dedup`, once the writer's backend has reported its own: it
     // reports when it goes idle at least a second after its last report, so a second's wait
     // and one plain write (which scans nothing) bring them in.
     let mut scans = |writer: &mut Writer| -> i64 {
@@ -150,7 +154,7 @@ fn looking_up_skipped_rows_reads_only_their_events_however_the_table_has_grown()
         writer.write(&[row(org, None)], false, None).unwrap();
         other
             .query_one(
-                "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'events'",
+                "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'event_dedup'",
                 &[],
             )
             .unwrap()
@@ -165,7 +169,7 @@ fn looking_up_skipped_rows_reads_only_their_events_however_the_table_has_grown()
     // Each skipped row found its holder.
     let held: i64 = other
         .query_one(
-            "SELECT count(*) FROM events WHERE dedup_id LIKE 'later-%'",
+            "SELECT count(*) FROM event_dedup WHERE dedup_id LIKE 'later-%'",
             &[],
         )
         .unwrap()

@@ -15,4 +15,5 @@ mod keys_webhooks;
 mod nodes;
 mod openapi;
 mod rate_limits;
+mod retention;
 mod webhooks;

@@ -884,6 +884,8 @@ fn recording_outcomes_reads_only_their_rows_however_the_table_has_grown() {
         .parse()
         .unwrap();
     triggers::db::migrate(&config).unwrap();
+    let day = triggers::db::partitions::Upkeep::new(&[1], Duration::from_secs(86_400));
+    triggers::db::partitions::upkeep_at_start(&config, &day).unwrap();
     let mut store = config.connect(postgres::NoTls).unwrap();
     let mut other = config.connect(postgres::NoTls).unwrap();
     let recorder = Recorder::prepare(&mut store).unwrap();
@@ -913,14 +915,16 @@ fn recording_outcomes_reads_only_their_rows_however_the_table_has_grown() {
     other
         .execute(
             "INSERT INTO deliveries (org_id, event_id, due_at, lease_until)
-             SELECT $1, gen_random_uuid(), $2, $2 FROM generate_series(1, 50000)",
+             SELECT $1, (lpad(to_hex((extract(epoch FROM now()) * 1000)::int8), 12, '0')
+                         || substr(md5(g::text), 1, 20))::uuid, $2, $2
+             FROM generate_series(1, 50000) g",
             &[&org, &lease],
         )
         .unwrap();
     other
         .batch_execute(
-            "INSERT INTO events (org_id, id, type, payload, created_at)
-             SELECT org_id, event_id, 't', '{}', now() FROM deliveries",
+            "INSERT INTO events (org_id, id, type, payload, created_at, keep_days)
+             SELECT org_id, event_id, 't', '{}', now(), 1 FROM deliveries",
         )
         .unwrap();
     let ids: Vec<EventId> = other
@@ -937,7 +941,7 @@ fn recording_outcomes_reads_only_their_rows_however_the_table_has_grown() {
         other
             .query_one(
                 "SELECT coalesce(sum(seq_scan), 0)::int8 FROM pg_stat_user_tables
-                 WHERE relname IN ('deliveries', 'events')",
+                 WHERE relname = 'deliveries' OR relname LIKE 'events%'",
                 &[],
             )
             .unwrap()
