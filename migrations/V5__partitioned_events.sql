@@ -62,6 +62,10 @@ CREATE TABLE event_dedup (
 -- Trimming finds a class's rows older than its oldest partition.
 CREATE INDEX event_dedup_expiry ON event_dedup (keep_days, event_id);
 
+-- The classes each organization's events are stored in: an inbox page reads only those. A
+-- node records a class here before it commits the first event in it.
+ALTER TABLE organizations ADD COLUMN keep_classes smallint[] NOT NULL DEFAULT '{}';
+
 -- Trimming finds attempts of events no longer kept.
 CREATE INDEX delivery_attempts_by_event ON delivery_attempts (event_id);
 
@@ -83,5 +87,6 @@ BEGIN
          || '00000000000000000000')::uuid);
     INSERT INTO event_dedup (org_id, dedup_id, event_id, keep_days)
     SELECT org_id, dedup_id, id, -1 FROM events_legacy WHERE dedup_id IS NOT NULL;
+    UPDATE organizations SET keep_classes = '{-1}';
     ALTER TABLE events ATTACH PARTITION events_legacy FOR VALUES IN (-1);
 END $$;

@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// Events per request in the batch scenario
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
+    /// Give every event a dedup_id of its own (the server then stores and later expires one
+    /// dedup row per event)
+    #[arg(long)]
+    pub dedup: bool,
     /// Write summary.json, latency.hgrm and latency.svg here
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -316,6 +320,7 @@ pub async fn run_keys(
         connections: args.connections,
         payload_bytes: args.payload_bytes,
         batch_size: args.batch_size,
+        dedup: args.dedup,
     };
     let progress = Arc::new(Progress::default());
     let schedule = Arc::new(Schedule {

@@ -40,11 +40,15 @@ pub fn payload(i: u64, bytes: usize) -> String {
     format!("{head}{}\"}}", "x".repeat(pad))
 }
 
-fn event(n: u64, payload_bytes: usize) -> String {
-    format!(
-        r#"{{"type":"order.created","payload":{}}}"#,
-        payload(n, payload_bytes)
-    )
+/// Event `n`; with `dedup`, it carries a dedup_id of its own (`d-{n}`: organizations are new to
+/// each run, so no two events of one organization share one).
+fn event(n: u64, payload_bytes: usize, dedup: bool) -> String {
+    let payload = payload(n, payload_bytes);
+    if dedup {
+        format!(r#"{{"type":"order.created","payload":{payload},"dedup_id":"d-{n}"}}"#)
+    } else {
+        format!(r#"{{"type":"order.created","payload":{payload}}}"#)
+    }
 }
 
 /// The shape of a run's requests.
@@ -55,6 +59,8 @@ pub struct Shape {
     pub connections: usize,
     pub payload_bytes: usize,
     pub batch_size: usize,
+    /// Every event carries a dedup_id of its own.
+    pub dedup: bool,
 }
 
 impl Shape {
@@ -79,11 +85,11 @@ impl Shape {
         };
         match self.scenario {
             Scenario::Ingest | Scenario::HotTenant => {
-                post("/api/events", event(i, self.payload_bytes))
+                post("/api/events", event(i, self.payload_bytes, self.dedup))
             }
             Scenario::Batch => {
                 let events: Vec<String> = (0..self.batch_size as u64)
-                    .map(|k| event(i * 1000 + k, self.payload_bytes))
+                    .map(|k| event(i * 1000 + k, self.payload_bytes, self.dedup))
                     .collect();
                 post(
                     "/api/events/batch",
@@ -106,7 +112,7 @@ impl Shape {
                     path: "/api/inbox?limit=50".to_string(),
                     body: String::new(),
                 },
-                _ => post("/api/events", event(i, self.payload_bytes)),
+                _ => post("/api/events", event(i, self.payload_bytes, self.dedup)),
             },
         }
     }
@@ -169,6 +175,7 @@ mod tests {
             orgs: 3,
             connections: 2,
             payload_bytes: 200,
+            dedup: false,
             batch_size: 1,
         };
         let mut owned = Owned::new();
@@ -188,6 +195,7 @@ mod tests {
             orgs: 1,
             connections: 1,
             payload_bytes: 200,
+            dedup: false,
             batch_size: 3,
         };
         let body = br#"{"accepted":2,"results":[{"status":202,"id":"a"},{"status":409,"id":"b"},{"status":202,"id":"c"}]}"#;

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::io::Write;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
@@ -262,9 +263,31 @@ async fn lease(
     }
 }
 
+/// The retention class `org`'s new events are stored in: its tier's retention, recorded in its
+/// row before the first event in it is queued (an inbox page reads only the recorded classes),
+/// then carried by the cached organization, so a class costs one statement per organization
+/// per node.
+async fn retention_class(ctx: &Context, org: &Org) -> Result<i16, ApiError> {
+    let days = ctx.settings.tiers.retention_days(&org.tier) as i16;
+    if org.keep_classes.contains(&days) {
+        return Ok(days);
+    }
+    let generation = ctx.keys.generation();
+    let id = org.id;
+    ctx.queries
+        .run("record retention class", move |c| {
+            db::orgs::add_class(c, id, days)
+        })
+        .await?;
+    let mut known = org.clone();
+    known.keep_classes.push(days);
+    ctx.keys.insert_if_current(Arc::new(known), generation);
+    Ok(days)
+}
+
 /// Turns a validated event into the queued form: id, creation time, and (durable mode) a
 /// waiter slot and the storage deadline.
-fn queued(ctx: &Context, org: &Org, event: EventIn<'_>, now: Instant) -> Event {
+fn queued(ctx: &Context, org: &Org, keep_days: i16, event: EventIn<'_>, now: Instant) -> Event {
     let waiting = (ctx.settings.ack_mode == AckMode::Durable).then(|| ctx.waiters.register(now));
     Event {
         row: EventRow {
@@ -274,7 +297,7 @@ fn queued(ctx: &Context, org: &Org, event: EventIn<'_>, now: Instant) -> Event {
             kind: event.kind.into(),
             dedup_id: event.dedup_id.map(Into::into),
             payload: JsonText(event.payload.as_bytes().into()),
-            keep_days: ctx.settings.tiers.retention_days(&org.tier) as i16,
+            keep_days,
         },
         waiter: waiting.map(|(waiter, _)| waiter),
         enqueued_at: now,
@@ -305,7 +328,8 @@ async fn accept(
 ) -> Result<Response, ApiError> {
     let valid = validate(req.body)?;
     charge(ctx, org, 1, quota).await?;
-    let event = queued(ctx, org, valid, Instant::now());
+    let keep_days = retention_class(ctx, org).await?;
+    let event = queued(ctx, org, keep_days, valid, Instant::now());
     let mut body = Vec::with_capacity(160);
     let _ = write!(
         body,
@@ -402,8 +426,10 @@ async fn accept_batch(
         raw.iter().map(|r| validate(r.get().as_bytes())).collect();
     // One token per event that will be stored; all or none.
     let valid = checked.iter().filter(|c| c.is_ok()).count() as u64;
+    let mut keep_days = 0;
     if valid > 0 {
         charge(ctx, org, valid, quota).await?;
+        keep_days = retention_class(ctx, org).await?;
     }
     let now = Instant::now();
     // Each item: the event's position in `group` or why it was refused.
@@ -411,7 +437,7 @@ async fn accept_batch(
     let mut group = Vec::with_capacity(valid as usize);
     for c in checked {
         items.push(c.map(|e| {
-            group.push(queued(ctx, org, e, now));
+            group.push(queued(ctx, org, keep_days, e, now));
             group.len() - 1
         }));
     }

@@ -82,6 +82,7 @@ pub async fn generate(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiE
         key_prefix: key.shown_prefix().to_string(),
         created_at: now_micros(),
         key_hash: key.hash,
+        keep_classes: vec![tier.retention_days as i16],
     });
     let row = org.clone();
     ctx.queries
@@ -137,6 +138,7 @@ pub async fn rotate(ctx: &Context, old: &Org) -> Result<Response, ApiError> {
         key_prefix: key.shown_prefix().to_string(),
         created_at: old.created_at,
         key_hash: key.hash,
+        keep_classes: old.keep_classes.clone(),
     });
     let row = org.clone();
     ctx.queries

@@ -463,12 +463,21 @@ pub fn page(
     q: &PageQuery,
     mut room: impl FnMut(usize) -> bool,
 ) -> Result<(Vec<StoredEvent>, bool), postgres::Error> {
+    // Only the retention classes the organization's events are stored in, and within them
+    // only partitions of the kept time: the partitions a page plans and reads.
+    let classes: Vec<i16> = match client.query_opt(
+        "SELECT keep_classes FROM organizations WHERE org_id = $1",
+        &[&org],
+    )? {
+        Some(row) => row.get(0),
+        None => return Ok((Vec::new(), false)),
+    };
     let status = q.status.map(Status::as_str);
     let mut sql = String::from(
         "SELECT id, type, payload::text, dedup_id, status, created_at, delivered_at
-         FROM events WHERE org_id = $1",
+         FROM events WHERE org_id = $1 AND keep_days = ANY($2)",
     );
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&org];
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&org, &classes];
     if let Some(s) = &status {
         params.push(s);
         sql.push_str(&format!(" AND status = ${}", params.len()));

@@ -12,7 +12,7 @@ use crate::ids::{KeyHash, OrgId};
 pub const ROTATION_CHANNEL: &str = "triggers_key_rotation";
 
 /// An organization as one of its keys sees it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Org {
     pub id: OrgId,
     pub name: String,
@@ -21,12 +21,16 @@ pub struct Org {
     pub key_prefix: String,
     pub created_at: SystemTime,
     pub key_hash: KeyHash,
+    /// The retention classes its events are stored in (`events.keep_days`): a class is
+    /// recorded here before the first event in it commits, so an inbox page need read only
+    /// these (see `events::page`).
+    pub keep_classes: Vec<i16>,
 }
 
 /// The organization whose unrevoked key hashes to `hash`.
 pub fn find_by_key(client: &mut Client, hash: &KeyHash) -> Result<Option<Org>, postgres::Error> {
     let row = client.query_opt(
-        "SELECT o.org_id, o.name, o.tier, o.created_at, k.key_prefix
+        "SELECT o.org_id, o.name, o.tier, o.created_at, k.key_prefix, o.keep_classes
          FROM api_keys k JOIN organizations o USING (org_id)
          WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
         &[&hash.0.as_slice()],
@@ -38,7 +42,18 @@ pub fn find_by_key(client: &mut Client, hash: &KeyHash) -> Result<Option<Org>, p
         created_at: r.get(3),
         key_prefix: r.get(4),
         key_hash: *hash,
+        keep_classes: r.get(5),
     }))
+}
+
+/// Records that `org` stores events in the retention class `days`; idempotent.
+pub fn add_class(client: &mut Client, org: OrgId, days: i16) -> Result<(), postgres::Error> {
+    client.execute(
+        "UPDATE organizations SET keep_classes = keep_classes || $2::int2
+         WHERE org_id = $1 AND NOT ($2::int2 = ANY(keep_classes))",
+        &[&org, &days],
+    )?;
+    Ok(())
 }
 
 /// Stores `org`'s key (its hash and shown prefix), issued at `at`.
@@ -59,8 +74,15 @@ fn insert_key(
 pub fn create(client: &mut Client, org: &Org) -> Result<(), postgres::Error> {
     let mut tx = client.transaction()?;
     tx.execute(
-        "INSERT INTO organizations (org_id, name, tier, created_at) VALUES ($1, $2, $3, $4)",
-        &[&org.id, &org.name, &org.tier, &org.created_at],
+        "INSERT INTO organizations (org_id, name, tier, created_at, keep_classes)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[
+            &org.id,
+            &org.name,
+            &org.tier,
+            &org.created_at,
+            &org.keep_classes,
+        ],
     )?;
     insert_key(
         &mut tx,

@@ -484,7 +484,10 @@ fn record(stats: &UpkeepStats, pass: &Pass, took: Duration) {
     stats.dropped.add(pass.dropped.len() as u64);
     stats.trimmed.add(pass.trimmed);
     if took > PASS_SLOW {
-        tracing::warn!(took_ms = took.as_millis() as u64, "a partition upkeep pass was slow");
+        tracing::warn!(
+            took_ms = took.as_millis() as u64,
+            "a partition upkeep pass was slow"
+        );
     }
     tracing::debug!(created = ?pass.created, dropped = ?pass.dropped, "partition upkeep");
 }

@@ -219,3 +219,50 @@ fn partition_upkeep_runs_on_one_node_at_a_time() {
         assert!(!n.log_text().contains("partition upkeep failed"));
     }
 }
+
+/// A tier's retention changed by the operator applies to events that arrive after it; the
+/// inbox still shows the earlier ones (it reads every class the organization's events are in).
+#[test]
+fn a_changed_retention_applies_to_new_events_and_the_inbox_shows_both() {
+    let url = shared_cluster().new_database("retention_change");
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let first = Server::start_with(&["--database-url", &url]);
+    let (key, org) = new_org_tier(first.addr, "changing", "pro");
+    let event = r#"{"type":"t","payload":{}}"#;
+    assert_eq!(post_event(first.addr, &key, event).status, 202);
+    drop(first);
+
+    let dir = data_dir();
+    let config = dir.path().join("longer.toml");
+    std::fs::write(
+        &config,
+        "[retention]\nfree = 1\nstarter = 7\npro = 14\nprofessional = 7\nbusiness = 30\n\
+         enterprise = 90\nunlimited = 90\n",
+    )
+    .unwrap();
+    let second =
+        Server::start_with(&["--database-url", &url, "--config", config.to_str().unwrap()]);
+    let keys = call(second.addr, "GET", "/api/keys", Some(&key), "").json();
+    assert_eq!(keys["retention_days"], 14);
+    assert_eq!(post_event(second.addr, &key, event).status, 202);
+    assert_eq!(inbox_ids(second.addr, &key).len(), 2);
+    let org: uuid::Uuid = org.parse().unwrap();
+    let mut classes: Vec<i16> = db
+        .query(
+            "SELECT keep_days FROM events WHERE org_id = $1 ORDER BY keep_days",
+            &[&org],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(classes, [7, 14]);
+    classes = db
+        .query_one(
+            "SELECT keep_classes FROM organizations WHERE org_id = $1",
+            &[&org],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(classes, [7, 14]);
+}

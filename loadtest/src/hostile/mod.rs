@@ -146,6 +146,7 @@ fn victim_args(args: &HostileArgs) -> RunArgs {
         tier: "unlimited".into(),
         payload_bytes: 300,
         batch_size: 1,
+        dedup: false,
         out: None,
         verify: false,
         spread: false,
