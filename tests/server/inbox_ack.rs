@@ -27,13 +27,13 @@ fn post_n(addr: std::net::SocketAddr, key: &str, n: usize, kind: &str) -> Vec<St
         .collect()
 }
 
-fn inbox(addr: std::net::SocketAddr, key: &str, query: &str) -> Value {
+pub(crate) fn inbox(addr: std::net::SocketAddr, key: &str, query: &str) -> Value {
     let r = call(addr, "GET", &format!("/api/inbox{query}"), Some(key), "");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     r.json()
 }
 
-fn ids(page: &Value) -> Vec<String> {
+pub(crate) fn ids(page: &Value) -> Vec<String> {
     page["events"]
         .as_array()
         .unwrap()

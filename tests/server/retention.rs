@@ -8,6 +8,8 @@
 use std::time::{Duration, SystemTime};
 
 use testkit::*;
+
+use crate::inbox_ack::{ids, inbox};
 use triggers::auth::NewKey;
 use triggers::db::partitions::{Upkeep, UPKEEP_LOCK_KEY};
 use triggers::ids::{EventId, OrgId};
@@ -19,20 +21,7 @@ fn stats(addr: std::net::SocketAddr) -> serde_json::Value {
 }
 
 fn inbox_ids(addr: std::net::SocketAddr, key: &str) -> Vec<String> {
-    let page = call(
-        addr,
-        "GET",
-        "/api/inbox?status=all&limit=1000",
-        Some(key),
-        "",
-    )
-    .json();
-    page["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap().to_string())
-        .collect()
+    ids(&inbox(addr, key, "?status=all&limit=1000"))
 }
 
 fn rows_of(db: &mut postgres::Client, table: &str, org: &str) -> i64 {
