@@ -45,6 +45,8 @@ const SUPERVISE_POLL: Duration = Duration::from_millis(100);
 const RESTART_BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const RESTARTS_BEFORE_LOST: u32 = 5;
+/// A signal this soon after the first is the same request to stop; a later one exits at once.
+const SIGNAL_REPEAT_SAME_STOP: Duration = Duration::from_secs(1);
 /// Attempts in flight at shutdown get at least this long to finish, whatever the budget left.
 const DELIVERY_STOP_MIN: Duration = Duration::from_millis(500);
 
@@ -354,17 +356,27 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let mut seen = 0;
+            let mut first: Option<Instant> = None;
             for sig in signals.forever() {
-                seen += 1;
-                if seen > 1 {
-                    tracing::error!(
-                        signal = sig,
-                        "second signal during shutdown: exiting at once"
-                    );
-                    std::process::exit(130);
+                match first {
+                    None => {
+                        first = Some(Instant::now());
+                        let _ = signal_tx.send(Stopped::Signal(sig));
+                    }
+                    // GNU `timeout`, and a service manager stopping a process group, signal
+                    // the process and then its group, a fraction of a millisecond apart: the
+                    // same request to stop, not an operator insisting.
+                    Some(at) if at.elapsed() < SIGNAL_REPEAT_SAME_STOP => {
+                        tracing::info!(signal = sig, "repeated signal: already stopping");
+                    }
+                    Some(_) => {
+                        tracing::error!(
+                            signal = sig,
+                            "second signal during shutdown: exiting at once"
+                        );
+                        std::process::exit(130);
+                    }
                 }
-                let _ = signal_tx.send(Stopped::Signal(sig));
             }
         })?;
 

@@ -155,6 +155,49 @@ fn enqueued_mode_commits_every_queued_event_on_graceful_shutdown() {
 }
 
 /// The embedded cluster's postmaster, once one runs (a restart may be under way).
+/// GNU `timeout` signals the server and then its process group a fraction of a millisecond
+/// apart: one request to stop, so the stop is graceful and the embedded cluster is stopped too.
+#[test]
+fn a_stop_by_gnu_timeout_is_graceful_and_stops_the_embedded_cluster() {
+    let data = data_dir();
+    let out = std::process::Command::new("timeout")
+        .args(["--preserve-status", "-s", "TERM", "6"])
+        .arg(server_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("TRIGGERS_LOG", "info")
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("running the server under timeout");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("listening"), "{log}");
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("shutdown complete"), "{log}");
+    assert!(
+        !data.path().join("postgres/postmaster.pid").exists(),
+        "the embedded PostgreSQL was left running\n{log}"
+    );
+}
+
+/// A second signal within a second of the first (the process, then its group) is the same
+/// stop; one sent later exits at once, as it always did.
+#[test]
+fn a_repeated_signal_within_a_second_is_the_same_graceful_stop() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let data = data_dir();
+    let dir = data.path().to_str().unwrap().to_string();
+    let mut s = Server::start_with(&["--data-dir", &dir]);
+    let pid = Pid::from_raw(s.pid());
+    kill(pid, Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let status = s.terminate();
+    assert_eq!(status.code(), Some(0), "{}", s.log_text());
+    assert!(s.log_text().contains("repeated signal: already stopping"));
+    assert!(s.log_text().contains("shutdown complete"));
+    assert!(!data.path().join("postgres/postmaster.pid").exists());
+}
+
 fn postmaster_pid(data_dir: &std::path::Path) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
