@@ -1,6 +1,7 @@
 //! api::stats: `GET /api/queue/stats`: queue depths, counters and latency histograms merged
-//! across cores and persisters. `?format=hgrm` gives the ingest histogram as the classic
-//! HdrHistogram percentile-distribution text (values in milliseconds).
+//! across cores and persisters. `?format=hgrm` gives one histogram (`&histogram=`, the ingest
+//! one unless named) as the classic HdrHistogram percentile-distribution text, values in
+//! milliseconds (said in the `X-Histogram-Unit` header).
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -57,6 +58,20 @@ struct Snapshot {
     deliveries: Vec<(&'static str, u64)>,
 }
 
+impl Snapshot {
+    /// The latency histograms, by the names `latency_us` shows them under.
+    fn latencies(&self) -> [(&'static str, &Histogram<u64>); 6] {
+        [
+            ("ingest", &self.ingest),
+            ("queue_wait", &self.wait),
+            ("commit", &self.commit),
+            ("delivery_first_attempt", &self.first_attempt),
+            ("delivery_attempt", &self.attempt),
+            ("delivery_end_to_end", &self.end_to_end),
+        ]
+    }
+}
+
 fn snapshot(ctx: &Context) -> Snapshot {
     let stats: &Stats = &ctx.stats;
     let cores =
@@ -104,12 +119,28 @@ fn snapshot(ctx: &Context) -> Snapshot {
 
 pub fn show(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
     let snap = snapshot(ctx);
-    if req.query.split('&').any(|p| p == "format=hgrm") {
-        return Ok(Response::text(
+    let param = |name: &str| {
+        url::form_urlencoded::parse(req.query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    if param("format").as_deref() == Some("hgrm") {
+        let name = param("histogram").unwrap_or_else(|| "ingest".into());
+        let Some((_, histogram)) = snap.latencies().into_iter().find(|(n, _)| *n == name) else {
+            let names: Vec<&str> = snap.latencies().iter().map(|(n, _)| *n).collect();
+            return Err(ApiError::InvalidParameter(
+                "histogram",
+                format!("use one of {}", names.join(", ")),
+            ));
+        };
+        let mut resp = Response::text(
             200,
             "text/plain; charset=utf-8",
-            crate::stats::percentile_distribution(&snap.ingest).into_bytes(),
-        ));
+            crate::stats::percentile_distribution(histogram).into_bytes(),
+        );
+        resp.headers.push(("x-histogram", name));
+        resp.headers.push(("x-histogram-unit", "ms".into()));
+        return Ok(resp);
     }
     let rings: Vec<Value> = snap
         .rings
@@ -171,14 +202,11 @@ pub fn show(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
             "batches_committed": snap.batches,
             "batch_retries": snap.retries,
             "batch_rows": summary(&snap.rows),
-            "latency_us": {
-                "ingest": summary(&snap.ingest),
-                "queue_wait": summary(&snap.wait),
-                "commit": summary(&snap.commit),
-                "delivery_first_attempt": summary(&snap.first_attempt),
-                "delivery_attempt": summary(&snap.attempt),
-                "delivery_end_to_end": summary(&snap.end_to_end),
-            },
+            "latency_us": snap
+                .latencies()
+                .into_iter()
+                .map(|(name, h)| (name.to_string(), summary(h)))
+                .collect::<serde_json::Map<_, _>>(),
             "histograms": {
                 "encoding": "HdrHistogram V2, base64",
                 "ingest_us": encoded(&snap.ingest),

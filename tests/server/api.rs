@@ -403,11 +403,33 @@ fn queue_stats_merge_every_core_and_serialize_histograms() {
         .unwrap();
     assert_eq!(h.len(), ingest["count"].as_u64().unwrap());
     let text = call(s.addr, "GET", "/api/queue/stats?format=hgrm", None, "");
+    assert_eq!(text.header("x-histogram"), Some("ingest"));
+    assert_eq!(text.header("x-histogram-unit"), Some("ms"));
     let text = String::from_utf8(text.body).unwrap();
     assert!(
         text.contains("Percentile") && text.contains("#[Max"),
         "{text}"
     );
+    let commit = call(
+        s.addr,
+        "GET",
+        "/api/queue/stats?format=hgrm&histogram=commit",
+        None,
+        "",
+    );
+    assert_eq!(commit.header("x-histogram"), Some("commit"));
+    assert!(String::from_utf8(commit.body)
+        .unwrap()
+        .contains("Percentile"));
+    let unknown = call(
+        s.addr,
+        "GET",
+        "/api/queue/stats?format=hgrm&histogram=nope",
+        None,
+        "",
+    );
+    assert_eq!(unknown.status, 400);
+    assert_eq!(unknown.code(), "invalid_parameter");
 }
 
 #[test]
