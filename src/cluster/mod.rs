@@ -178,6 +178,27 @@ enum Running {
     Adopted(Pid),
 }
 
+/// The first directory above `dir` (outermost first) that `user` may not enter: PostgreSQL,
+/// run as `user`, could not reach its data directory through it. Supplementary groups are not
+/// consulted: a directory open to the user's group only counts as open when it is the user's
+/// primary group.
+fn first_closed_to(dir: &Path, user: &User) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut above: Vec<&Path> = dir.ancestors().skip(1).collect();
+    above.reverse();
+    above.into_iter().find_map(|d| {
+        let m = fs::metadata(d).ok()?;
+        let bit = if m.uid() == user.uid.as_raw() {
+            0o100
+        } else if m.gid() == user.gid.as_raw() {
+            0o010
+        } else {
+            0o001
+        };
+        (m.mode() & bit == 0).then(|| d.to_path_buf())
+    })
+}
+
 pub struct Cluster {
     bins: Binaries,
     /// `<data-dir>/postgres`: PGDATA.
@@ -202,6 +223,19 @@ impl Cluster {
                  `postgres` account to run it as: create one (`useradd --system postgres`) \
                  or run the server as an ordinary user",
             )?;
+            if let Some(closed) = first_closed_to(&data_dir, &user) {
+                bail!(
+                    "running as root, the embedded PostgreSQL runs as `{name}`, which cannot \
+                     enter {closed} (mode {mode:o}) to reach the data directory {dir}. Either \
+                     choose a data directory it can reach, for example `--data-dir \
+                     /var/lib/triggers`, or let it pass through: `chmod o+x {closed}` (lets \
+                     every account enter that directory, not list it)",
+                    name = user.name,
+                    closed = closed.display(),
+                    mode = fs::metadata(&closed).map_or(0, |m| m.permissions().mode() & 0o7777),
+                    dir = data_dir.display(),
+                );
+            }
             Some(user)
         } else {
             None
@@ -611,6 +645,24 @@ impl Drop for Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outermost_directory_closed_to_the_cluster_owner_is_named() {
+        let Ok(Some(nobody)) = User::from_name("nobody") else {
+            return;
+        };
+        let top = tempfile::tempdir().unwrap();
+        let (outer, inner) = (top.path().join("a"), top.path().join("a/b"));
+        let data = inner.join("data");
+        fs::create_dir_all(&data).unwrap();
+        for d in [top.path(), &outer, &inner] {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        assert_eq!(first_closed_to(&data, &nobody), None);
+        fs::set_permissions(&inner, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(&outer, fs::Permissions::from_mode(0o750)).unwrap();
+        assert_eq!(first_closed_to(&data, &nobody), Some(outer));
+    }
 
     #[test]
     fn shared_buffers_are_a_quarter_of_memory_between_postgres_default_and_1_gb() {

@@ -198,6 +198,43 @@ fn a_repeated_signal_within_a_second_is_the_same_graceful_stop() {
     assert!(!data.path().join("postgres/postmaster.pid").exists());
 }
 
+/// As root, the embedded PostgreSQL runs as `postgres`: a data directory under a directory it
+/// cannot enter (root's home, 0700) is refused at once with the two ways out, and the first of
+/// them (`chmod o+x`) works.
+#[test]
+fn as_root_a_data_directory_postgres_cannot_reach_is_refused_with_what_to_do() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let top = data_dir();
+    let home = top.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = home.join("data");
+    let out = std::process::Command::new(server_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let chmod = format!("chmod o+x {}", home.display());
+    assert!(err.contains(&chmod), "{err}");
+    assert!(err.contains("--data-dir /var/lib/triggers"), "{err}");
+
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o701)).unwrap();
+    let dir = data.to_str().unwrap().to_string();
+    let mut s = Server::start_with(&["--data-dir", &dir]);
+    let (key, _) = new_org(s.addr, "root-home");
+    assert_eq!(
+        post_event(s.addr, &key, r#"{"type":"t","payload":{}}"#).status,
+        202
+    );
+    assert!(s.terminate().success());
+}
+
 fn postmaster_pid(data_dir: &std::path::Path) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
