@@ -19,12 +19,25 @@ fn holds(o: &Outcome, rate: u64, p99_ms: f64) -> bool {
     p99 <= p99_ms && o.ok_fraction() >= 0.999 && achieved >= 0.95 * rate as f64
 }
 
+/// What a sweep is doing, shown before each step: which step of how many, and what held so far.
+fn step_line(step: u64, total: u64, rate: u64, seconds: u64, held: Option<u64>) -> String {
+    let so_far = match held {
+        Some(r) => format!("highest held so far {r} req/s"),
+        None => "none held yet".to_string(),
+    };
+    format!("sweep step {step}/{total}: {rate} req/s for {seconds} s ({so_far})")
+}
+
 pub async fn sweep(run: &RunArgs, steps: &Steps) -> anyhow::Result<()> {
     let target = run.targets()?.remove(0);
     let mut held = None;
     let mut rows = Vec::new();
     let mut rate = steps.start;
+    let total = (steps.max.saturating_sub(steps.start)) / steps.step.max(1) + 1;
+    let mut step = 0;
     while rate <= steps.max {
+        step += 1;
+        eprintln!("{}", step_line(step, total, rate, run.duration, held));
         let args = RunArgs {
             rate,
             ..run.clone()
@@ -54,4 +67,21 @@ pub async fn sweep(run: &RunArgs, steps: &Steps) -> anyhow::Result<()> {
         report::write(dir, &rows, "sweep")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_step_says_where_the_sweep_is_and_what_held() {
+        assert_eq!(
+            step_line(1, 5, 2000, 10, None),
+            "sweep step 1/5: 2000 req/s for 10 s (none held yet)"
+        );
+        assert_eq!(
+            step_line(3, 5, 4000, 10, Some(3000)),
+            "sweep step 3/5: 4000 req/s for 10 s (highest held so far 3000 req/s)"
+        );
+    }
 }

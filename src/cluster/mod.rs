@@ -295,10 +295,23 @@ impl Cluster {
     /// Runs PostgreSQL's `program` (as the cluster's owner when there is one); what it printed
     /// is in the error if it fails.
     fn run_tool(&self, program: &str, args: &[&dyn AsRef<OsStr>]) -> anyhow::Result<()> {
+        self.run_tool_with(program, args, Stdio::piped())
+    }
+
+    /// `run_tool`, its standard error going to `stderr` (inherited: its progress shows as it
+    /// runs, and its messages are not repeated in the error).
+    fn run_tool_with(
+        &self,
+        program: &str,
+        args: &[&dyn AsRef<OsStr>],
+        stderr: Stdio,
+    ) -> anyhow::Result<()> {
         let path = self.bins.bin(program);
         let out = self
             .command(&path)
             .args(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
             .output()
             .with_context(|| format!("running {}", path.display()))?;
         if !out.status.success() {
@@ -611,9 +624,11 @@ pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<()> {
     cluster.give_to_owner(&out)?;
     let copy = out.join("postgres");
     let port = PORT.to_string();
-    cluster.run_tool(
+    // Its progress (kB copied of the total, every second) goes to the terminal.
+    cluster.run_tool_with(
         "pg_basebackup",
         &[
+            &"--progress",
             &"--pgdata",
             &copy,
             &"--host",
@@ -628,6 +643,7 @@ pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<()> {
             &"--checkpoint=fast",
             &"--label=triggers backup",
         ],
+        Stdio::inherit(),
     )?;
     cluster.run_tool("pg_verifybackup", &[&copy])?;
     let marker = out.join(INITIALIZED_MARKER);
