@@ -16,7 +16,7 @@
 //!
 //! | floor | modules | what they are |
 //! |---|---|---|
-//! | 7 | `server` | start-up and shutdown order |
+//! | 7 | `server`, `ops` | start-up and shutdown order; the operator's commands |
 //! | 6 | `config` | flags, environment, file, defaults → each subsystem's settings |
 //! | 5 | `core` | one pinned runtime per core: accept loop, mail and drain tasks |
 //! | 4 | `api`, `persist` | the routes; the only writer of events |
@@ -36,6 +36,7 @@ pub mod egress;
 pub mod hooks;
 pub mod http;
 pub mod ids;
+pub mod ops;
 pub mod persist;
 pub mod queue;
 pub mod ratelimit;
@@ -61,7 +62,7 @@ const FLOORS: &[&[&str]] = &[
     &["api", "delivery", "persist"],
     &["core"],
     &["config"],
-    &["server"],
+    &["server", "ops"],
 ];
 
 #[cfg(test)]

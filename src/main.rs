@@ -50,6 +50,107 @@ enum Command {
         /// Where the copy goes: a new or empty directory
         out: PathBuf,
     },
+    /// Organizations: create one on any tier, list them, change a tier (talks to the database
+    /// directly; no admin token)
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
+    /// API keys of an organization: list them (prefixes only), revoke them
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// A running node's latency percentiles and counters, as a table
+    Stats {
+        /// The node's base URL
+        #[arg(long, default_value = "http://127.0.0.1:8090")]
+        url: String,
+        /// The node's admin token, when it has one
+        #[arg(long, env = "TRIGGERS_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    /// Create an organization and its first key (printed once, as JSON)
+    Create {
+        /// Its name
+        name: String,
+        /// Its tier [default free]
+        #[arg(long)]
+        tier: Option<String>,
+        #[command(flatten)]
+        db: Db,
+    },
+    /// List every organization
+    List {
+        #[command(flatten)]
+        db: Db,
+    },
+    /// Put an organization on another tier: its rate limit, and the retention of events that
+    /// arrive from now on; running nodes apply it within a second
+    SetTier {
+        /// The organization's id
+        org: String,
+        tier: String,
+        #[command(flatten)]
+        db: Db,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// List an organization's keys: shown prefix, created, revoked
+    List {
+        /// The organization's id
+        org: String,
+        #[command(flatten)]
+        db: Db,
+    },
+    /// Revoke an organization's keys (every one, or those whose shown prefix starts with
+    /// --prefix); running nodes refuse them within a second
+    Revoke {
+        /// The organization's id
+        org: String,
+        /// Only keys whose shown prefix (`trg_` and 8 digits) starts with this
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[command(flatten)]
+        db: Db,
+    },
+}
+
+/// Which database an operator's command works on: found as `serve` finds it.
+#[derive(clap::Args)]
+struct Db {
+    /// The server's config file
+    #[arg(long, env = "TRIGGERS_CONFIG")]
+    config: Option<PathBuf>,
+    /// The server's data directory, for its embedded cluster (the running server's, or started
+    /// for the command) [default ./data]
+    #[arg(long, env = "TRIGGERS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The server's database URL instead; DATABASE_URL is read too
+    #[arg(long, env = "TRIGGERS_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+impl Db {
+    fn config(self) -> anyhow::Result<Config> {
+        let settings = Settings {
+            data_dir: self.data_dir,
+            database_url: self.database_url,
+            ..Settings::default()
+        };
+        Config::load(settings, self.config.as_deref())
+    }
+}
+
+/// Prints what an operator's command answered; its error goes to the log, as the server's do.
+fn print(result: anyhow::Result<String>) -> std::process::ExitCode {
+    exit_code(result.map(|text| print!("{text}")))
 }
 
 fn main() -> std::process::ExitCode {
@@ -89,6 +190,36 @@ fn main() -> std::process::ExitCode {
                 );
             }
             exit_code(done)
+        }
+        Command::Org { command } => {
+            logging();
+            print(match command {
+                OrgCommand::Create { name, tier, db } => db
+                    .config()
+                    .and_then(|c| triggers::ops::org_create(&c, &name, tier.as_deref()))
+                    .map(|answer| format!("{answer:#}\n")),
+                OrgCommand::List { db } => db.config().and_then(|c| triggers::ops::org_list(&c)),
+                OrgCommand::SetTier { org, tier, db } => db
+                    .config()
+                    .and_then(|c| triggers::ops::org_set_tier(&c, &org, &tier))
+                    .map(|done| format!("{done}\n")),
+            })
+        }
+        Command::Keys { command } => {
+            logging();
+            print(match command {
+                KeysCommand::List { org, db } => {
+                    db.config().and_then(|c| triggers::ops::keys_list(&c, &org))
+                }
+                KeysCommand::Revoke { org, prefix, db } => db
+                    .config()
+                    .and_then(|c| triggers::ops::keys_revoke(&c, &org, &prefix))
+                    .map(|done| format!("{done}\n")),
+            })
+        }
+        Command::Stats { url, admin_token } => {
+            logging();
+            print(triggers::ops::stats(&url, admin_token.as_deref()))
         }
     }
 }

@@ -602,6 +602,26 @@ pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<()> {
             out.display()
         );
     }
+    with_cluster(data_dir, |cluster| copy_into(cluster, out))
+}
+
+/// Runs `f` on the embedded cluster of server data directory `data_dir`: the running server's
+/// (reached over its socket, `Cluster::client_config`), or, with no server running, the
+/// cluster started for `f` and stopped after it (no server can start on the directory
+/// meanwhile).
+pub fn with_cluster<T>(
+    data_dir: &Path,
+    f: impl FnOnce(&Cluster) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if !data_dir.join(INITIALIZED_MARKER).exists() {
+        bail!(
+            "{} holds no embedded PostgreSQL cluster: start the server on it once \
+             (`triggers serve --data-dir {}`), or name the database the server uses \
+             (--database-url)",
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
     // Held, no server can start on the directory while this one runs the cluster; declared
     // first, it is let go after `cluster` (and a cluster started here) is dropped.
     let no_server = lock_data_dir(data_dir).ok();
@@ -614,10 +634,15 @@ pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<()> {
                 data_dir.display()
             );
         }
-        tracing::info!("the cluster is not running: starting it for the backup");
+        tracing::info!("the cluster is not running: starting it for this command");
         // Stopped again when `cluster` is dropped; a running one was not adopted and stays.
         cluster.start(false)?;
     }
+    f(&cluster)
+}
+
+/// `backup`'s copy, from a running `cluster`.
+fn copy_into(cluster: &Cluster, out: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let out = out.canonicalize()?;
     fs::set_permissions(&out, fs::Permissions::from_mode(0o700))?;

@@ -8,8 +8,19 @@ use postgres::{Client, Transaction};
 use super::deliveries;
 use crate::ids::{KeyHash, OrgId};
 
-/// The channel on which a node announces a key rotation; the payload is the organization id.
+/// The channel on which an organization's change of keys or tier is announced (the payload is
+/// its id): every node forgets what it cached of it. The name is from when only key rotation
+/// used it, and stays so that nodes of different versions still hear each other.
 pub const ROTATION_CHANNEL: &str = "triggers_key_rotation";
+
+/// Tells every node, once `tx` commits, to forget what it cached of `org`.
+fn announce(tx: &mut Transaction<'_>, org: OrgId) -> Result<(), postgres::Error> {
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&ROTATION_CHANNEL, &org.to_string()],
+    )?;
+    Ok(())
+}
 
 /// An organization as one of its keys sees it.
 #[derive(Clone, Debug)]
@@ -114,11 +125,97 @@ pub fn rotate_key(
         &[&org, &at],
     )?;
     insert_key(&mut tx, org, hash, prefix, at)?;
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&ROTATION_CHANNEL, &org.to_string()],
-    )?;
+    announce(&mut tx, org)?;
     tx.commit()
+}
+
+/// An organization as an operator lists it.
+#[derive(Debug)]
+pub struct Listed {
+    pub id: OrgId,
+    pub name: String,
+    pub tier: String,
+    pub created_at: SystemTime,
+    pub active_keys: i64,
+    pub webhook_url: Option<String>,
+}
+
+/// Every organization, oldest first (an operator's listing: not confined to one).
+pub fn list(client: &mut Client) -> Result<Vec<Listed>, postgres::Error> {
+    let rows = client.query(
+        "SELECT o.org_id, o.name, o.tier, o.created_at, o.webhook_url,
+                (SELECT count(*) FROM api_keys k
+                 WHERE k.org_id = o.org_id AND k.revoked_at IS NULL)
+         FROM organizations o ORDER BY o.created_at, o.org_id",
+        &[],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| Listed {
+            id: r.get(0),
+            name: r.get(1),
+            tier: r.get(2),
+            created_at: r.get(3),
+            webhook_url: r.get(4),
+            active_keys: r.get(5),
+        })
+        .collect())
+}
+
+/// Puts `org` on `tier`; every node forgets its cached copy. `false`: no such organization.
+pub fn set_tier(client: &mut Client, org: OrgId, tier: &str) -> Result<bool, postgres::Error> {
+    let mut tx = client.transaction()?;
+    let found = tx.execute(
+        "UPDATE organizations SET tier = $2 WHERE org_id = $1",
+        &[&org, &tier],
+    )? == 1;
+    announce(&mut tx, org)?;
+    tx.commit()?;
+    Ok(found)
+}
+
+/// A key as an operator lists it: never the key, only its shown prefix.
+#[derive(Debug)]
+pub struct KeyRow {
+    pub prefix: String,
+    pub created_at: SystemTime,
+    pub revoked_at: Option<SystemTime>,
+}
+
+/// `org`'s keys, newest first.
+pub fn keys(client: &mut Client, org: OrgId) -> Result<Vec<KeyRow>, postgres::Error> {
+    let rows = client.query(
+        "SELECT key_prefix, created_at, revoked_at FROM api_keys
+         WHERE org_id = $1 ORDER BY created_at DESC",
+        &[&org],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| KeyRow {
+            prefix: r.get(0),
+            created_at: r.get(1),
+            revoked_at: r.get(2),
+        })
+        .collect())
+}
+
+/// Revokes `org`'s unrevoked keys whose shown prefix starts with `prefix` (all of them when
+/// it is empty) at `at`; every node forgets its cached copy. Returns how many.
+pub fn revoke_keys(
+    client: &mut Client,
+    org: OrgId,
+    prefix: &str,
+    at: SystemTime,
+) -> Result<u64, postgres::Error> {
+    let mut tx = client.transaction()?;
+    let n = tx.execute(
+        "UPDATE api_keys SET revoked_at = $3
+         WHERE org_id = $1 AND revoked_at IS NULL AND starts_with(key_prefix, $2)",
+        &[&org, &prefix, &at],
+    )?;
+    announce(&mut tx, org)?;
+    tx.commit()?;
+    Ok(n)
 }
 
 /// Where `org`'s events are pushed; the secret is the Standard Webhooks signing secret.

@@ -75,7 +75,16 @@ const NOT_CONFINED: &[(&str, &str, &str)] = &[
         "the partition upkeep's trimming: rows of expired events of every organization, a \
          bounded batch per statement, run on every shard (Citus: once a minute at most)",
     ),
-    ("orgs.rs", "pg_notify", "a key rotation's notice: no table"),
+    (
+        "orgs.rs",
+        "pg_notify",
+        "a change of an organization's keys or tier: no table",
+    ),
+    (
+        "orgs.rs",
+        "FROM organizations o ORDER BY",
+        "the operator's listing of every organization (`triggers org list`)",
+    ),
     ("health.rs", "SELECT 1", "the readiness probe: no table"),
     (
         "mod.rs",

@@ -14,6 +14,7 @@ mod inbox_ack;
 mod keys_webhooks;
 mod nodes;
 mod openapi;
+mod ops;
 mod rate_limits;
 mod retention;
 mod webhooks;

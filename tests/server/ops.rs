@@ -1,0 +1,111 @@
+//! The operator's commands (`triggers org`, `triggers keys`, `triggers stats`), run as an
+//! operator runs them: the binary against the database a server uses, while that server runs
+//! (changes reach it within a second) or, for the embedded cluster, while none does.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use testkit::*;
+
+/// Runs `triggers ARGS`; its standard output, or the test fails with what it said.
+fn triggers(args: &[&str]) -> String {
+    let out = Command::new(server_binary())
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "triggers {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within a second");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tier_of(addr: std::net::SocketAddr, key: &str) -> Option<String> {
+    let r = call(addr, "GET", "/api/keys", Some(key), "");
+    (r.status == 200).then(|| r.json()["tier"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn an_operator_creates_lists_retiers_and_revokes_while_the_server_runs() {
+    let url = shared_cluster().new_database("ops");
+    let server = Server::start_with(&["--database-url", &url]);
+    let db = ["--database-url", url.as_str()];
+
+    let created: serde_json::Value = serde_json::from_str(&triggers(
+        &[&["org", "create", "acme", "--tier", "enterprise"][..], &db].concat(),
+    ))
+    .unwrap();
+    let key = created["api_key"].as_str().unwrap().to_string();
+    let org = created["organization_id"].as_str().unwrap().to_string();
+    assert_eq!(created["rate_limit_per_minute"], 100_000);
+    assert_eq!(created["retention_days"], 90);
+    let body = r#"{"type":"t","payload":{}}"#;
+    assert_eq!(post_event(server.addr, &key, body).status, 202);
+    assert_eq!(tier_of(server.addr, &key).as_deref(), Some("enterprise"));
+
+    let listed = triggers(&[&["org", "list"][..], &db].concat());
+    assert!(listed.starts_with("organization"), "{listed}");
+    assert!(listed.contains(&org) && listed.contains("acme"), "{listed}");
+
+    triggers(&[&["org", "set-tier", &org, "free"][..], &db].concat());
+    eventually("the running server applies the new tier", || {
+        tier_of(server.addr, &key).as_deref() == Some("free")
+    });
+    let r = post_event(server.addr, &key, body);
+    assert_eq!(r.header("x-ratelimit-limit"), Some("100"));
+
+    let keys = triggers(&[&["keys", "list", &org][..], &db].concat());
+    assert!(keys.contains(&key[..12]), "{keys}");
+    assert!(!keys.contains(&key[12..]), "a listing never shows a key");
+    triggers(&[&["keys", "revoke", &org][..], &db].concat());
+    eventually("the running server refuses the revoked key", || {
+        post_event(server.addr, &key, body).status == 401
+    });
+
+    let stats = triggers(&["stats", "--url", &server.url()]);
+    assert!(
+        stats.lines().nth(1).unwrap().starts_with("ingest"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("p99") && stats.contains("accepted"),
+        "{stats}"
+    );
+}
+
+#[test]
+fn an_operator_command_on_a_stopped_embedded_server_starts_its_cluster_for_the_while() {
+    let data = data_dir();
+    let dir = data.path().to_str().unwrap().to_string();
+    let mut first = Server::start_with(&["--data-dir", &dir]);
+    assert!(first.terminate().success());
+
+    let created: serde_json::Value =
+        serde_json::from_str(&triggers(&["org", "create", "offline", "--data-dir", &dir])).unwrap();
+    assert!(
+        !data.path().join("postgres/postmaster.pid").exists(),
+        "the cluster started for the command is stopped after it"
+    );
+    let server = Server::start_with(&["--data-dir", &dir]);
+    let key = created["api_key"].as_str().unwrap();
+    assert_eq!(
+        post_event(server.addr, key, r#"{"type":"t","payload":{}}"#).status,
+        202
+    );
+    let bad = Command::new(server_binary())
+        .args(["org", "set-tier", "not-a-uuid", "free", "--data-dir", &dir])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not an organization id"));
+}
