@@ -3,7 +3,8 @@
 # run as an unprivileged account with the Dockerfile's environment, its data directory on a
 # path of its own, its PostgreSQL running as that account too, the Dockerfile's HEALTHCHECK
 # command passing, and the STOPSIGNAL stopping it gracefully with the cluster. Needs root (to
-# make the account and switch to it) and a built server (target/debug/triggers, as
+# make the account and switch to it) and a built server (target/debug/triggers, or under
+# CARGO_TARGET_DIR, as
 # `cargo test` leaves it; BIN= another). Exit 2: not root, nothing checked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then
   echo "container-layout: not root: skipped" >&2
   exit 2
 fi
-bin="${BIN:-target/debug/triggers}"
+bin="${BIN:-${CARGO_TARGET_DIR:-target}/debug/triggers}"
 port="${PORT:-18497}"
 user=triggers-layout
 id "$user" >/dev/null 2>&1 ||
