@@ -61,6 +61,13 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Report which host settings of tuning/ this machine lacks (exit 1 if any); changes
+    /// nothing
+    Check {
+        /// A running server's PID: its open-file limit and allowed CPUs too
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// A running node's latency percentiles and counters, as a table
     Stats {
         /// The node's base URL
@@ -216,6 +223,26 @@ fn main() -> std::process::ExitCode {
                     .and_then(|c| triggers::ops::keys_revoke(&c, &org, &prefix))
                     .map(|done| format!("{done}\n")),
             })
+        }
+        Command::Check { pid } => {
+            let mut host = triggers::ops::Host::this();
+            if let Some(pid) = pid {
+                let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}"));
+                match (read("limits"), read("status")) {
+                    (Ok(limits), Ok(status)) => host.server = Some((pid, limits, status)),
+                    _ => {
+                        eprintln!("no process {pid} to look at");
+                        return std::process::ExitCode::FAILURE;
+                    }
+                }
+            }
+            let (text, missing) = triggers::ops::check(&host);
+            print!("{text}");
+            if missing == 0 {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
         Command::Stats { url, admin_token } => {
             logging();

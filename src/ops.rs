@@ -1,6 +1,7 @@
 //! ops: the operator's commands, on the same binary as the server. They talk to the database
 //! directly (no HTTP, no admin token: whoever can reach the database, or the data directory
-//! of the embedded cluster, is the operator), except `stats`, which reads a running node.
+//! of the embedded cluster, is the operator), except `stats`, which reads a running node, and
+//! `check`, which reads the host's settings.
 //! Changes to an organization are announced to every node, as a key rotation is, so running
 //! nodes forget what they cached of it within a second. Beside `server` on the top floor.
 
@@ -243,9 +244,217 @@ fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     out
 }
 
+/// One line of the host check: `ok`, `!!` (missing: counted), `..` (for information), `?`
+/// (unreadable).
+fn verdict(ok: Option<bool>, what: String) -> (bool, String) {
+    match ok {
+        Some(true) => (false, format!("  ok {what}")),
+        Some(false) => (true, format!("  !! {what}")),
+        None => (false, format!("  ?  {what}: unreadable")),
+    }
+}
+
+/// A sysctl's value by its dotted name (`net.core.somaxconn`), as /proc/sys shows it.
+pub type Sysctl = Box<dyn Fn(&str) -> Option<String>>;
+
+/// What the host check reads, passed in so the judgement is tested with any values.
+pub struct Host {
+    pub sysctl: Sysctl,
+    /// This process's soft limit on open files.
+    pub open_files: Option<u64>,
+    /// MemTotal in kB.
+    pub mem_kb: Option<u64>,
+    /// Where the PostgreSQL server binaries are, or why they were not found.
+    pub postgres: Result<std::path::PathBuf, String>,
+    /// A running server's `/proc/PID/limits` and `/proc/PID/status`, when a PID was given.
+    pub server: Option<(u32, String, String)>,
+}
+
+impl Host {
+    /// This machine.
+    pub fn this() -> Host {
+        let read = |path: String| std::fs::read_to_string(path).ok();
+        Host {
+            sysctl: Box::new(move |name| {
+                read(format!("/proc/sys/{}", name.replace('.', "/"))).map(|v| v.trim().to_string())
+            }),
+            open_files: rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
+            mem_kb: read("/proc/meminfo".into()).and_then(|m| {
+                let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_string();
+                line.split_whitespace().nth(1)?.parse().ok()
+            }),
+            postgres: cluster::Binaries::locate()
+                .map(|b| b.dir)
+                .map_err(|e| format!("{e:#}")),
+            server: None,
+        }
+    }
+}
+
+/// The host settings `tuning/` asks for, as lines, and how many are missing.
+pub fn check(host: &Host) -> (String, usize) {
+    let num = |name: &str| {
+        (host.sysctl)(name).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    let at_least = |name: &str, want: u64| {
+        let v = num(name);
+        let what = match v {
+            Some(v) if v >= want => format!("{name} = {v}"),
+            Some(v) => format!("{name} = {v}, want >= {want}"),
+            None => name.to_string(),
+        };
+        verdict(v.map(|v| v >= want), what)
+    };
+    let mut lines = vec![(false, "kernel:".to_string())];
+    lines.push(at_least("net.core.somaxconn", 4096));
+    lines.push(at_least("net.ipv4.tcp_max_syn_backlog", 8192));
+    let ports: Option<Vec<u64>> = (host.sysctl)("net.ipv4.ip_local_port_range").map(|r| {
+        r.split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    });
+    lines.push(match ports.as_deref() {
+        Some([lo, hi]) if hi - lo >= 50_000 => {
+            verdict(Some(true), format!("ip_local_port_range = {lo}-{hi}"))
+        }
+        Some([lo, hi]) => verdict(
+            Some(false),
+            format!("ip_local_port_range = {lo}-{hi}, want 10240-65535"),
+        ),
+        _ => verdict(None, "ip_local_port_range".into()),
+    });
+    lines.push(match num("kernel.io_uring_disabled") {
+        None => (
+            false,
+            "  ok kernel.io_uring_disabled: no such switch on this kernel".into(),
+        ),
+        Some(0) => verdict(Some(true), "kernel.io_uring_disabled = 0".into()),
+        Some(v) => verdict(
+            Some(false),
+            format!("kernel.io_uring_disabled = {v} (the server will use epoll)"),
+        ),
+    });
+    let bg = num("vm.dirty_background_bytes").unwrap_or(0);
+    lines.push(if bg > 0 && bg <= 64 << 20 {
+        verdict(Some(true), format!("vm.dirty_background_bytes = {bg}"))
+    } else {
+        let ratio = num("vm.dirty_background_ratio").unwrap_or(10);
+        let at_mb = host
+            .mem_kb
+            .map_or("?".into(), |kb| (kb * ratio / 100 / 1024).to_string());
+        verdict(
+            Some(false),
+            format!(
+                "vm.dirty_background_bytes = {bg} (write-back starts at {ratio}% of memory, \
+                 ~{at_mb} MB: commits stall behind the bursts; the server hands its embedded \
+                 cluster's files to write-back itself meanwhile), want 33554432"
+            ),
+        )
+    });
+    lines.push((
+        false,
+        "limits of this process (a service unit sets its own):".into(),
+    ));
+    lines.push(verdict(
+        host.open_files.map(|n| n >= 65_536),
+        match host.open_files {
+            Some(n) if n >= 65_536 => format!("open files = {n}"),
+            Some(n) => format!("open files = {n}, want >= 65536 (ulimit -n, LimitNOFILE)"),
+            None => "open files = unlimited".into(),
+        },
+    ));
+    if let Some((pid, limits, status)) = &host.server {
+        lines.push((false, format!("server {pid}:")));
+        let field = |text: &str, key: &str| {
+            text.lines().find(|l| l.starts_with(key)).map(|l| {
+                l[key.len()..]
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+        };
+        let files = field(limits, "Max open files").unwrap_or_else(|| "?".into());
+        let cpus = field(status, "Cpus_allowed_list:").unwrap_or_else(|| "?".into());
+        lines.push((
+            false,
+            format!("  .. max open files (soft hard unit) = {files}"),
+        ));
+        lines.push((false, format!("  .. CPUs allowed = {cpus}")));
+    }
+    lines.push((false, "PostgreSQL server binaries:".into()));
+    lines.push(match &host.postgres {
+        Ok(dir) => verdict(Some(true), format!("found in {}", dir.display())),
+        Err(why) => verdict(
+            Some(false),
+            format!("not found ({why}): apt-get install postgresql, or run with --database-url"),
+        ),
+    });
+    let missing = lines.iter().filter(|(m, _)| *m).count();
+    let mut text: String = lines.into_iter().map(|(_, l)| l + "\n").collect();
+    let _ = writeln!(text, "{missing} setting(s) missing");
+    (text, missing)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn host(sysctls: &'static [(&'static str, &'static str)], open_files: u64) -> Host {
+        Host {
+            sysctl: Box::new(move |name| {
+                sysctls
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            }),
+            open_files: Some(open_files),
+            mem_kb: Some(24 << 20),
+            postgres: Ok("/usr/lib/postgresql/15/bin".into()),
+            server: None,
+        }
+    }
+
+    #[test]
+    fn the_host_check_counts_what_is_missing_and_says_what_to_want() {
+        let tuned = host(
+            &[
+                ("net.core.somaxconn", "4096"),
+                ("net.ipv4.tcp_max_syn_backlog", "8192"),
+                ("net.ipv4.ip_local_port_range", "10240\t65535"),
+                ("kernel.io_uring_disabled", "0"),
+                ("vm.dirty_background_bytes", "33554432"),
+            ],
+            65_536,
+        );
+        let (text, missing) = check(&tuned);
+        assert_eq!(missing, 0, "{text}");
+        assert!(
+            text.contains("  ok ip_local_port_range = 10240-65535"),
+            "{text}"
+        );
+        let untuned = host(
+            &[
+                ("net.core.somaxconn", "128"),
+                ("net.ipv4.ip_local_port_range", "32768 60999"),
+                ("vm.dirty_background_bytes", "0"),
+                ("vm.dirty_background_ratio", "10"),
+            ],
+            1024,
+        );
+        let (text, missing) = check(&untuned);
+        assert_eq!(missing, 4, "{text}");
+        assert!(
+            text.contains("  !! net.core.somaxconn = 128, want >= 4096"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  ?  net.ipv4.tcp_max_syn_backlog: unreadable"),
+            "{text}"
+        );
+        assert!(text.contains("~2457 MB"), "{text}");
+        assert!(text.contains("no such switch"), "{text}");
+        assert!(text.ends_with("4 setting(s) missing\n"), "{text}");
+    }
 
     #[test]
     fn tables_pad_columns_to_their_widest_cell() {

@@ -109,3 +109,34 @@ fn an_operator_command_on_a_stopped_embedded_server_starts_its_cluster_for_the_w
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not an organization id"));
 }
+
+#[test]
+fn the_host_check_reports_each_setting_and_a_running_servers_limits() {
+    let server = Server::start(&[]);
+    let out = Command::new(server_binary())
+        .args(["check", "--pid", &server.pid().to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let missing: usize = text
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no count of missing settings:\n{text}"));
+    assert_eq!(out.status.success(), missing == 0, "{text}");
+    for wanted in [
+        "net.core.somaxconn",
+        "vm.dirty_background_bytes",
+        "open files",
+        &format!("server {}:", server.pid()),
+        "CPUs allowed",
+        "PostgreSQL server binaries:",
+    ] {
+        assert!(text.contains(wanted), "{wanted:?} missing from:\n{text}");
+    }
+    let gone = Command::new(server_binary())
+        .args(["check", "--pid", "999999999"])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success());
+}
