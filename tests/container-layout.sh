@@ -19,16 +19,16 @@ id "$user" >/dev/null 2>&1 ||
   useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$user"
 
 root=$(mktemp -d)
-chmod 755 "$root"
-mkdir -p "$root/usr/local/bin" "$root/var/lib/triggers"
-cp "$bin" "$root/usr/local/bin/triggers"
-chown "$user" "$root/var/lib/triggers"
-log="$root/server.log"
 cleanup() {
   [ -n "${server:-}" ] && kill -KILL "$server" 2>/dev/null || true
   rm -rf "$root"
 }
 trap cleanup EXIT
+chmod 755 "$root"
+mkdir -p "$root/usr/local/bin" "$root/var/lib/triggers"
+cp "$bin" "$root/usr/local/bin/triggers"
+chown "$user" "$root/var/lib/triggers"
+log="$root/server.log"
 
 # The Dockerfile's ENV, with the port moved off 8090.
 env_from_dockerfile=$(sed -n '/^ENV /,/[^\\]$/p' Dockerfile | sed 's/^ENV //; s/\\$//' | tr -s ' \n' ' ')
