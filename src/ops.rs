@@ -8,9 +8,9 @@
 use std::fmt::Write as _;
 
 use anyhow::{bail, Context};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::auth::NewKey;
+use crate::api;
 use crate::cluster;
 use crate::config::{Config, Database};
 use crate::db::{self, orgs};
@@ -40,44 +40,17 @@ fn org_id(text: &str) -> anyhow::Result<OrgId> {
         .with_context(|| format!("{text:?} is not an organization id (a UUID)"))
 }
 
-fn tier_known(tiers: &Tiers, tier: &str) -> anyhow::Result<()> {
-    if tiers.get(tier).is_none() {
-        let known: Vec<&str> = tiers.names().collect();
-        bail!("unknown tier `{tier}`; known tiers: {}", known.join(", "));
-    }
-    Ok(())
-}
-
 /// Creates an organization on any tier with its first key; the answer `POST
 /// /api/keys/generate` gives, as JSON (the key is shown here only).
 pub fn org_create(config: &Config, name: &str, tier: Option<&str>) -> anyhow::Result<Value> {
-    let tiers = &config.api.tiers;
-    let tier = tier.unwrap_or(Tiers::DEFAULT);
-    tier_known(tiers, tier)?;
-    if name.trim().is_empty() {
-        bail!("an organization needs a name");
-    }
-    let key = NewKey::generate();
-    let days = tiers.retention_days(tier);
-    let org = orgs::Org {
-        id: OrgId::new(),
-        name: name.to_string(),
-        tier: tier.to_string(),
-        key_prefix: key.shown_prefix().to_string(),
-        created_at: now_micros(),
-        key_hash: key.hash,
-        keep_classes: vec![days as i16],
-    };
+    let tier = config
+        .api
+        .tiers
+        .find(tier.unwrap_or(Tiers::DEFAULT))
+        .map_err(anyhow::Error::msg)?;
+    let (org, key) = api::new_org(name, tier).map_err(anyhow::Error::msg)?;
     with_db(config, |c| Ok(orgs::create(c, &org)?))?;
-    Ok(json!({
-        "api_key": key.plaintext,
-        "organization_id": org.id.to_string(),
-        "organization_name": org.name,
-        "tier": org.tier,
-        "rate_limit_per_minute": tiers.get(tier).and_then(|t| t.per_minute),
-        "retention_days": (days > 0).then_some(days),
-        "created_at": rfc3339(org.created_at).to_string(),
-    }))
+    Ok(api::created(&org, &key, tier))
 }
 
 /// Every organization as a table.
@@ -105,7 +78,7 @@ pub fn org_list(config: &Config) -> anyhow::Result<String> {
 /// Puts an organization on another tier (rate and retention); running nodes apply it within a
 /// second. Events already stored keep the retention they arrived with.
 pub fn org_set_tier(config: &Config, org: &str, tier: &str) -> anyhow::Result<String> {
-    tier_known(&config.api.tiers, tier)?;
+    config.api.tiers.find(tier).map_err(anyhow::Error::msg)?;
     let id = org_id(org)?;
     if !with_db(config, |c| Ok(orgs::set_tier(c, id, tier)?))? {
         bail!("no organization {id}");
@@ -397,6 +370,8 @@ pub fn check(host: &Host) -> (String, usize) {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn host(sysctls: &'static [(&'static str, &'static str)], open_files: u64) -> Host {

@@ -66,6 +66,14 @@ impl Tiers {
         self.0.iter().find(|t| t.name == name)
     }
 
+    /// The tier named `name`, or why there is none (naming the tiers there are).
+    pub fn find(&self, name: &str) -> Result<&Tier, String> {
+        self.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.names().collect();
+            format!("unknown tier `{name}`; known tiers: {}", known.join(", "))
+        })
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|t| t.name.as_str())
     }

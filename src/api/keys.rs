@@ -53,19 +53,12 @@ pub async fn generate(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiE
         .organization_name
         .filter(|n| !n.trim().is_empty())
         .ok_or_else(|| ApiError::InvalidRequest("`organization_name` is required".into()))?;
-    if name.chars().count() > ORG_NAME_CHARS_MAX || name.contains('\0') {
-        return Err(ApiError::InvalidRequest(format!(
-            "`organization_name` must be 1..{ORG_NAME_CHARS_MAX} characters"
-        )));
-    }
-    let tier_name = input.tier.unwrap_or_else(|| Tiers::DEFAULT.to_string());
-    let tier = settings.tiers.get(&tier_name).cloned().ok_or_else(|| {
-        let known: Vec<&str> = settings.tiers.names().collect();
-        ApiError::InvalidTier(format!(
-            "unknown tier `{tier_name}`; known tiers: {}",
-            known.join(", ")
-        ))
-    })?;
+    let tier_name = input.tier.as_deref().unwrap_or(Tiers::DEFAULT);
+    let tier = settings
+        .tiers
+        .find(tier_name)
+        .map_err(ApiError::InvalidTier)?
+        .clone();
     let max = &settings.keygen_tier_max;
     if self_serve && tier.rate() > max.rate() {
         return Err(ApiError::TierNotAllowed(format!(
@@ -73,35 +66,51 @@ pub async fn generate(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiE
             max.name, tier.name
         )));
     }
-    let key = NewKey::generate();
+    let (org, key) = new_org(&name, &tier).map_err(ApiError::InvalidRequest)?;
+    let org = Arc::new(org);
     let generation = ctx.keys.generation();
-    let org = Arc::new(Org {
-        id: OrgId::new(),
-        name,
-        tier: tier.name.clone(),
-        key_prefix: key.shown_prefix().to_string(),
-        created_at: now_micros(),
-        key_hash: key.hash,
-        keep_classes: vec![tier.retention_days as i16],
-    });
     let row = org.clone();
     ctx.queries
         .run("create organization", move |c| orgs::create(c, &row))
         .await?;
     ctx.keys.insert_if_current(org.clone(), generation);
     tracing::info!(org = %org.id, tier = %org.tier, "organization created");
-    Ok(Response::json_value(
-        201,
-        &json!({
-            "api_key": key.plaintext,
-            "organization_id": org.id.to_string(),
-            "organization_name": org.name,
-            "tier": org.tier,
-            "rate_limit_per_minute": tier_limit(Some(&tier)),
-            "retention_days": retention(tier.retention_days),
-            "created_at": rfc3339(org.created_at).to_string(),
-        }),
-    ))
+    Ok(Response::json_value(201, &created(&org, &key, &tier)))
+}
+
+/// A new organization named `name` on `tier`, with its first key: what key generation and the
+/// operator's `triggers org create` store. Its events start in its tier's retention class.
+pub fn new_org(name: &str, tier: &Tier) -> Result<(Org, NewKey), String> {
+    let chars = name.chars().count();
+    if name.trim().is_empty() || chars > ORG_NAME_CHARS_MAX || name.contains('\0') {
+        return Err(format!(
+            "`organization_name` must be 1..{ORG_NAME_CHARS_MAX} characters"
+        ));
+    }
+    let key = NewKey::generate();
+    let org = Org {
+        id: OrgId::new(),
+        name: name.to_string(),
+        tier: tier.name.clone(),
+        key_prefix: key.shown_prefix().to_string(),
+        created_at: now_micros(),
+        key_hash: key.hash,
+        keep_classes: vec![tier.retention_days as i16],
+    };
+    Ok((org, key))
+}
+
+/// What creating `org` answers: its key, shown this once, and what its tier allows.
+pub fn created(org: &Org, key: &NewKey, tier: &Tier) -> serde_json::Value {
+    json!({
+        "api_key": key.plaintext,
+        "organization_id": org.id.to_string(),
+        "organization_name": org.name,
+        "tier": org.tier,
+        "rate_limit_per_minute": tier_limit(Some(tier)),
+        "retention_days": retention(tier.retention_days),
+        "created_at": rfc3339(org.created_at).to_string(),
+    })
 }
 
 pub async fn show(ctx: &Context, org: &Org) -> Result<Response, ApiError> {

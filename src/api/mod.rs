@@ -24,6 +24,7 @@ use std::time::Duration;
 
 pub use context::{AckMode, Context, Settings, Shared};
 pub use error::ApiError;
+pub use keys::{created, new_org};
 
 use crate::db::orgs::Org;
 use crate::http::{Handler, Method, Refusal, Request, Response};
