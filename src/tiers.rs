@@ -8,6 +8,13 @@ use std::collections::BTreeMap;
 /// `smallint`).
 pub const RETENTION_DAYS_MAX: u16 = 32_767;
 
+/// The longest of some retentions in days, `0` (forever) being longer than any.
+pub fn longest(days: impl IntoIterator<Item = u16>) -> u16 {
+    days.into_iter()
+        .max_by_key(|&d| if d == 0 { u32::MAX } else { u32::from(d) })
+        .unwrap_or(0)
+}
+
 /// A tier: events per minute (`None`: unlimited) and days its events are kept (`0`: forever).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tier {
@@ -90,12 +97,7 @@ impl Tiers {
 
     /// The longest retention of any tier (`0`: some tier keeps events forever).
     pub fn longest_retention(&self) -> u16 {
-        let days = || self.0.iter().map(|t| t.retention_days);
-        if days().any(|d| d == 0) {
-            0
-        } else {
-            days().max().unwrap_or(0)
-        }
+        longest(self.0.iter().map(|t| t.retention_days))
     }
 
     /// Every retention some tier has, each once: the classes `events` is partitioned by.
@@ -140,6 +142,9 @@ mod tests {
         assert_eq!(t.retentions(), [1, 30]);
         let forever = Tiers::new(m, &retention(&[("free", 1), ("pro", 0)])).unwrap();
         assert_eq!(forever.longest_retention(), 0);
+        assert_eq!(longest([7, 1, 30]), 30);
+        assert_eq!(longest([7, 0, 30]), 0);
+        assert_eq!(longest([]), 0);
         assert_eq!(forever.retention_days("platinum"), 0);
     }
 }

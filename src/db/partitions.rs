@@ -32,6 +32,7 @@ use super::conn::{connect, Link};
 use crate::ids::EventId;
 use crate::shutdown::Stop;
 use crate::stats::{LogEvery, UpkeepStats};
+use crate::tiers;
 
 /// Key of the advisory lock one node holds while it runs a pass.
 pub const UPKEEP_LOCK_KEY: i64 = 0x7472_6967_7570_6b70; // "trigupkp"
@@ -105,24 +106,19 @@ pub struct Pass {
 pub struct Upkeep {
     classes: Vec<Class>,
     day: Duration,
-    /// The longest retention of any tier (`None`: some tier keeps events forever).
-    longest: Option<Duration>,
 }
 
 impl Upkeep {
     /// `retentions`: every tier's retention in days, `0` forever; a day lasts `day`.
     pub fn new(retentions: &[u16], day: Duration) -> Upkeep {
-        let classes: Vec<Class> = retentions.iter().map(|&d| Class::new(d, day)).collect();
-        let longest = if classes.iter().any(|c| c.keep.is_none()) {
-            None
-        } else {
-            classes.iter().filter_map(|c| c.keep).max()
-        };
-        Upkeep {
-            classes,
-            day,
-            longest,
-        }
+        let classes = retentions.iter().map(|&d| Class::new(d, day)).collect();
+        Upkeep { classes, day }
+    }
+
+    /// The longest retention of any tier (`None`: some tier keeps events forever).
+    fn longest(&self) -> Option<Duration> {
+        let days = tiers::longest(self.classes.iter().map(|c| c.days));
+        Class::new(days, self.day).keep
     }
 
     /// How often a pass runs.
@@ -168,8 +164,7 @@ impl Upkeep {
         }
         let trim_until = Instant::now() + TRIM_PER_PASS;
         for class in existing_classes(client, self.day)? {
-            drop_expired(client, &class, now_ms, &mut pass)?;
-            let oldest = partitions(client, &class.table())?.first().map(|p| p.lo);
+            let oldest = drop_expired(client, &class, now_ms, &mut pass)?;
             // With no partition left, none of its events are either.
             let below = oldest.map_or(EventId::first_at(now), ms_id);
             pass.trimmed += trim(
@@ -181,7 +176,7 @@ impl Upkeep {
             )?;
         }
         self.drop_legacy(client, now, &mut pass, trim_until)?;
-        if let Some(longest) = self.longest {
+        if let Some(longest) = self.longest() {
             let below = EventId::first_at(now - longest);
             for statement in [OLD_ATTEMPTS, PARKED_DELIVERIES] {
                 pass.trimmed += trim(client, statement, below, None, trim_until)?;
@@ -204,16 +199,21 @@ impl Upkeep {
              FROM pg_constraint WHERE conname = 'events_legacy_bound'",
             &[],
         )?;
-        if let (Some(row), Some(longest)) = (bound, self.longest) {
-            let bound: EventId = row.get(0);
-            if bound.millis() <= unix_ms(now - longest) {
+        // The bound is a constraint of the table: none, no table (or it was never made).
+        let expired = |row: &postgres::Row| {
+            let newest: EventId = row.get(0);
+            let longest = self.longest();
+            longest.is_some_and(|l| newest.millis() <= unix_ms(now - l))
+        };
+        let gone = match bound {
+            None => true,
+            Some(row) if expired(&row) => {
                 detach_and_drop(client, "events", LEGACY_TABLE)?;
                 pass.dropped.push(LEGACY_TABLE.to_string());
+                true
             }
-        }
-        let gone = client
-            .query_one("SELECT to_regclass($1) IS NULL", &[&LEGACY_TABLE])?
-            .get::<_, bool>(0);
+            Some(_) => false,
+        };
         if gone {
             let all = EventId(uuid::Uuid::max());
             pass.trimmed += trim(client, DEDUP_OF_CLASS, all, Some(LEGACY_DAYS), trim_until)?;
@@ -377,25 +377,28 @@ fn create_ahead(
     Ok(())
 }
 
-/// Detaches and drops `class`'s partitions whose every event is past its retention.
+/// Detaches and drops `class`'s partitions whose every event is past its retention; the start
+/// (ms) of the oldest one kept, if any is.
 fn drop_expired(
     client: &mut Client,
     class: &Class,
     now_ms: u64,
     pass: &mut Pass,
-) -> Result<(), postgres::Error> {
-    let Some(keep) = class.keep else {
-        return Ok(());
-    };
-    let expired_below = now_ms.saturating_sub(keep.as_millis() as u64);
+) -> Result<Option<u64>, postgres::Error> {
     let table = class.table();
+    let expired_below = class
+        .keep
+        .map_or(0, |keep| now_ms.saturating_sub(keep.as_millis() as u64));
+    let mut oldest_kept = None;
     for p in partitions(client, &table)? {
         if p.hi <= expired_below {
             detach_and_drop(client, &table, &p.name)?;
             pass.dropped.push(p.name);
+        } else {
+            oldest_kept = oldest_kept.or(Some(p.lo));
         }
     }
-    Ok(())
+    Ok(oldest_kept)
 }
 
 /// `DETACH … CONCURRENTLY` waits for readers of the partition without blocking anyone, then the
@@ -526,8 +529,8 @@ mod tests {
         let soak = Upkeep::new(&[1, 7], Duration::from_secs(60));
         assert_eq!(soak.every(), Duration::from_millis(3750));
         assert_eq!(Upkeep::new(&[1], Duration::from_secs(1)).every(), EVERY_MIN);
-        assert_eq!(Upkeep::new(&[1, 30], DAY).longest, Some(DAY * 30));
-        assert_eq!(Upkeep::new(&[1, 0], DAY).longest, None);
+        assert_eq!(Upkeep::new(&[1, 30], DAY).longest(), Some(DAY * 30));
+        assert_eq!(Upkeep::new(&[1, 0], DAY).longest(), None);
     }
 
     #[test]
