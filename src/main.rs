@@ -225,24 +225,17 @@ fn main() -> std::process::ExitCode {
             })
         }
         Command::Check { pid } => {
-            let mut host = triggers::ops::Host::this();
-            if let Some(pid) = pid {
-                let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}"));
-                match (read("limits"), read("status")) {
-                    (Ok(limits), Ok(status)) => host.server = Some((pid, limits, status)),
-                    _ => {
-                        eprintln!("no process {pid} to look at");
-                        return std::process::ExitCode::FAILURE;
-                    }
+            logging();
+            exit_code(triggers::ops::Host::this(pid).and_then(|host| {
+                let (text, missing) = triggers::ops::check(&host);
+                print!("{text}");
+                match missing {
+                    0 => Ok(()),
+                    n => Err(anyhow::anyhow!(
+                        "{n} host setting(s) missing: see tuning/README.md"
+                    )),
                 }
-            }
-            let (text, missing) = triggers::ops::check(&host);
-            print!("{text}");
-            if missing == 0 {
-                std::process::ExitCode::SUCCESS
-            } else {
-                std::process::ExitCode::FAILURE
-            }
+            }))
         }
         Command::Stats { url, admin_token } => {
             logging();

@@ -233,10 +233,10 @@ pub type Sysctl = Box<dyn Fn(&str) -> Option<String>>;
 /// What the host check reads, passed in so the judgement is tested with any values.
 pub struct Host {
     pub sysctl: Sysctl,
-    /// This process's soft limit on open files.
+    /// This process's soft limit on open files (`None`: unlimited).
     pub open_files: Option<u64>,
-    /// MemTotal in kB.
-    pub mem_kb: Option<u64>,
+    /// The host's memory in bytes.
+    pub mem_bytes: Option<u64>,
     /// Where the PostgreSQL server binaries are, or why they were not found.
     pub postgres: Result<std::path::PathBuf, String>,
     /// A running server's `/proc/PID/limits` and `/proc/PID/status`, when a PID was given.
@@ -244,23 +244,31 @@ pub struct Host {
 }
 
 impl Host {
-    /// This machine.
-    pub fn this() -> Host {
-        let read = |path: String| std::fs::read_to_string(path).ok();
-        Host {
+    /// This machine, and the server running as `pid` when one is named.
+    pub fn this(pid: Option<u32>) -> anyhow::Result<Host> {
+        let read = |path: &str| std::fs::read_to_string(path);
+        let server = match pid {
+            Some(pid) => {
+                let proc = |f: &str| {
+                    read(&format!("/proc/{pid}/{f}"))
+                        .with_context(|| format!("no process {pid} to look at"))
+                };
+                Some((pid, proc("limits")?, proc("status")?))
+            }
+            None => None,
+        };
+        Ok(Host {
             sysctl: Box::new(move |name| {
-                read(format!("/proc/sys/{}", name.replace('.', "/"))).map(|v| v.trim().to_string())
+                let path = format!("/proc/sys/{}", name.replace('.', "/"));
+                read(&path).ok().map(|v| v.trim().to_string())
             }),
             open_files: rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
-            mem_kb: read("/proc/meminfo".into()).and_then(|m| {
-                let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_string();
-                line.split_whitespace().nth(1)?.parse().ok()
-            }),
+            mem_bytes: cluster::writeback::mem_total(),
             postgres: cluster::Binaries::locate()
                 .map(|b| b.dir)
                 .map_err(|e| format!("{e:#}")),
-            server: None,
-        }
+            server,
+        })
     }
 }
 
@@ -269,8 +277,7 @@ pub fn check(host: &Host) -> (String, usize) {
     let num = |name: &str| {
         (host.sysctl)(name).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
     };
-    let at_least = |name: &str, want: u64| {
-        let v = num(name);
+    let at_least = |name: &str, v: Option<u64>, want: u64| {
         let what = match v {
             Some(v) if v >= want => format!("{name} = {v}"),
             Some(v) => format!("{name} = {v}, want >= {want}"),
@@ -279,8 +286,12 @@ pub fn check(host: &Host) -> (String, usize) {
         verdict(v.map(|v| v >= want), what)
     };
     let mut lines = vec![(false, "kernel:".to_string())];
-    lines.push(at_least("net.core.somaxconn", 4096));
-    lines.push(at_least("net.ipv4.tcp_max_syn_backlog", 8192));
+    for (name, want) in [
+        ("net.core.somaxconn", 4096),
+        ("net.ipv4.tcp_max_syn_backlog", 8192),
+    ] {
+        lines.push(at_least(name, num(name), want));
+    }
     let ports: Option<Vec<u64>> = (host.sysctl)("net.ipv4.ip_local_port_range").map(|r| {
         r.split_whitespace()
             .filter_map(|p| p.parse().ok())
@@ -312,9 +323,9 @@ pub fn check(host: &Host) -> (String, usize) {
         verdict(Some(true), format!("vm.dirty_background_bytes = {bg}"))
     } else {
         let ratio = num("vm.dirty_background_ratio").unwrap_or(10);
-        let at_mb = host
-            .mem_kb
-            .map_or("?".into(), |kb| (kb * ratio / 100 / 1024).to_string());
+        let at_mb = host.mem_bytes.map_or("?".into(), |m| {
+            (cluster::writeback::writeback_start(bg, ratio, m) >> 20).to_string()
+        });
         verdict(
             Some(false),
             format!(
@@ -328,14 +339,10 @@ pub fn check(host: &Host) -> (String, usize) {
         false,
         "limits of this process (a service unit sets its own):".into(),
     ));
-    lines.push(verdict(
-        host.open_files.map(|n| n >= 65_536),
-        match host.open_files {
-            Some(n) if n >= 65_536 => format!("open files = {n}"),
-            Some(n) => format!("open files = {n}, want >= 65536 (ulimit -n, LimitNOFILE)"),
-            None => "open files = unlimited".into(),
-        },
-    ));
+    lines.push(match host.open_files {
+        Some(n) => at_least("open files (ulimit -n, LimitNOFILE)", Some(n), 65_536),
+        None => verdict(Some(true), "open files = unlimited".into()),
+    });
     if let Some((pid, limits, status)) = &host.server {
         lines.push((false, format!("server {pid}:")));
         let field = |text: &str, key: &str| {
@@ -383,7 +390,7 @@ mod tests {
                     .map(|(_, v)| v.to_string())
             }),
             open_files: Some(open_files),
-            mem_kb: Some(24 << 20),
+            mem_bytes: Some(24 << 30),
             postgres: Ok("/usr/lib/postgresql/15/bin".into()),
             server: None,
         }

@@ -115,7 +115,7 @@ const WRITEBACK_START_MAX: u64 = 256 << 20;
 /// Bytes of dirty page cache at which background write-back starts: `dirty_background_bytes`
 /// when set, else `dirty_background_ratio` percent of memory (the kernel's rule, which counts
 /// only reclaimable memory: `mem_total` overstates it a little).
-fn writeback_start(background_bytes: u64, background_ratio: u64, mem_total: u64) -> u64 {
+pub fn writeback_start(background_bytes: u64, background_ratio: u64, mem_total: u64) -> u64 {
     if background_bytes > 0 {
         background_bytes
     } else {
