@@ -41,14 +41,10 @@ enum Command {
     /// Copy the embedded PostgreSQL cluster, running or not, into a new data directory;
     /// `triggers serve --data-dir OUT` starts from the copy
     Backup {
-        /// The server's config file, to find its data directory as `serve` does
-        #[arg(long, env = "TRIGGERS_CONFIG")]
-        config: Option<PathBuf>,
-        /// The server's data directory (the cluster is `<data-dir>/postgres`) [default ./data]
-        #[arg(long, env = "TRIGGERS_DATA_DIR")]
-        data_dir: Option<PathBuf>,
         /// Where the copy goes: a new or empty directory
         out: PathBuf,
+        #[command(flatten)]
+        db: Db,
     },
     /// Organizations: create one on any tier, list them, change a tier (talks to the database
     /// directly; no admin token)
@@ -171,18 +167,9 @@ fn main() -> std::process::ExitCode {
             logging();
             exit_code(Config::load(*settings, config.as_deref()).and_then(triggers::server::serve))
         }
-        Command::Backup {
-            config,
-            data_dir,
-            out,
-        } => {
+        Command::Backup { out, db } => {
             logging();
-            // The data directory as `serve` would find it: flag, variable, file, default.
-            let settings = Settings {
-                data_dir,
-                ..Settings::default()
-            };
-            let done = Config::load(settings, config.as_deref()).and_then(|c| match c.database {
+            let done = db.config().and_then(|c| match c.database {
                 Database::Embedded { data_dir, .. } => triggers::cluster::backup(&data_dir, &out),
                 Database::Url(_) => anyhow::bail!(
                     "this server stores into a database URL, not an embedded cluster: back that \
