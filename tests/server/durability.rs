@@ -260,7 +260,7 @@ fn kill_postmaster(data_dir: &std::path::Path) -> i32 {
 }
 
 /// Polls `what` every 50 ms until it holds, for at most `within`.
-fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !done() {
         assert!(Instant::now() < deadline, "not within {within:?}: {what}");

@@ -3,9 +3,14 @@
 //! (changes reach it within a second) or, for the embedded cluster, while none does.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use testkit::*;
+
+use crate::durability::eventually;
+
+/// Changes reach running nodes within this long.
+const SECOND: Duration = Duration::from_secs(1);
 
 /// Runs `triggers ARGS`; its standard output, or the test fails with what it said.
 fn triggers(args: &[&str]) -> String {
@@ -20,14 +25,6 @@ fn triggers(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within a second");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn tier_of(addr: std::net::SocketAddr, key: &str) -> Option<String> {
@@ -58,7 +55,7 @@ fn an_operator_creates_lists_retiers_and_revokes_while_the_server_runs() {
     assert!(listed.contains(&org) && listed.contains("acme"), "{listed}");
 
     triggers(&[&["org", "set-tier", &org, "free"][..], &db].concat());
-    eventually("the running server applies the new tier", || {
+    eventually(SECOND, "the running server applies the new tier", || {
         tier_of(server.addr, &key).as_deref() == Some("free")
     });
     let r = post_event(server.addr, &key, body);
@@ -68,7 +65,7 @@ fn an_operator_creates_lists_retiers_and_revokes_while_the_server_runs() {
     assert!(keys.contains(&key[..12]), "{keys}");
     assert!(!keys.contains(&key[12..]), "a listing never shows a key");
     triggers(&[&["keys", "revoke", &org][..], &db].concat());
-    eventually("the running server refuses the revoked key", || {
+    eventually(SECOND, "the running server refuses the revoked key", || {
         post_event(server.addr, &key, body).status == 401
     });
 
