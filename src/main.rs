@@ -151,9 +151,15 @@ impl Db {
     }
 }
 
-/// Prints what an operator's command answered; its error goes to the log, as the server's do.
+/// Prints what an operator's command answered, ending in a newline; its error goes to the log,
+/// as the server's do.
 fn print(result: anyhow::Result<String>) -> std::process::ExitCode {
-    exit_code(result.map(|text| print!("{text}")))
+    exit_code(result.map(|text| {
+        print!("{text}");
+        if !text.ends_with('\n') {
+            println!();
+        }
+    }))
 }
 
 fn main() -> std::process::ExitCode {
@@ -191,12 +197,11 @@ fn main() -> std::process::ExitCode {
                 OrgCommand::Create { name, tier, db } => db
                     .config()
                     .and_then(|c| triggers::ops::org_create(&c, &name, tier.as_deref()))
-                    .map(|answer| format!("{answer:#}\n")),
+                    .map(|answer| format!("{answer:#}")),
                 OrgCommand::List { db } => db.config().and_then(|c| triggers::ops::org_list(&c)),
                 OrgCommand::SetTier { org, tier, db } => db
                     .config()
-                    .and_then(|c| triggers::ops::org_set_tier(&c, &org, &tier))
-                    .map(|done| format!("{done}\n")),
+                    .and_then(|c| triggers::ops::org_set_tier(&c, &org, &tier)),
             })
         }
         Command::Keys { command } => {
@@ -207,8 +212,7 @@ fn main() -> std::process::ExitCode {
                 }
                 KeysCommand::Revoke { org, prefix, db } => db
                     .config()
-                    .and_then(|c| triggers::ops::keys_revoke(&c, &org, &prefix))
-                    .map(|done| format!("{done}\n")),
+                    .and_then(|c| triggers::ops::keys_revoke(&c, &org, &prefix)),
             })
         }
         Command::Check { pid } => {
