@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
@@ -16,7 +17,7 @@ use crate::db::orgs::Org;
 use crate::db::partitions::Class;
 use crate::db::QueryPool;
 use crate::hooks::Hooks;
-use crate::http::{Guards, Request};
+use crate::http::{Guards, Request, Response};
 use crate::ids::{EventId, KeyHash, OrgId};
 use crate::queue::{Hub, Waiters};
 use crate::ratelimit::{Leases, Limiter};
@@ -255,18 +256,28 @@ impl Context {
             })
     }
 
-    /// Admits the request if no admin token is configured or it carries the token as its one
-    /// bearer token.
+    /// `resp` holding the node's body budget for its body until it is written (see
+    /// `http::budget`); 503 `overloaded` when the budget cannot cover it.
+    pub(super) fn held(&self, mut resp: Response) -> Result<Response, ApiError> {
+        if self.guards.budget.cover(&mut resp.lease, resp.body.len()) {
+            Ok(resp)
+        } else {
+            Err(ApiError::Overloaded)
+        }
+    }
+
+    /// Admits the request if no admin token is configured or it carries the token in its one
+    /// `Authorization`: as a bearer token, or (from a browser) as the password of Basic
+    /// credentials, any user name.
     pub(super) fn require_admin(&self, req: &Request<'_>) -> Result<(), ApiError> {
         let Some(token) = &self.settings.admin_token else {
             return Ok(());
         };
-        let given = one(req.headers("authorization"))
-            .ok()
-            .flatten()
-            .and_then(bearer)
+        let authorization = one(req.headers("authorization")).ok().flatten();
+        let given = authorization
+            .and_then(|a| bearer(a).map(<[u8]>::to_vec).or_else(|| basic_password(a)))
             .unwrap_or_default();
-        if bool::from(given.ct_eq(token.as_bytes())) {
+        if bool::from(given.as_slice().ct_eq(token.as_bytes())) {
             Ok(())
         } else {
             Err(ApiError::AdminTokenRequired)
@@ -286,6 +297,16 @@ fn one<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Result<Option<&'a [u8]
 /// The token of an `Authorization: Bearer <token>` value.
 fn bearer(authorization: &[u8]) -> Option<&[u8]> {
     Some(authorization.strip_prefix(b"Bearer ")?.trim_ascii())
+}
+
+/// The password of an `Authorization: Basic <base64(user:password)>` value.
+fn basic_password(authorization: &[u8]) -> Option<Vec<u8>> {
+    let encoded = authorization.strip_prefix(b"Basic ")?.trim_ascii();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
 }
 
 /// The API key a request presents: its `X-API-Key`, else its bearer token. Two `X-API-Key`s,

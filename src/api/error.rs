@@ -123,7 +123,9 @@ impl ApiError {
             ApiError::MethodNotAllowed(allow) => format!("Method not allowed; use {allow}"),
             ApiError::RateLimited(s) => format!("Rate limit exceeded; retry in {s} s"),
             ApiError::AdminTokenRequired => {
-                "This route needs the admin token: Authorization: Bearer <token>".into()
+                "This route needs the admin token: Authorization: Bearer <token> (in a browser: \
+                 any user name, the token as the password)"
+                    .into()
             }
             ApiError::Overloaded => "Server is at capacity; retry shortly".into(),
             ApiError::StorageUnavailable => {
@@ -149,6 +151,14 @@ impl ApiError {
                 resp.header("retry-after", RETRY_AFTER_STORAGE_S.to_string())
             }
             ApiError::RateLimited(s) => resp.header("retry-after", s.to_string()),
+            // A browser asks for Basic credentials (the dashboard); other clients send the
+            // token as a bearer token.
+            ApiError::AdminTokenRequired => resp
+                .header("www-authenticate", "Bearer realm=\"triggers\"")
+                .header(
+                    "www-authenticate",
+                    "Basic realm=\"triggers admin\", charset=\"UTF-8\"",
+                ),
             _ => resp,
         }
     }

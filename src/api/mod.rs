@@ -10,6 +10,7 @@
 mod ack;
 mod attempts;
 mod context;
+mod dashboard;
 pub mod error;
 pub mod events;
 mod health;
@@ -63,6 +64,8 @@ pub enum Route {
     EventRedeliver,
     QueueStats,
     Metrics,
+    Dashboard,
+    DashboardData,
     OpenApi,
 }
 
@@ -113,6 +116,8 @@ pub const ROUTES: &[(&str, Route, Methods)] = &[
     ("/api/events/{id}/redeliver", Route::EventRedeliver, WRITE),
     ("/api/queue/stats", Route::QueueStats, READ),
     ("/metrics", Route::Metrics, READ),
+    ("/dashboard", Route::Dashboard, READ),
+    ("/dashboard/data", Route::DashboardData, READ),
     ("/openapi.json", Route::OpenApi, READ),
 ];
 
@@ -151,7 +156,11 @@ impl Route {
             Route::Health | Route::HealthLive | Route::HealthReady | Route::OpenApi => {
                 Credential::None
             }
-            Route::KeysGenerate | Route::QueueStats | Route::Metrics => Credential::Admin,
+            Route::KeysGenerate
+            | Route::QueueStats
+            | Route::Metrics
+            | Route::Dashboard
+            | Route::DashboardData => Credential::Admin,
             Route::Events
             | Route::EventsBatch
             | Route::Keys
@@ -262,6 +271,7 @@ impl Handler for Context {
     }
 
     fn responded(&self, resolved: Resolved, took: Duration) {
+        self.core_stats().requests.add(1);
         if resolved == Resolved::Route(Route::Events) {
             self.core_stats().ingest_us.record_duration(took);
         }
@@ -307,7 +317,9 @@ async fn dispatch_open(
         Route::KeysGenerate => keys::generate(ctx, req).await,
         Route::QueueStats => stats::show(ctx, req),
         Route::Metrics => stats::metrics(ctx),
-        Route::OpenApi => Ok(Response::text(
+        Route::Dashboard => dashboard::page(ctx),
+        Route::DashboardData => dashboard::data(ctx, req),
+        Route::OpenApi => ctx.held(Response::text(
             200,
             "application/json",
             OPENAPI_JSON.as_bytes().to_vec(),

@@ -39,23 +39,25 @@ fn encoded(h: &Histogram<u64>) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Everything both stats views show, read once.
-struct Snapshot {
-    ingest: Histogram<u64>,
-    wait: Histogram<u64>,
-    commit: Histogram<u64>,
+/// Everything the stats views (and the dashboard) show, read once.
+pub(super) struct Snapshot {
+    /// Requests answered, every route.
+    pub(super) requests: u64,
+    pub(super) ingest: Histogram<u64>,
+    pub(super) wait: Histogram<u64>,
+    pub(super) commit: Histogram<u64>,
     rows: Histogram<u64>,
     /// (name, value) in a fixed order, shared by both views.
-    events: Vec<(&'static str, u64)>,
-    batches: u64,
-    retries: u64,
+    pub(super) events: Vec<(&'static str, u64)>,
+    pub(super) batches: u64,
+    pub(super) retries: u64,
     /// Per core: depth, capacity, queued payload bytes.
-    rings: Vec<(usize, usize, usize)>,
+    pub(super) rings: Vec<(usize, usize, usize)>,
     /// Webhook delivery: commit → first attempt, one attempt, commit → delivered.
     first_attempt: Histogram<u64>,
     attempt: Histogram<u64>,
-    end_to_end: Histogram<u64>,
-    deliveries: Vec<(&'static str, u64)>,
+    pub(super) end_to_end: Histogram<u64>,
+    pub(super) deliveries: Vec<(&'static str, u64)>,
 }
 
 impl Snapshot {
@@ -72,7 +74,7 @@ impl Snapshot {
     }
 }
 
-fn snapshot(ctx: &Context) -> Snapshot {
+pub(super) fn snapshot(ctx: &Context) -> Snapshot {
     let stats: &Stats = &ctx.stats;
     let cores =
         |f: fn(&CoreStats) -> &Counter| -> u64 { stats.cores.iter().map(|c| f(c).get()).sum() };
@@ -80,6 +82,7 @@ fn snapshot(ctx: &Context) -> Snapshot {
         stats.persisters.iter().map(|p| f(p).get()).sum()
     };
     Snapshot {
+        requests: cores(|c| &c.requests),
         ingest: Stats::merged(stats.cores.iter().map(|c| &c.ingest_us)),
         wait: Stats::merged(stats.persisters.iter().map(|p| &p.queue_wait_us)),
         commit: Stats::merged(stats.persisters.iter().map(|p| &p.commit_us)),
@@ -142,6 +145,19 @@ pub fn show(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
         resp.headers.push(("x-histogram-unit", "ms".into()));
         return Ok(resp);
     }
+    let mut body = figures(ctx, &snap);
+    body["histograms"] = json!({
+        "encoding": "HdrHistogram V2, base64",
+        "ingest_us": encoded(&snap.ingest),
+        "queue_wait_us": encoded(&snap.wait),
+        "commit_us": encoded(&snap.commit),
+        "batch_rows": encoded(&snap.rows),
+    });
+    ctx.held(Response::json_value(200, &body))
+}
+
+/// The node's figures as `GET /api/queue/stats` shows them, but for the encoded histograms.
+pub(super) fn figures(ctx: &Context, snap: &Snapshot) -> Value {
     let rings: Vec<Value> = snap
         .rings
         .iter()
@@ -160,62 +176,53 @@ pub fn show(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiError> {
         .iter()
         .map(|(k, v)| (k.to_string(), json!(v)))
         .collect();
-    Ok(Response::json_value(
-        200,
-        &json!({
-            "ack_mode": ack_mode.as_str(),
-            "durability": durability,
-            "cores": rings,
-            "queue_depth": snap.rings.iter().map(|r| r.0).sum::<usize>(),
-            "queue_capacity": snap.rings.iter().map(|r| r.1).sum::<usize>(),
-            "events": events,
-            "persisters": {
-                "running": ctx.stats.persisters_running.get(),
-                "connected": ctx.stats.persisters_connected.get(),
-            },
-            "embedded_postgres": {
-                "restarts": ctx.stats.storage_restarts.get(),
-                "lost": ctx.stats.storage_lost.get(),
-            },
-            "body_budget": {
-                "held_bytes": ctx.guards.budget.held(),
-                "max_bytes": ctx.guards.budget.max(),
-            },
-            "rate_limits": {
-                "leases": ctx.limits.shared.leases.load(Relaxed),
-                "fail_open": ctx.limits.shared.fail_open.load(Relaxed),
-            },
-            "partitions": {
-                "passes": ctx.stats.upkeep.passes.get(),
-                "skipped": ctx.stats.upkeep.skipped.get(),
-                "failures": ctx.stats.upkeep.failures.get(),
-                "created": ctx.stats.upkeep.created.get(),
-                "dropped": ctx.stats.upkeep.dropped.get(),
-                "trimmed_rows": ctx.stats.upkeep.trimmed.get(),
-            },
-            "pace": {
-                "answers_per_s": ctx.guards.pace.per_s(),
-                "active": ctx.guards.pace.busy(Instant::now()),
-                "held_back": ctx.guards.pace.held_back(),
-            },
-            "webhook_delivery": snap.deliveries.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-            "batches_committed": snap.batches,
-            "batch_retries": snap.retries,
-            "batch_rows": summary(&snap.rows),
-            "latency_us": snap
-                .latencies()
-                .into_iter()
-                .map(|(name, h)| (name.to_string(), summary(h)))
-                .collect::<serde_json::Map<_, _>>(),
-            "histograms": {
-                "encoding": "HdrHistogram V2, base64",
-                "ingest_us": encoded(&snap.ingest),
-                "queue_wait_us": encoded(&snap.wait),
-                "commit_us": encoded(&snap.commit),
-                "batch_rows": encoded(&snap.rows),
-            },
-        }),
-    ))
+    json!({
+        "ack_mode": ack_mode.as_str(),
+        "durability": durability,
+        "requests": snap.requests,
+        "cores": rings,
+        "queue_depth": snap.rings.iter().map(|r| r.0).sum::<usize>(),
+        "queue_capacity": snap.rings.iter().map(|r| r.1).sum::<usize>(),
+        "events": events,
+        "persisters": {
+            "running": ctx.stats.persisters_running.get(),
+            "connected": ctx.stats.persisters_connected.get(),
+        },
+        "embedded_postgres": {
+            "restarts": ctx.stats.storage_restarts.get(),
+            "lost": ctx.stats.storage_lost.get(),
+        },
+        "body_budget": {
+            "held_bytes": ctx.guards.budget.held(),
+            "max_bytes": ctx.guards.budget.max(),
+        },
+        "rate_limits": {
+            "leases": ctx.limits.shared.leases.load(Relaxed),
+            "fail_open": ctx.limits.shared.fail_open.load(Relaxed),
+        },
+        "partitions": {
+            "passes": ctx.stats.upkeep.passes.get(),
+            "skipped": ctx.stats.upkeep.skipped.get(),
+            "failures": ctx.stats.upkeep.failures.get(),
+            "created": ctx.stats.upkeep.created.get(),
+            "dropped": ctx.stats.upkeep.dropped.get(),
+            "trimmed_rows": ctx.stats.upkeep.trimmed.get(),
+        },
+        "pace": {
+            "answers_per_s": ctx.guards.pace.per_s(),
+            "active": ctx.guards.pace.busy(Instant::now()),
+            "held_back": ctx.guards.pace.held_back(),
+        },
+        "webhook_delivery": snap.deliveries.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "batches_committed": snap.batches,
+        "batch_retries": snap.retries,
+        "batch_rows": summary(&snap.rows),
+        "latency_us": snap
+            .latencies()
+            .into_iter()
+            .map(|(name, h)| (name.to_string(), summary(h)))
+            .collect::<serde_json::Map<_, _>>(),
+    })
 }
 
 /// The delivery figures that are levels, not counters, with their help text.
@@ -343,6 +350,11 @@ pub fn metrics(ctx: &Context) -> Result<Response, ApiError> {
     }
     let _ = writeln!(
         out,
+        "# HELP triggers_requests_total Requests answered, every route.\n# TYPE triggers_requests_total counter\ntriggers_requests_total {}",
+        snap.requests
+    );
+    let _ = writeln!(
+        out,
         "# HELP triggers_events_total Events by outcome.\n# TYPE triggers_events_total counter"
     );
     for (outcome, n) in &snap.events {
@@ -365,7 +377,7 @@ pub fn metrics(ctx: &Context) -> Result<Response, ApiError> {
     let durable = u8::from(ctx.settings.ack_mode == AckMode::Durable);
     let _ = writeln!(out, "# HELP triggers_durable_ack 1 when 2xx means committed, 0 in enqueued mode.\n# TYPE triggers_durable_ack gauge\ntriggers_durable_ack {durable}");
     let _ = writeln!(out, "# HELP triggers_uptime_seconds Seconds since start.\n# TYPE triggers_uptime_seconds gauge\ntriggers_uptime_seconds {}", ctx.stats.started.elapsed().as_secs());
-    Ok(Response::text(
+    ctx.held(Response::text(
         200,
         "text/plain; version=0.0.4; charset=utf-8",
         out.into_bytes(),

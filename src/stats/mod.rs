@@ -13,6 +13,9 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
+mod timeline;
+pub use timeline::{Percentiles, Point, Sample, Timeline, POINTS, STEP};
+
 /// Largest latency a histogram tells apart: one minute.
 const LATENCY_US_MAX: u64 = 60_000_000;
 /// Three significant digits: 0.1% error at every magnitude.
@@ -161,6 +164,8 @@ impl Pulse {
 
 /// Recorded by a serving core.
 pub struct CoreStats {
+    /// Requests answered, on any route.
+    pub requests: Counter,
     /// Request head read → response written, for `POST /api/events`.
     pub ingest_us: Recorder,
     /// 202s sent.
@@ -279,6 +284,8 @@ pub struct Stats {
     pub storage_lost: Flag,
     pub delivery: std::sync::Arc<DeliveryStats>,
     pub upkeep: std::sync::Arc<UpkeepStats>,
+    /// The last minutes, a point a second, for the dashboard (sampled while it is watched).
+    pub timeline: Timeline,
 }
 
 impl Stats {
@@ -287,6 +294,7 @@ impl Stats {
         Stats {
             cores: (0..cores)
                 .map(|_| CoreStats {
+                    requests: Counter::default(),
                     ingest_us: Recorder::latency(),
                     accepted: Counter::default(),
                     duplicates: Counter::default(),
@@ -316,6 +324,7 @@ impl Stats {
             storage_lost: Flag::default(),
             delivery: std::sync::Arc::default(),
             upkeep: std::sync::Arc::default(),
+            timeline: Timeline::new(started),
         }
     }
 

@@ -501,6 +501,25 @@ pub fn post_event(addr: SocketAddr, key: &str, body: &str) -> Resp {
     call(addr, "POST", "/api/events", Some(key), body)
 }
 
+/// Posts `count` events of type `t` with payloads `{"i": 0}`, `{"i": 1}`…, `pause` apart, each
+/// answered 202.
+pub fn post_numbered(addr: SocketAddr, key: &str, count: usize, pause: Duration) {
+    for i in 0..count {
+        let r = post_event(
+            addr,
+            key,
+            &format!(r#"{{"type":"t","payload":{{"i":{i}}}}}"#),
+        );
+        assert_eq!(
+            r.status,
+            202,
+            "event {i}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        std::thread::sleep(pause);
+    }
+}
+
 pub fn data_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("trg-data-")

@@ -647,14 +647,7 @@ fn enqueued_events_wait_out_a_postgres_outage_and_are_all_stored() {
     cluster.stop();
     // Acknowledged at once; the storage budget (300 ms) is for durable waiters only: these
     // already have their 2xx and must be stored when PostgreSQL returns, however late.
-    for i in 0..20 {
-        let r = post_event(
-            s.addr,
-            &key,
-            &format!(r#"{{"type":"t","payload":{{"i":{i}}}}}"#),
-        );
-        assert_eq!(r.status, 202);
-    }
+    post_numbered(s.addr, &key, 20, Duration::ZERO);
     std::thread::sleep(Duration::from_millis(1500));
     cluster.restart();
     let org: Uuid = org.parse().unwrap();

@@ -7,6 +7,7 @@
 mod api;
 mod backup;
 mod batch;
+mod dashboard;
 mod durability;
 mod hostile;
 mod http_framing;
