@@ -104,9 +104,17 @@ async fn run_all(args: &RunArgs) -> anyhow::Result<()> {
     }
     for o in &outcomes {
         if let Some((acknowledged, stored)) = o.verified {
+            // None found at all is rarely a loss: the target lists events under other ids, or
+            // is not the server meant.
+            let hint = if stored == 0 {
+                " (none of the ids it answered is in its inbox: check which server answers \
+                 at that address, and whether it lists events by the ids it acknowledges)"
+            } else {
+                ""
+            };
             anyhow::ensure!(
                 stored == acknowledged,
-                "{}: {} of {acknowledged} acknowledged events are not stored",
+                "{}: {} of {acknowledged} acknowledged events are not in its inbox{hint}",
                 o.target,
                 acknowledged - stored
             );

@@ -130,9 +130,50 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds")
 }
 
-/// Creates `n` organizations; retries a 429 after its Retry-After.
+/// Checks that `target` speaks the events contract before anything is measured, and says on
+/// stderr what answered: the contract's `GET /health` is a JSON object with a `status`.
+/// Anything else (nothing listening, another program holding the port, a web server, a proxy's
+/// error page) is refused here, so that it is never measured, or verified, as if it were the
+/// server meant.
+pub async fn check_contract(conn: &mut Conn, target: &Target) -> anyhow::Result<()> {
+    let r = conn
+        .request("GET", "/health", None, b"")
+        .await
+        .with_context(|| format!("{}: GET /health got no HTTP answer", target.name))?;
+    let health: Option<serde_json::Map<String, Value>> = serde_json::from_slice(&r.body).ok();
+    let status = health
+        .as_ref()
+        .and_then(|h| h.get("status"))
+        .and_then(Value::as_str);
+    let (Some(health), Some(status), 200 | 503) = (&health, status, r.status) else {
+        let body = String::from_utf8_lossy(&r.body);
+        let body: String = body.chars().take(120).collect();
+        bail!(
+            "{}: this is not an events server speaking the contract: GET /health answered HTTP \
+             {} {body:?}, not the JSON {{\"status\": ...}} it should. Is the server you meant \
+             running there, or does another program hold that port?",
+            target.name,
+            r.status
+        );
+    };
+    let version = health.get("version").and_then(Value::as_str).unwrap_or("?");
+    eprintln!(
+        "{}: GET /health: HTTP {} status {status}, version {version}",
+        target.name, r.status
+    );
+    Ok(())
+}
+
+/// Creates `n` organizations, once `check_contract` passed; retries a 429 after its
+/// Retry-After.
 pub async fn create_orgs(target: &Target, n: usize, tier: &str) -> anyhow::Result<Vec<String>> {
-    let mut conn = Conn::connect(target).await?;
+    let mut conn = Conn::connect(target).await.with_context(|| {
+        format!(
+            "{}: nothing accepts connections there: is the server running?",
+            target.name
+        )
+    })?;
+    check_contract(&mut conn, target).await?;
     let mut keys = Vec::with_capacity(n);
     while keys.len() < n {
         let body = json!({"organization_name": format!("loadtest-{}", keys.len()), "tier": tier});

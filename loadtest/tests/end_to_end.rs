@@ -352,3 +352,85 @@ fn the_webhook_run_receives_every_acknowledged_event_signed() {
     assert_eq!(report["missing"].as_u64(), Some(0), "{report}");
     assert_eq!(report["bad_signatures"].as_u64(), Some(0), "{report}");
 }
+
+/// A program that is not an events server holding a port, as a static file server would:
+/// every request is answered 404 with an HTML page.
+fn not_an_events_server() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head);
+            let page = "<html><body>Error response: 404</body></html>";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 404 File not found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_target_not_speaking_the_contract_is_refused_before_anything_is_measured() {
+    let other = format!("http://{}", not_an_events_server());
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let run = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args([
+                "run",
+                "--url",
+                url,
+                "--rate",
+                "20",
+                "--duration",
+                "1",
+                "--verify",
+            ])
+            .args(["--out", dir])
+            .output()
+            .unwrap()
+    };
+    let refused = run(&other);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("not an events server speaking the contract")
+            && stderr.contains("HTTP 404")
+            && stderr.contains("another program hold that port"),
+        "{stderr}"
+    );
+    assert!(
+        !out.path().join("summary.json").exists(),
+        "nothing was measured"
+    );
+    // Nothing listening: said as such.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let stderr = String::from_utf8_lossy(&run(&nobody).stderr).to_string();
+    assert!(
+        stderr.contains("nothing accepts connections there"),
+        "{stderr}"
+    );
+    // The real server passes the check, and the run says what answered.
+    let server = server();
+    let ok = loadtest(&[
+        "run",
+        "--url",
+        &server.url(),
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&ok.stderr);
+    assert!(
+        stderr.contains("GET /health: HTTP 200 status ok, version"),
+        "{stderr}"
+    );
+}
