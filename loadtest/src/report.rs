@@ -52,18 +52,29 @@ pub fn summary(o: &Outcome) -> String {
     s
 }
 
+/// Twelve colours told apart at a glance (Tableau 10 and two more), then hues a golden angle
+/// apart: a sweep of many runs gets a colour per run, never one twice.
+fn color(i: usize) -> String {
+    const PALETTE: [&str; 12] = [
+        "#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2", "#edc948", "#9c755f",
+        "#ff9da7", "#bab0ac", "#1b1b1b", "#8cd17d",
+    ];
+    PALETTE.get(i).map_or_else(
+        || format!("hsl({:.0}, 65%, 45%)", (i as f64 * 137.508) % 360.0),
+        |c| c.to_string(),
+    )
+}
+
 /// Latency (ms) by percentile, x on the usual log scale of 1/(1-p), one polyline per run.
 fn svg(runs: &[&Outcome], title: &str) -> String {
     const W: f64 = 760.0;
     const H: f64 = 420.0;
     const L: f64 = 70.0;
-    const R: f64 = 20.0;
+    // Room for the last percentile label, centred on the right edge of the plot.
+    const R: f64 = 40.0;
     const T: f64 = 40.0;
     const B: f64 = 60.0;
     const X_MAX: f64 = 5.0; // 99.999%
-    let colors = [
-        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
-    ];
     let y_max = runs
         .iter()
         .map(|o| ms(o.latency.value_at_quantile(0.99999)))
@@ -87,7 +98,7 @@ fn svg(runs: &[&Outcome], title: &str) -> String {
         let _ = writeln!(s, "<line x1=\"{L}\" y1=\"{py:.1}\" x2=\"{}\" y2=\"{py:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>", W - R, L - 6.0, py + 4.0);
     }
     for (i, o) in runs.iter().enumerate() {
-        let color = colors[i % colors.len()];
+        let color = color(i);
         let mut points = String::new();
         for step in 0..=200 {
             let p = 1.0 - 10f64.powf(-X_MAX * step as f64 / 200.0);
@@ -150,4 +161,39 @@ pub fn write(dir: &Path, runs: &[Outcome], title: &str) -> anyhow::Result<()> {
     let all: Vec<&Outcome> = runs.iter().collect();
     std::fs::write(dir.join("latency.svg"), svg(&all, title))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_run_of_a_long_sweep_has_a_colour_of_its_own() {
+        let colors: std::collections::HashSet<String> = (0..40).map(color).collect();
+        assert_eq!(colors.len(), 40);
+    }
+
+    #[test]
+    fn the_percentile_labels_fit_inside_the_plot() {
+        let runs: Vec<Outcome> = Vec::new();
+        let all: Vec<&Outcome> = runs.iter().collect();
+        let svg = svg(&all, "t");
+        let width: f64 = 760.0;
+        // At 12 px sans-serif a character is at most ~7.5 px wide; centred labels need half
+        // their width on each side.
+        for label in svg.split("<text ").skip(1) {
+            if !label.contains("text-anchor=\"middle\"") {
+                continue;
+            }
+            let x: f64 = label["x=\"".len()..]
+                .split('"')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let text = label.split('>').nth(1).unwrap().split('<').next().unwrap();
+            let half = text.chars().count() as f64 * 7.5 / 2.0;
+            assert!(x - half >= 0.0 && x + half <= width, "{text} at {x}");
+        }
+    }
 }
