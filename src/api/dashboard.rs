@@ -111,18 +111,11 @@ fn since(query: &str) -> Result<Option<f64>, ApiError> {
 /// What the timeline keeps of a snapshot: the counts it shows as rates, the histograms it shows
 /// as each second's percentiles, and the levels it shows as sampled.
 fn sample(ctx: &Context, snap: Snapshot, at: Instant) -> Sample {
-    let event = |name: &str| {
-        snap.events
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or(0, |(_, v)| *v)
+    let of = |list: &[(&str, u64)], name: &str| {
+        list.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v)
     };
-    let delivery = |name: &str| {
-        snap.deliveries
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or(0, |(_, v)| *v)
-    };
+    let event = |name| of(&snap.events, name);
+    let delivery = |name| of(&snap.deliveries, name);
     let mut counts = vec![("requests", snap.requests)];
     for name in [
         "accepted",
