@@ -89,9 +89,10 @@ run_side() { # name flags round
   fi
   local server0 pg0 server1 pg1
   server0=$(cpu_of "$pid" self) pg0=$(cpu_of "$pid" tree)
+  # No warm-up: CPU is read around the whole command, so every request it sends must count.
   /usr/bin/time -f "loadtest_cpu_s %U %S" \
     "$root/target/release/loadtest" run --url "http://127.0.0.1:$port" --label "$name" \
-    --out "$dir" "$@" >"$dir/loadtest.txt" 2>&1 || true
+    --warmup 0 --out "$dir" "$@" >"$dir/loadtest.txt" 2>&1 || true
   server1=$(cpu_of "$pid" self) pg1=$(cpu_of "$pid" tree)
   local events
   events=$(grep -E '^ *status ' "$dir/loadtest.txt" | grep -oE ' 2[0-9]{2}=[0-9]+' | awk -F= '{s += $2} END {print s + 0}')

@@ -10,6 +10,7 @@
 #
 # Usage: loadtest/ceilings.sh OUT        (needs: cargo build --release --workspace)
 # Knobs (environment): STEP_SECONDS (10), P99_MS (10), BATCH_P99_MS (100), SERVER_FLAGS (""), PORT (8093),
+# the sweeps' first rates SINGLE_START (8000), BATCH_START (400), BARE_START (20000),
 # KEEP_DATA=1 to keep the cluster the sweeps filled (several GB; deleted by default).
 set -euo pipefail
 out="$1"
@@ -30,7 +31,8 @@ rm -rf "$out" && mkdir -p "$out"
   echo "server flags: ${SERVER_FLAGS:-none}"
 } >"$out/sitting.txt"
 
-held() { grep -oE 'highest rate holding p99 <= [0-9.]+ ms: [0-9]+' "$1" | awk '{print $NF}'; }
+# The rate a sweep held; empty when none did (said below, not fatal under pipefail).
+held() { grep -oE 'highest rate holding p99 <= [0-9.]+ ms: [0-9]+' "$1" | awk '{print $NF}' || true; }
 
 # shellcheck disable=SC2086
 "$bin/triggers" serve --listen "127.0.0.1:$port" --data-dir "$out/data" \
@@ -43,10 +45,10 @@ for _ in $(seq 1 100); do
 done
 
 "$bin/loadtest" sweep --url "$url" --duration "$secs" --connections 128 --orgs 100 \
-  --start 8000 --step 2000 --max 60000 --p99-ms "$p99" --out "$out/server-single" \
+  --start "${SINGLE_START:-8000}" --step 2000 --max 60000 --p99-ms "$p99" --out "$out/server-single" \
   | tee "$out/server-single.txt"
 "$bin/loadtest" sweep --url "$url" --scenario batch --batch-size 100 --duration "$secs" \
-  --connections 64 --orgs 100 --start 400 --step 100 --max 3000 --p99-ms "$batch_p99" \
+  --connections 64 --orgs 100 --start "${BATCH_START:-400}" --step 100 --max 3000 --p99-ms "$batch_p99" \
   --out "$out/server-batch" | tee "$out/server-batch.txt"
 db="host=$out/data/run port=5432 user=triggers dbname=triggers"
 for table in bare events; do
@@ -61,7 +63,7 @@ bare=$!
 trap 'kill $bare 2>/dev/null || true' EXIT
 sleep 0.5
 "$bin/loadtest" sweep --url "$url" --duration "$secs" --connections 256 --orgs 1 \
-  --start 20000 --step 10000 --max 200000 --p99-ms "$p99" --out "$out/bare-http" \
+  --start "${BARE_START:-20000}" --step 10000 --max 200000 --p99-ms "$p99" --out "$out/bare-http" \
   | tee "$out/bare-http.txt"
 kill "$bare" || true
 
@@ -69,6 +71,9 @@ single=$(held "$out/server-single.txt") batch=$(held "$out/server-batch.txt")
 http=$(held "$out/bare-http.txt")
 copy_bare=$(grep -oE '[0-9]+ rows/s' "$out/copy-bare.txt" | awk '{print $1}')
 copy_events=$(grep -oE '[0-9]+ rows/s' "$out/copy-events.txt" | awk '{print $1}')
+for sweep in single:"$single" batch:"$batch" bare-http:"$http"; do
+  [[ -n "${sweep#*:}" ]] || echo "ceilings: the ${sweep%%:*} sweep held no rate: its ratio reads 0; start it lower" >&2
+done
 awk -v s="${single:-0}" -v b="${batch:-0}" -v h="${http:-0}" -v cb="${copy_bare:-0}" \
   -v ce="${copy_events:-0}" -v p="$p99" -v bp="$batch_p99" 'BEGIN {
   printf "bare HTTP ceiling (p99 <= %s ms):     %8d req/s\n", p, h

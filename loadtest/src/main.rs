@@ -5,6 +5,8 @@
 //!
 //! - `run`: one open-loop run (the scheduler: requests leave at a fixed rate, latency counts
 //!   from each request's intended send time).
+//! - `orgs`: a run's organizations made ready: the contract checked, the tier negotiated, a
+//!   warm-up.
 //! - `scenario`: what each scenario sends.
 //! - `verify`: reading acknowledged events back.
 //! - `sweep`: stepping the rate up to the highest that holds a p99 bound.
@@ -16,6 +18,7 @@
 mod client;
 mod copy_ceiling;
 mod hostile;
+mod orgs;
 mod report;
 mod run;
 mod scenario;
@@ -26,7 +29,7 @@ mod webhook;
 
 use clap::{Parser, Subcommand};
 
-use run::{run_once, RunArgs};
+use run::RunArgs;
 
 #[derive(Parser)]
 #[command(
@@ -86,40 +89,38 @@ enum Command {
     },
 }
 
-/// `run`: each target in turn, one summary; fails when `--verify` finds an acknowledged event
-/// missing.
+/// `run`: each target in turn, one summary each. A target that cannot be measured (refused,
+/// unreachable, failing mid-run) is reported and skipped: the others' results are still
+/// printed and written. Fails afterwards when a target was not measured, or `--verify` found
+/// acknowledged events missing from an inbox or could not read it.
 async fn run_all(args: &RunArgs) -> anyhow::Result<()> {
     let mut outcomes = Vec::new();
+    let mut problems = Vec::new();
     for target in args.targets()? {
         eprintln!(
             "{}: {:?} at {} req/s for {} s over {} connections",
             target.name, args.scenario, args.rate, args.duration, args.connections
         );
-        let o = run_once(&target, args, false).await?;
-        println!("{}", report::summary(&o));
-        outcomes.push(o);
-    }
-    if let Some(dir) = &args.out {
-        report::write(dir, &outcomes, &format!("{:?}", args.scenario))?;
-    }
-    for o in &outcomes {
-        if let Some((acknowledged, stored)) = o.verified {
-            // None found at all is rarely a loss: the target lists events under other ids, or
-            // is not the server meant.
-            let hint = if stored == 0 {
-                " (none of the ids it answered is in its inbox: check which server answers \
-                 at that address, and whether it lists events by the ids it acknowledges)"
-            } else {
-                ""
-            };
-            anyhow::ensure!(
-                stored == acknowledged,
-                "{}: {} of {acknowledged} acknowledged events are not in its inbox{hint}",
-                o.target,
-                acknowledged - stored
-            );
+        let measured = async {
+            let keys = run::prepare(&target, args).await?;
+            run::run_measured(&target, args, keys, false).await
+        };
+        match measured.await {
+            Ok(o) => {
+                println!("{}", report::summary(&o));
+                problems.extend(report::verify_problem(&o));
+                outcomes.push(o);
+            }
+            Err(e) => {
+                eprintln!("{}: NOT MEASURED: {e:#}", target.name);
+                problems.push(format!("{}: not measured: {e:#}", target.name));
+            }
         }
     }
+    if let (Some(dir), false) = (&args.out, outcomes.is_empty()) {
+        report::write(dir, &outcomes, &format!("{:?}", args.scenario))?;
+    }
+    anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
     Ok(())
 }
 

@@ -42,14 +42,57 @@ pub fn summary(o: &Outcome) -> String {
     for (q, name) in QUANTILES {
         let _ = write!(s, " {name} {:.2}", ms(o.latency.value_at_quantile(q)));
     }
-    if let Some((acked, stored)) = o.verified {
+    match &o.verified {
+        Some(Ok(v)) => {
+            let _ = write!(
+                s,
+                "\n  verify ({}): {} acknowledged, {} found ({} more than once), {} unknown to the inbox; the inbox lists {} events",
+                v.reading,
+                v.acknowledged,
+                v.found,
+                v.found_more_than_once,
+                v.unknown(),
+                v.inbox_events
+            );
+        }
+        Some(Err(e)) => {
+            let _ = write!(s, "\n  verify: could not read the inbox: {e}");
+        }
+        None => {}
+    }
+    if o.rate_limited() > 0 {
         let _ = write!(
             s,
-            "\n  verify: {acked} acknowledged, {stored} stored, {} missing",
-            acked - stored
+            "\n  WARNING: {} answers were 429 rate_limited (the tier's limit, not the server)",
+            o.rate_limited()
         );
     }
     s
+}
+
+/// What `--verify` found wrong with one run, if anything: acknowledged events the inbox does
+/// not list, or an inbox that could not be read.
+pub fn verify_problem(o: &Outcome) -> Option<String> {
+    match o.verified.as_ref()? {
+        Ok(v) if v.unknown() > 0 => {
+            // None found at all is rarely a loss: the target lists events under other ids, or
+            // is not the server meant.
+            let hint = if v.found == 0 {
+                " (none of the ids it answered is in its inbox: check which server answers \
+                 at that address, and whether it lists events by the ids it acknowledges)"
+            } else {
+                ""
+            };
+            Some(format!(
+                "{}: {} of {} acknowledged events are not in its inbox{hint}",
+                o.target,
+                v.unknown(),
+                v.acknowledged
+            ))
+        }
+        Ok(_) => None,
+        Err(e) => Some(format!("{}: verification failed: {e}", o.target)),
+    }
 }
 
 /// Twelve colours told apart at a glance (Tableau 10 and two more), then hues a golden angle
@@ -144,7 +187,17 @@ pub fn write(dir: &Path, runs: &[Outcome], title: &str) -> anyhow::Result<()> {
                 "statuses": o.statuses,
                 "connection_errors": o.errors,
                 "latency_ms": lat,
-                "verify": o.verified.map(|(a, s)| json!({"acknowledged": a, "stored": s})),
+                "verify": o.verified.as_ref().map(|v| match v {
+                    Ok(v) => json!({
+                        "reading": v.reading,
+                        "acknowledged": v.acknowledged,
+                        "found": v.found,
+                        "found_more_than_once": v.found_more_than_once,
+                        "unknown": v.unknown(),
+                        "inbox_events": v.inbox_events,
+                    }),
+                    Err(e) => json!({"error": e}),
+                }),
             })
         })
         .collect();

@@ -12,14 +12,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use clap::Args;
 use hdrhistogram::Histogram;
-use serde_json::{json, Value};
 
 use crate::client::{Conn, Target};
+use crate::orgs::{create_orgs, warm_up};
 use crate::scenario::{Owned, Scenario, Shape};
-use crate::verify;
+use crate::verify::{self, Verified};
+
+/// Runs started by this process: numbers the dedup_ids of runs that share organizations.
+static RUNS: AtomicU64 = AtomicU64::new(0);
 
 /// Delay between the organizations' creation and the first request.
 pub const START_DELAY: Duration = Duration::from_millis(200);
@@ -46,9 +48,14 @@ pub struct RunArgs {
     /// Organizations to create (hot-tenant uses one)
     #[arg(long, default_value_t = 100)]
     pub orgs: usize,
-    /// Tier the organizations are created with
-    #[arg(long, default_value = "unlimited")]
+    /// Tier the organizations are created with; `auto` asks for the highest the target grants
+    /// whose limit covers the run, and says which it got
+    #[arg(long, default_value = "auto")]
     pub tier: String,
+    /// Seconds of unmeasured load before each target's run (every key is used once first);
+    /// 0: none
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
     /// Approximate size of each event's payload in bytes (at least ~110: the fixed fields)
     #[arg(long, default_value_t = 300)]
     pub payload_bytes: usize,
@@ -101,8 +108,9 @@ pub struct Outcome {
     pub latency: Histogram<u64>,
     pub statuses: BTreeMap<u16, u64>,
     pub errors: u64,
-    /// Events acknowledged, and how many of them the inbox holds (`--verify`).
-    pub verified: Option<(usize, usize)>,
+    /// What the inbox holds of the events acknowledged (`--verify`), or why it could not be
+    /// read.
+    pub verified: Option<Result<Verified, String>>,
     /// (organization index, id) of every event acknowledged (`--verify`).
     pub acked: Vec<(usize, String)>,
 }
@@ -112,14 +120,22 @@ impl Outcome {
         self.statuses.values().sum::<u64>() + self.errors
     }
 
-    pub fn ok_fraction(&self) -> f64 {
-        let ok: u64 = self
-            .statuses
+    /// Requests answered 2xx.
+    pub fn ok(&self) -> u64 {
+        self.statuses
             .iter()
             .filter(|(s, _)| (200..300).contains(*s))
             .map(|(_, n)| n)
-            .sum();
-        ok as f64 / self.requests().max(1) as f64
+            .sum()
+    }
+
+    pub fn ok_fraction(&self) -> f64 {
+        self.ok() as f64 / self.requests().max(1) as f64
+    }
+
+    /// Requests answered 429: the tier's limit shaped the run, not the server.
+    pub fn rate_limited(&self) -> u64 {
+        self.statuses.get(&429).copied().unwrap_or(0)
     }
 }
 
@@ -128,85 +144,6 @@ impl Outcome {
 /// every later delivery read as 67 s.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds")
-}
-
-/// Checks that `target` speaks the events contract before anything is measured, and says on
-/// stderr what answered: the contract's `GET /health` is a JSON object with a `status`.
-/// Anything else (nothing listening, another program holding the port, a web server, a proxy's
-/// error page) is refused here, so that it is never measured, or verified, as if it were the
-/// server meant.
-pub async fn check_contract(conn: &mut Conn, target: &Target) -> anyhow::Result<()> {
-    let r = conn
-        .request("GET", "/health", None, b"")
-        .await
-        .with_context(|| format!("{}: GET /health got no HTTP answer", target.name))?;
-    let health: Option<serde_json::Map<String, Value>> = serde_json::from_slice(&r.body).ok();
-    let status = health
-        .as_ref()
-        .and_then(|h| h.get("status"))
-        .and_then(Value::as_str);
-    let (Some(health), Some(status), 200 | 503) = (&health, status, r.status) else {
-        let body = String::from_utf8_lossy(&r.body);
-        let body: String = body.chars().take(120).collect();
-        bail!(
-            "{}: this is not an events server speaking the contract: GET /health answered HTTP \
-             {} {body:?}, not the JSON {{\"status\": ...}} it should. Is the server you meant \
-             running there, or does another program hold that port?",
-            target.name,
-            r.status
-        );
-    };
-    let version = health.get("version").and_then(Value::as_str).unwrap_or("?");
-    eprintln!(
-        "{}: GET /health: HTTP {} status {status}, version {version}",
-        target.name, r.status
-    );
-    Ok(())
-}
-
-/// Creates `n` organizations, once `check_contract` passed; retries a 429 after its
-/// Retry-After.
-pub async fn create_orgs(target: &Target, n: usize, tier: &str) -> anyhow::Result<Vec<String>> {
-    let mut conn = Conn::connect(target).await.with_context(|| {
-        format!(
-            "{}: nothing accepts connections there: is the server running?",
-            target.name
-        )
-    })?;
-    check_contract(&mut conn, target).await?;
-    let mut keys = Vec::with_capacity(n);
-    while keys.len() < n {
-        let body = json!({"organization_name": format!("loadtest-{}", keys.len()), "tier": tier});
-        let r = conn
-            .request(
-                "POST",
-                "/api/keys/generate",
-                None,
-                body.to_string().as_bytes(),
-            )
-            .await?;
-        match r.status {
-            200 | 201 => {
-                let v: Value = serde_json::from_slice(&r.body)?;
-                keys.push(v["api_key"].as_str().context("no api_key")?.to_string());
-            }
-            429 => {
-                let wait = r.retry_after.unwrap_or(1);
-                eprintln!("key generation rate limited; waiting {wait}s (raise the server's signup limit for large runs)");
-                tokio::time::sleep(Duration::from_secs(wait)).await;
-            }
-            403 => bail!(
-                "creating an organization on tier `{tier}` was refused: start this server with \
-                 --keygen-tier-max {tier} (or pass --tier free): {}",
-                String::from_utf8_lossy(&r.body)
-            ),
-            s => bail!(
-                "creating an organization: HTTP {s}: {}",
-                String::from_utf8_lossy(&r.body)
-            ),
-        }
-    }
-    Ok(keys)
 }
 
 /// Per-connection results, merged at the end.
@@ -333,17 +270,34 @@ pub fn org_count(args: &RunArgs) -> usize {
     }
 }
 
-/// One run of `args` against `target`; `quiet` leaves out the progress lines.
-pub async fn run_once(target: &Target, args: &RunArgs, quiet: bool) -> anyhow::Result<Outcome> {
-    let keys = create_orgs(target, org_count(args), &args.tier).await?;
-    run_keys(
-        target,
-        args,
-        Arc::new(keys),
-        Instant::now() + START_DELAY,
-        quiet,
-    )
-    .await
+/// The organizations a run of `args` on `target` measures with: created on the tier
+/// negotiated, and warmed up.
+pub async fn prepare(target: &Target, args: &RunArgs) -> anyhow::Result<Arc<Vec<String>>> {
+    let (keys, _) = create_orgs(target, args, org_count(args)).await?;
+    let keys = Arc::new(keys);
+    warm_up(target, args, &keys).await?;
+    Ok(keys)
+}
+
+/// One measured run of `args` against `target` with `keys`; `quiet` leaves out the progress
+/// lines. Warns when the target answered 429s.
+pub async fn run_measured(
+    target: &Target,
+    args: &RunArgs,
+    keys: Arc<Vec<String>>,
+    quiet: bool,
+) -> anyhow::Result<Outcome> {
+    let o = run_keys(target, args, keys, Instant::now() + START_DELAY, quiet).await?;
+    if o.rate_limited() > 0 {
+        eprintln!(
+            "WARNING: {}: {} of {} answers were 429 rate_limited: the tier's limit shaped this \
+             run, not the server's speed",
+            o.target,
+            o.rate_limited(),
+            o.requests()
+        );
+    }
+    Ok(o)
 }
 
 /// One run of `args` against `target` with these organizations' keys, its first request due
@@ -361,7 +315,7 @@ pub async fn run_keys(
         connections: args.connections,
         payload_bytes: args.payload_bytes,
         batch_size: args.batch_size,
-        dedup: args.dedup,
+        dedup: args.dedup.then(|| RUNS.fetch_add(1, Ordering::Relaxed)),
     };
     let progress = Arc::new(Progress::default());
     let schedule = Arc::new(Schedule {
@@ -400,7 +354,11 @@ pub async fn run_keys(
     }
     let elapsed = start.elapsed();
     let verified = if args.verify {
-        Some(verify::stored(target, &keys, &acked).await?)
+        Some(
+            verify::verify(target, &keys, &acked)
+                .await
+                .map_err(|e| format!("{e:#}")),
+        )
     } else {
         None
     };

@@ -40,14 +40,16 @@ pub fn payload(i: u64, bytes: usize) -> String {
     format!("{head}{}\"}}", "x".repeat(pad))
 }
 
-/// Event `n`; with `dedup`, it carries a dedup_id of its own (`d-{n}`: organizations are new to
-/// each run, so no two events of one organization share one).
-fn event(n: u64, payload_bytes: usize, dedup: bool) -> String {
+/// Event `n`; with `dedup`, it carries a dedup_id of its own: `d-{run}-{n}`, `run` telling
+/// apart the runs of one process that share organizations (a warm-up and the run after it, a
+/// sweep's steps).
+fn event(n: u64, payload_bytes: usize, dedup: Option<u64>) -> String {
     let payload = payload(n, payload_bytes);
-    if dedup {
-        format!(r#"{{"type":"order.created","payload":{payload},"dedup_id":"d-{n}"}}"#)
-    } else {
-        format!(r#"{{"type":"order.created","payload":{payload}}}"#)
+    match dedup {
+        Some(run) => {
+            format!(r#"{{"type":"order.created","payload":{payload},"dedup_id":"d-{run}-{n}"}}"#)
+        }
+        None => format!(r#"{{"type":"order.created","payload":{payload}}}"#),
     }
 }
 
@@ -59,8 +61,8 @@ pub struct Shape {
     pub connections: usize,
     pub payload_bytes: usize,
     pub batch_size: usize,
-    /// Every event carries a dedup_id of its own.
-    pub dedup: bool,
+    /// Every event carries a dedup_id of its own, made unique by this run number.
+    pub dedup: Option<u64>,
 }
 
 impl Shape {
@@ -175,7 +177,7 @@ mod tests {
             orgs: 3,
             connections: 2,
             payload_bytes: 200,
-            dedup: false,
+            dedup: None,
             batch_size: 1,
         };
         let mut owned = Owned::new();
@@ -195,7 +197,7 @@ mod tests {
             orgs: 1,
             connections: 1,
             payload_bytes: 200,
-            dedup: false,
+            dedup: None,
             batch_size: 3,
         };
         let body = br#"{"accepted":2,"results":[{"status":202,"id":"a"},{"status":409,"id":"b"},{"status":202,"id":"c"}]}"#;

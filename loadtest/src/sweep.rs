@@ -3,7 +3,7 @@
 //! the generator achieved at least 95% of the asked rate.
 
 use crate::report;
-use crate::run::{run_once, Outcome, RunArgs};
+use crate::run::{prepare, run_measured, Outcome, RunArgs};
 
 /// The steps of a sweep.
 pub struct Steps {
@@ -30,6 +30,8 @@ fn step_line(step: u64, total: u64, rate: u64, seconds: u64, held: Option<u64>) 
 
 pub async fn sweep(run: &RunArgs, steps: &Steps) -> anyhow::Result<()> {
     let target = run.targets()?.remove(0);
+    // One set of organizations, warmed up once, for every step.
+    let keys = prepare(&target, run).await?;
     let mut held = None;
     let mut rows = Vec::new();
     let mut rate = steps.start;
@@ -42,7 +44,7 @@ pub async fn sweep(run: &RunArgs, steps: &Steps) -> anyhow::Result<()> {
             rate,
             ..run.clone()
         };
-        let o = run_once(&target, &args, true).await?;
+        let o = run_measured(&target, &args, keys.clone(), true).await?;
         let ok = holds(&o, rate, steps.p99_ms);
         println!(
             "rate {rate:>7}  achieved {:>9.0}  p99 {:>8.2} ms  ok {:>6.2}%  {}",

@@ -21,7 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::client::{Conn, Target};
-use crate::run::{create_orgs, new_histogram, org_count, run_keys, RunArgs, START_DELAY};
+use crate::orgs::create_orgs;
+use crate::run::{new_histogram, org_count, run_keys, RunArgs, START_DELAY};
 use crate::scenario::Scenario;
 
 #[derive(clap::Args)]
@@ -238,7 +239,7 @@ pub async fn webhook(args: &WebhookArgs) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(args.receiver_listen)?;
     listener.set_nonblocking(true)?;
     let at = listener.local_addr()?;
-    let keys = create_orgs(&target, org_count(&run), &run.tier).await?;
+    let (keys, _) = create_orgs(&target, &run, org_count(&run)).await?;
     let mut secrets = Vec::with_capacity(keys.len());
     for (i, key) in keys.iter().enumerate() {
         let secret = configure(&target, key, &format!("http://{at}/hook/{i}")).await?;

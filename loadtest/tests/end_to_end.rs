@@ -9,6 +9,8 @@ use std::process::{Command, Output};
 use serde_json::Value;
 use testkit::Server;
 
+mod variant;
+
 /// A one-core server on the test run's shared cluster: rates here are tiny, and each
 /// scenario's organizations keep the runs apart.
 fn server() -> Server {
@@ -96,10 +98,9 @@ fn every_scenario_runs_and_every_acknowledged_event_is_read_back() {
         let verify = &run["verify"];
         let acknowledged = verify["acknowledged"].as_u64().unwrap();
         assert!(acknowledged > 0, "{scenario}: {run}");
-        assert_eq!(
-            verify["stored"], verify["acknowledged"],
-            "{scenario}: {run}"
-        );
+        assert_eq!(verify["found"], verify["acknowledged"], "{scenario}: {run}");
+        assert_eq!(verify["found_more_than_once"], 0, "{scenario}: {run}");
+        assert_eq!(verify["reading"], "status=all", "{scenario}: {run}");
         let hgrm = std::fs::read_to_string(out.path().join("latency-0.hgrm")).unwrap();
         assert!(hgrm.contains("Value") && hgrm.contains("#[Max"), "{hgrm}");
         let svg = std::fs::read_to_string(out.path().join("latency.svg")).unwrap();
@@ -433,4 +434,133 @@ fn a_target_not_speaking_the_contract_is_refused_before_anything_is_measured() {
         stderr.contains("GET /health: HTTP 200 status ok, version"),
         "{stderr}"
     );
+}
+
+fn loadtest_may_fail(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(args)
+        .output()
+        .expect("running loadtest");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A short verified run against `url`, its summary written under `dir`.
+fn short_run<'a>(url: &'a str, dir: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--url",
+        url,
+        "--rate",
+        "40",
+        "--duration",
+        "2",
+        "--orgs",
+        "4",
+        "--connections",
+        "4",
+        "--warmup",
+        "1",
+        "--verify",
+        "--out",
+        dir,
+    ]
+}
+
+#[test]
+fn an_earlier_rust_shape_gets_a_tier_that_holds_and_a_verification_that_tells_what_it_holds() {
+    // Unknown tiers limited like `free` without a word, no `status=all`, ids never listed.
+    let rust = variant::Variant::start(variant::Quirks {
+        unknown_tier_as_free: true,
+        no_status_all: true,
+        ids_not_stored: true,
+    });
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let (ok, stdout, stderr) = loadtest_may_fail(&short_run(&rust.url(), dir));
+    // `unlimited` is accepted but limited to 100/min: passed over for `enterprise`.
+    assert!(
+        stderr.contains("tier `enterprise` granted")
+            && stderr.contains("`unlimited` allows only 100 events/min"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warmed up: every key used once"),
+        "{stderr}"
+    );
+    let runs = summary(out.path());
+    let run = &runs[0];
+    assert_eq!(status_count(run, "429"), 0, "{run}");
+    let v = &run["verify"];
+    let acked = v["acknowledged"].as_u64().unwrap();
+    assert!(acked >= 70, "{v}");
+    assert_eq!(
+        (v["found"].as_u64(), v["unknown"].as_u64()),
+        (Some(0), Some(acked))
+    );
+    // Stored three times each, under other ids (the warm-up's events too).
+    assert!(v["inbox_events"].as_u64().unwrap() >= 3 * acked, "{v}");
+    assert_eq!(v["reading"], "no status", "status=all is refused here");
+    // Said plainly, and the run still fails: the ids it acknowledged are not in its inbox.
+    assert!(stdout.contains("unknown to the inbox"), "{stdout}");
+    assert!(
+        !ok && stderr.contains("none of the ids it answered is in its inbox"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_earlier_python_shape_is_measured_and_verified_with_the_readings_it_allows() {
+    // Unknown tiers refused 422, no `status=all`: the rest as the contract says.
+    let python = variant::Variant::start(variant::Quirks {
+        no_status_all: true,
+        ..variant::Quirks::default()
+    });
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let (ok, _, stderr) = loadtest_may_fail(&short_run(&python.url(), dir));
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("tier `enterprise` granted") && stderr.contains("`unlimited` HTTP 422"),
+        "{stderr}"
+    );
+    let v = &summary(out.path())[0]["verify"];
+    assert_eq!(v["found"], v["acknowledged"], "{v}");
+    assert_eq!(
+        (v["unknown"].as_u64(), v["found_more_than_once"].as_u64()),
+        (Some(0), Some(0))
+    );
+}
+
+#[test]
+fn a_target_that_fails_costs_the_others_nothing() {
+    let python = variant::Variant::start(variant::Quirks::default());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let variant_url = python.url();
+    let mut args = short_run(&nobody, dir);
+    args.extend([
+        "--url",
+        &variant_url,
+        "--label",
+        "gone",
+        "--label",
+        "variant",
+    ]);
+    let (ok, stdout, stderr) = loadtest_may_fail(&args);
+    assert!(!ok, "a target was not measured: the command fails");
+    assert!(
+        stderr.contains("gone") && stderr.contains("NOT MEASURED"),
+        "{stderr}"
+    );
+    let runs = summary(out.path());
+    assert_eq!(runs.len(), 1, "the measured target's results are written");
+    assert!(runs[0]["target"].as_str().unwrap().starts_with("variant"));
+    assert!(stdout.contains("variant"), "{stdout}");
 }

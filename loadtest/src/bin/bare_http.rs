@@ -1,7 +1,8 @@
 //! bare_http: the bare-HTTP ceiling. A may_minihttp server (the fastest known Rust HTTP stack)
 //! that reads each request's body and answers 202 to any POST, doing nothing else, so a run
 //! against it measures what the machine, the kernel and the load generator allow before any
-//! server work. `POST /api/keys/generate` answers a stand-in key so `loadtest` can set up.
+//! server work. `GET /health` and `POST /api/keys/generate` answer as the contract does (a
+//! stand-in key), so that `loadtest` can check the target and set up.
 //! Usage: bare_http [ADDR] (default 127.0.0.1:8099).
 
 use std::io::Read;
@@ -13,11 +14,13 @@ struct Bare;
 
 impl HttpService for Bare {
     fn call(&mut self, req: Request, rsp: &mut Response) -> std::io::Result<()> {
-        let keygen = req.path() == "/api/keys/generate";
+        let path = req.path().to_string();
         let mut body = req.body();
         std::io::copy(&mut body.by_ref(), &mut std::io::sink())?;
         rsp.header("Content-Type: application/json");
-        if keygen {
+        if path == "/health" {
+            rsp.body(r#"{"status":"ok","version":"bare_http"}"#);
+        } else if path == "/api/keys/generate" {
             rsp.status_code(201, "Created");
             rsp.body(r#"{"api_key":"bare"}"#);
         } else {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 
 use crate::client::{Conn, Target};
-use crate::run::{run_once, Outcome, RunArgs};
+use crate::run::{prepare, run_measured, Outcome, RunArgs};
 use crate::scenario::Scenario;
 pub use attack::Attack;
 use attack::{attack, Answers, Setup};
@@ -144,6 +144,8 @@ fn victim_args(args: &HostileArgs) -> RunArgs {
         connections: 16,
         orgs: 1,
         tier: "unlimited".into(),
+        // The baseline run comes first and is itself the reference: no warm-up.
+        warmup: 0,
         payload_bytes: 300,
         batch_size: 1,
         dedup: false,
@@ -179,7 +181,9 @@ pub async fn hostile(args: &HostileArgs) -> anyhow::Result<()> {
         args.server_pid,
         Instant::now() + Duration::from_secs(args.duration + 1),
     );
-    let baseline = run_once(&target, &victim, true).await?;
+    // One victim organization for the baseline and every shape.
+    let victim_keys = prepare(&target, &victim).await?;
+    let baseline = run_measured(&target, &victim, victim_keys.clone(), true).await?;
     rows.push(Row {
         attack: "none (baseline)".into(),
         answers: BTreeMap::new(),
@@ -210,7 +214,7 @@ pub async fn hostile(args: &HostileArgs) -> anyhow::Result<()> {
             attackers_rt.spawn(attack(shape, setup.clone(), n));
         }
         tokio::time::sleep(ramp).await;
-        let outcome = run_once(&target, &victim, true).await;
+        let outcome = run_measured(&target, &victim, victim_keys.clone(), true).await;
         let peak_rss = rss.await;
         // Attackers still waiting record `no answer` at `until`.
         tokio::time::sleep(Duration::from_millis(300)).await;
