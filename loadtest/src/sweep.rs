@@ -30,8 +30,12 @@ fn step_line(step: u64, total: u64, rate: u64, seconds: u64, held: Option<u64>) 
 
 pub async fn sweep(run: &RunArgs, steps: &Steps) -> anyhow::Result<()> {
     let target = run.targets()?.remove(0);
-    // One set of organizations, warmed up once, for every step.
-    let keys = prepare(&target, run).await?;
+    // One set of organizations, warmed up once at the first step's rate, for every step.
+    let first = RunArgs {
+        rate: steps.start,
+        ..run.clone()
+    };
+    let keys = prepare(&target, &first).await?;
     let mut held = None;
     let mut rows = Vec::new();
     let mut rate = steps.start;
