@@ -45,7 +45,8 @@ struct Cli {
 enum Command {
     /// Run one scenario at a fixed rate against one or more targets, one after the other
     Run(RunArgs),
-    /// Step the rate up until p99 crosses a bound; report the highest rate that held
+    /// Step the rate up until p99 crosses a bound (twice in a row); report the highest rate
+    /// that held, for each --url in turn
     Sweep {
         #[command(flatten)]
         run: RunArgs,

@@ -1,5 +1,6 @@
 //! report: the summary line, and the files `--out` writes: summary.json, one .hgrm percentile
-//! distribution per run, and an SVG plot of latency by percentile with one line per run.
+//! distribution per run, an SVG plot of latency by percentile with one line per run, and
+//! report.md (the runs side by side, with ratios to the first); a sweep adds sweep.json.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -7,6 +8,7 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::run::Outcome;
+use crate::sweep::Swept;
 
 const QUANTILES: [(f64, &str); 6] = [
     (0.5, "p50"),
@@ -168,39 +170,141 @@ fn svg(runs: &[&Outcome], title: &str) -> String {
     s
 }
 
-pub fn write(dir: &Path, runs: &[Outcome], title: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let summary: Vec<_> = runs
+/// One run as `summary.json` shows it.
+fn run_json(o: &Outcome) -> serde_json::Value {
+    let secs = o.elapsed.as_secs_f64();
+    let mut lat = serde_json::Map::new();
+    for (q, name) in QUANTILES {
+        lat.insert(name.to_string(), json!(ms(o.latency.value_at_quantile(q))));
+    }
+    json!({
+        "target": o.target,
+        "asked_rate": o.rate,
+        "achieved_rate": o.requests() as f64 / secs,
+        "events_per_request": o.events_per_request,
+        "seconds": secs,
+        "statuses": o.statuses,
+        "connection_errors": o.errors,
+        "latency_ms": lat,
+        "verify": o.verified.as_ref().map(|v| match v {
+            Ok(v) => json!({
+                "reading": v.reading,
+                "acknowledged": v.acknowledged,
+                "found": v.found,
+                "found_more_than_once": v.found_more_than_once,
+                "unknown": v.unknown(),
+                "inbox_events": v.inbox_events,
+            }),
+            Err(e) => json!({"error": e}),
+        }),
+    })
+}
+
+/// A run's answers by status, and its connection errors, in one cell.
+fn answers(o: &Outcome) -> String {
+    let mut cell: Vec<String> = o
+        .statuses
         .iter()
-        .map(|o| {
-            let secs = o.elapsed.as_secs_f64();
-            let mut lat = serde_json::Map::new();
-            for (q, name) in QUANTILES {
-                lat.insert(name.to_string(), json!(ms(o.latency.value_at_quantile(q))));
-            }
-            json!({
-                "target": o.target,
-                "asked_rate": o.rate,
-                "achieved_rate": o.requests() as f64 / secs,
-                "events_per_request": o.events_per_request,
-                "seconds": secs,
-                "statuses": o.statuses,
-                "connection_errors": o.errors,
-                "latency_ms": lat,
-                "verify": o.verified.as_ref().map(|v| match v {
-                    Ok(v) => json!({
-                        "reading": v.reading,
-                        "acknowledged": v.acknowledged,
-                        "found": v.found,
-                        "found_more_than_once": v.found_more_than_once,
-                        "unknown": v.unknown(),
-                        "inbox_events": v.inbox_events,
-                    }),
-                    Err(e) => json!({"error": e}),
-                }),
-            })
-        })
+        .map(|(s, n)| format!("{s}: {n}"))
         .collect();
+    if o.errors > 0 {
+        cell.push(format!("no answer: {}", o.errors));
+    }
+    cell.join(", ")
+}
+
+/// What `--verify` found, in one cell.
+fn verified(o: &Outcome) -> String {
+    match &o.verified {
+        None => "not verified".into(),
+        Some(Err(e)) => format!("could not read: {e}"),
+        Some(Ok(v)) => {
+            let mut cell = format!("{} of {} found", v.found, v.acknowledged);
+            if v.found_more_than_once > 0 {
+                let _ = write!(cell, ", {} more than once", v.found_more_than_once);
+            }
+            if v.unknown() > 0 {
+                let _ = write!(cell, ", **{} unknown**", v.unknown());
+            }
+            let _ = write!(cell, "; inbox lists {} ({})", v.inbox_events, v.reading);
+            cell
+        }
+    }
+}
+
+/// `report.md`: the runs side by side, then each one's latency and rate as ratios of the first
+/// run's (the baseline).
+fn markdown(runs: &[&Outcome], title: &str) -> String {
+    let mut md = format!(
+        "# {title}\n\nLatency in ms from each request's intended send time (open loop).\n\n\
+         | target | asked req/s | achieved req/s | p50 | p99 | p99.9 | max | answers | verify |\n\
+         |---|---:|---:|---:|---:|---:|---:|---|---|\n"
+    );
+    let q = |o: &Outcome, p: f64| ms(o.latency.value_at_quantile(p));
+    let achieved = |o: &Outcome| o.requests() as f64 / o.elapsed.as_secs_f64();
+    for o in runs {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            o.target,
+            o.rate,
+            achieved(o),
+            q(o, 0.5),
+            q(o, 0.99),
+            q(o, 0.999),
+            q(o, 1.0),
+            answers(o),
+            verified(o)
+        );
+    }
+    if let [base, others @ ..] = runs {
+        if !others.is_empty() {
+            let _ = write!(
+                md,
+                "\nRatios to the baseline, {} (below 1: lower latency, or a lower rate achieved):\n\n\
+                 | target | achieved | p50 | p99 | p99.9 | max |\n|---|---:|---:|---:|---:|---:|\n",
+                base.target
+            );
+            let ratio = |a: f64, b: f64| {
+                if b > 0.0 {
+                    format!("{:.2}x", a / b)
+                } else {
+                    "-".into()
+                }
+            };
+            for o in others {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    o.target,
+                    ratio(achieved(o), achieved(base)),
+                    ratio(q(o, 0.5), q(base, 0.5)),
+                    ratio(q(o, 0.99), q(base, 0.99)),
+                    ratio(q(o, 0.999), q(base, 0.999)),
+                    ratio(q(o, 1.0), q(base, 1.0)),
+                );
+            }
+        }
+    }
+    let rate_limited: Vec<&str> = runs
+        .iter()
+        .filter(|o| o.rate_limited() > 0)
+        .map(|o| o.target.as_str())
+        .collect();
+    if !rate_limited.is_empty() {
+        let _ = write!(
+            md,
+            "\n**Rate limited** (429s: the tier's limit shaped these runs, not the server): {}\n",
+            rate_limited.join(", ")
+        );
+    }
+    md
+}
+
+/// The files of `runs`: summary.json, a .hgrm per run, latency.svg, report.md.
+fn write_runs(dir: &Path, runs: &[&Outcome], title: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let summary: Vec<_> = runs.iter().map(|o| run_json(o)).collect();
     std::fs::write(
         dir.join("summary.json"),
         serde_json::to_string_pretty(&summary)? + "\n",
@@ -211,9 +315,45 @@ pub fn write(dir: &Path, runs: &[Outcome], title: &str) -> anyhow::Result<()> {
             triggers::stats::percentile_distribution(&o.latency),
         )?;
     }
-    let all: Vec<&Outcome> = runs.iter().collect();
-    std::fs::write(dir.join("latency.svg"), svg(&all, title))?;
+    std::fs::write(dir.join("latency.svg"), svg(runs, title))?;
+    std::fs::write(dir.join("report.md"), markdown(runs, title))?;
     Ok(())
+}
+
+pub fn write(dir: &Path, runs: &[Outcome], title: &str) -> anyhow::Result<()> {
+    let all: Vec<&Outcome> = runs.iter().collect();
+    write_runs(dir, &all, title)
+}
+
+/// A sweep's files: `sweep.json` (every step of every target, and what held), and the files of
+/// a run (summary, .hgrm, plot, report) for each target's highest step that held (or its first
+/// step, when none held), so that the targets compare side by side at their best.
+pub fn write_sweep(dir: &Path, swept: &[Swept], p99_ms: f64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json: Vec<_> = swept
+        .iter()
+        .map(|s| {
+            json!({
+                "target": s.target,
+                "p99_bound_ms": p99_ms,
+                "highest_held": s.held,
+                "steps": s.steps.iter().map(run_json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    std::fs::write(
+        dir.join("sweep.json"),
+        serde_json::to_string_pretty(&json)? + "\n",
+    )?;
+    let best: Vec<&Outcome> = swept
+        .iter()
+        .filter_map(|s| {
+            let held = s.steps.iter().rfind(|o| Some(o.rate) == s.held);
+            held.or(s.steps.first())
+        })
+        .collect();
+    let title = format!("sweep, p99 <= {p99_ms} ms: each target at its highest rate that held");
+    write_runs(dir, &best, &title)
 }
 
 #[cfg(test)]

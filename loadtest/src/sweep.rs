@@ -1,6 +1,7 @@
-//! sweep: step the open-loop rate up until a step fails, and report the highest rate that held.
-//! A step holds when its p99 is within the bound, at least 99.9% of its answers are 2xx, and
-//! the generator achieved at least 95% of the asked rate.
+//! sweep: step the open-loop rate up until a step fails, and report the highest rate that held,
+//! for each target in turn. A step holds when its p99 is within the bound, at least 99.9% of
+//! its answers are 2xx, and the generator achieved at least 95% of the asked rate. Machines are
+//! noisy: a step that fails is run again, and fails only if it fails twice.
 
 use crate::report;
 use crate::run::{prepare, run_measured, Outcome, RunArgs};
@@ -28,50 +29,99 @@ fn step_line(step: u64, total: u64, rate: u64, seconds: u64, held: Option<u64>) 
     format!("sweep step {step}/{total}: {rate} req/s for {seconds} s ({so_far})")
 }
 
-pub async fn sweep(run: &RunArgs, steps: &Steps) -> anyhow::Result<()> {
-    let target = run.targets()?.remove(0);
+/// One target's sweep: its steps (the retries of failed steps included) and the highest rate
+/// that held.
+pub struct Swept {
+    pub target: String,
+    pub steps: Vec<Outcome>,
+    pub held: Option<u64>,
+}
+
+async fn sweep_one(
+    target: &crate::client::Target,
+    run: &RunArgs,
+    steps: &Steps,
+) -> anyhow::Result<Swept> {
     // One set of organizations, warmed up once at the first step's rate, for every step.
     let first = RunArgs {
         rate: steps.start,
         ..run.clone()
     };
-    let keys = prepare(&target, &first).await?;
-    let mut held = None;
-    let mut rows = Vec::new();
-    let mut rate = steps.start;
+    let keys = prepare(target, &first).await?;
+    let mut swept = Swept {
+        target: target.name.clone(),
+        steps: Vec::new(),
+        held: None,
+    };
     let total = (steps.max.saturating_sub(steps.start)) / steps.step.max(1) + 1;
-    let mut step = 0;
+    let (mut rate, mut step) = (steps.start, 0);
     while rate <= steps.max {
         step += 1;
-        eprintln!("{}", step_line(step, total, rate, run.duration, held));
+        eprintln!(
+            "{}: {}",
+            target.name,
+            step_line(step, total, rate, run.duration, swept.held)
+        );
         let args = RunArgs {
             rate,
             ..run.clone()
         };
-        let o = run_measured(&target, &args, keys.clone(), true).await?;
-        let ok = holds(&o, rate, steps.p99_ms);
-        println!(
-            "rate {rate:>7}  achieved {:>9.0}  p99 {:>8.2} ms  ok {:>6.2}%  {}",
-            o.requests() as f64 / o.elapsed.as_secs_f64(),
-            o.latency.value_at_quantile(0.99) as f64 / 1000.0,
-            o.ok_fraction() * 100.0,
-            if ok { "holds" } else { "FAILS" }
-        );
-        rows.push(o);
+        let mut ok = false;
+        for attempt in ["", " (again)"] {
+            let o = run_measured(target, &args, keys.clone(), true).await?;
+            ok = holds(&o, rate, steps.p99_ms);
+            println!(
+                "{}  rate {rate:>7}  achieved {:>9.0}  p99 {:>8.2} ms  ok {:>6.2}%  {}{attempt}",
+                target.name,
+                o.requests() as f64 / o.elapsed.as_secs_f64(),
+                o.latency.value_at_quantile(0.99) as f64 / 1000.0,
+                o.ok_fraction() * 100.0,
+                if ok { "holds" } else { "FAILS" }
+            );
+            swept.steps.push(o);
+            if ok {
+                break;
+            }
+        }
         if !ok {
             break;
         }
-        held = Some(rate);
+        swept.held = Some(rate);
         rate += steps.step;
     }
+    Ok(swept)
+}
+
+/// Sweeps every target in turn; one that cannot be swept is reported and skipped, and the
+/// command fails afterwards.
+pub async fn sweep(run: &RunArgs, steps: &Steps) -> anyhow::Result<()> {
     let bound = steps.p99_ms;
-    match held {
-        Some(r) => println!("highest rate holding p99 <= {bound} ms: {r} req/s"),
-        None => println!("no rate held p99 <= {bound} ms"),
+    let mut swept = Vec::new();
+    let mut problems = Vec::new();
+    for target in run.targets()? {
+        match sweep_one(&target, run, steps).await {
+            Ok(s) => {
+                match s.held {
+                    Some(r) => {
+                        println!(
+                            "{}: highest rate holding p99 <= {bound} ms: {r} req/s",
+                            s.target
+                        );
+                    }
+                    None => println!("{}: no rate held p99 <= {bound} ms", s.target),
+                }
+                swept.push(s);
+            }
+            Err(e) => {
+                eprintln!("{}: NOT MEASURED: {e:#}", target.name);
+                problems.push(format!("{}: not measured: {e:#}", target.name));
+            }
+        }
     }
-    if let Some(dir) = &run.out {
-        report::write(dir, &rows, "sweep")?;
+    if let (Some(dir), false) = (&run.out, swept.is_empty()) {
+        report::write_sweep(dir, &swept, bound)?;
     }
+    anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
     Ok(())
 }
 

@@ -148,6 +148,16 @@ fn a_comparison_of_two_targets_writes_one_plot_with_a_line_each() {
     let svg = std::fs::read_to_string(out.path().join("latency.svg")).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 2);
     assert!(svg.contains("first (") && svg.contains("second ("));
+    // Side by side, and the second as ratios of the first.
+    let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(
+        report.contains("| first (") && report.contains("| second ("),
+        "{report}"
+    );
+    assert!(
+        report.contains("Ratios to the baseline, first (") && report.contains("x |"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -436,6 +446,11 @@ fn a_target_not_speaking_the_contract_is_refused_before_anything_is_measured() {
     );
 }
 
+/// A command line's words (none of them holds a space).
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 fn loadtest_may_fail(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(args)
@@ -477,6 +492,7 @@ fn an_earlier_rust_shape_gets_a_tier_that_holds_and_a_verification_that_tells_wh
         unknown_tier_as_free: true,
         no_status_all: true,
         ids_not_stored: true,
+        ..variant::Quirks::default()
     });
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().to_str().unwrap();
@@ -563,4 +579,75 @@ fn a_target_that_fails_costs_the_others_nothing() {
     assert_eq!(runs.len(), 1, "the measured target's results are written");
     assert!(runs[0]["target"].as_str().unwrap().starts_with("variant"));
     assert!(stdout.contains("variant"), "{stdout}");
+}
+
+#[test]
+fn a_sweep_step_fails_only_if_it_fails_twice() {
+    let hiccup = variant::Variant::start(variant::Quirks {
+        stall_once: true,
+        ..variant::Quirks::default()
+    });
+    let out = tempfile::tempdir().unwrap();
+    let line = format!(
+        "sweep --url {} --start 20 --step 20 --max 40 --duration 2 --connections 2 --orgs 2 \
+         --p99-ms 100 --warmup 0 --out {}",
+        hiccup.url(),
+        out.path().display()
+    );
+    let (ok, stdout, stderr) = loadtest_may_fail(&words(&line));
+    assert!(ok, "{stdout}\n{stderr}");
+    // The first step meets the hiccup, fails, and holds when run again.
+    assert!(
+        stdout.contains("FAILS") && stdout.contains("holds (again)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("highest rate holding p99 <= 100 ms: 40 req/s"),
+        "{stdout}"
+    );
+    let sweep: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("sweep.json")).unwrap())
+            .unwrap();
+    assert_eq!(sweep[0]["steps"].as_array().unwrap().len(), 3, "{sweep}");
+    assert_eq!(sweep[0]["highest_held"], 40);
+}
+
+#[test]
+fn a_sweep_of_several_targets_sweeps_each_and_compares_them_at_their_best() {
+    let server = server();
+    let python = variant::Variant::start(variant::Quirks {
+        no_status_all: true,
+        ..variant::Quirks::default()
+    });
+    let out = tempfile::tempdir().unwrap();
+    let line = format!(
+        "sweep --url {} --label this --url {} --label variant --start 50 --step 50 --max 100 \
+         --duration 2 --connections 2 --orgs 2 --p99-ms 1000 --warmup 1 --out {}",
+        server.url(),
+        python.url(),
+        out.path().display()
+    );
+    let (ok, stdout, stderr) = loadtest_may_fail(&words(&line));
+    assert!(ok, "{stdout}\n{stderr}");
+    for label in ["this", "variant"] {
+        assert!(
+            stdout.contains(&format!("{label} (")) && stdout.contains("100 req/s"),
+            "{stdout}"
+        );
+    }
+    let sweep: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("sweep.json")).unwrap())
+            .unwrap();
+    assert_eq!(sweep.as_array().unwrap().len(), 2);
+    let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(
+        report.contains("| this (") && report.contains("| variant ("),
+        "{report}"
+    );
+    assert!(
+        report.contains("Ratios to the baseline, this ("),
+        "{report}"
+    );
+    let svg = std::fs::read_to_string(out.path().join("latency.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 2, "a line per target");
 }

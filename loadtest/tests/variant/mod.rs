@@ -23,6 +23,8 @@ pub struct Quirks {
     pub no_status_all: bool,
     /// Each event is stored three times under ids other than the one answered.
     pub ids_not_stored: bool,
+    /// Events 5 to 24 are answered 200 ms late, once: a hiccup of a noisy machine.
+    pub stall_once: bool,
 }
 
 const TIERS: [(&str, f64); 4] = [
@@ -44,6 +46,8 @@ struct Org {
 struct State {
     orgs: HashMap<String, Org>,
     next: u64,
+    /// Events posted so far.
+    events: u64,
 }
 
 pub struct Variant {
@@ -107,10 +111,14 @@ fn serve(mut stream: TcpStream, quirks: Quirks, state: &Mutex<State>) {
         let body: Value =
             serde_json::from_slice(&buf[body_at..body_at + length]).unwrap_or(Value::Null);
         buf.drain(..body_at + length);
-        let (status, extra, answer) = {
+        let (status, extra, answer, events) = {
             let mut state = state.lock().unwrap();
-            answer(&mut state, quirks, &method, &path, key.as_deref(), &body)
+            let answer = answer(&mut state, quirks, &method, &path, key.as_deref(), &body);
+            (answer.0, answer.1, answer.2, state.events)
         };
+        if quirks.stall_once && path == "/api/events" && (5..25).contains(&events) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
         let answer = answer.to_string();
         let head = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n",
@@ -182,6 +190,7 @@ fn answer(
             None => (401, String::new(), json!({"detail": "invalid key"})),
         },
         ("POST", "/api/events") => {
+            state.events += 1;
             state.next += 1;
             let n = state.next;
             let Some(org) = key.and_then(|k| state.orgs.get_mut(k)) else {
