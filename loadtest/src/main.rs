@@ -12,13 +12,14 @@
 //! - `sweep`: stepping the rate up to the highest that holds a p99 bound.
 //! - `hostile`: attacks, one shape at a time, against a server serving a victim tenant.
 //! - `webhook`: webhook delivery end to end, with a receiver in this process.
-//! - `report`, `client`, `copy_ceiling`: the files `--out` writes, the HTTP client, the
-//!   bare-COPY ceiling.
+//! - `report`, `plot`, `client`, `copy_ceiling`: the files `--out` writes and the latency plot
+//!   among them, the HTTP client, the bare-COPY ceiling.
 
 mod client;
 mod copy_ceiling;
 mod hostile;
 mod orgs;
+mod plot;
 mod report;
 mod run;
 mod scenario;

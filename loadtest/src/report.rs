@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde_json::json;
 
+use crate::plot;
 use crate::run::Outcome;
 use crate::sweep::Swept;
 
@@ -95,79 +96,6 @@ pub fn verify_problem(o: &Outcome) -> Option<String> {
         Ok(_) => None,
         Err(e) => Some(format!("{}: verification failed: {e}", o.target)),
     }
-}
-
-/// Twelve colours told apart at a glance (Tableau 10 and two more), then hues a golden angle
-/// apart: a sweep of many runs gets a colour per run, never one twice.
-fn color(i: usize) -> String {
-    const PALETTE: [&str; 12] = [
-        "#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2", "#edc948", "#9c755f",
-        "#ff9da7", "#bab0ac", "#1b1b1b", "#8cd17d",
-    ];
-    PALETTE.get(i).map_or_else(
-        || format!("hsl({:.0}, 65%, 45%)", (i as f64 * 137.508) % 360.0),
-        |c| c.to_string(),
-    )
-}
-
-/// Latency (ms) by percentile, x on the usual log scale of 1/(1-p), one polyline per run.
-fn svg(runs: &[&Outcome], title: &str) -> String {
-    const W: f64 = 760.0;
-    const H: f64 = 420.0;
-    const L: f64 = 70.0;
-    // Room for the last percentile label, centred on the right edge of the plot.
-    const R: f64 = 40.0;
-    const T: f64 = 40.0;
-    const B: f64 = 60.0;
-    const X_MAX: f64 = 5.0; // 99.999%
-    let y_max = runs
-        .iter()
-        .map(|o| ms(o.latency.value_at_quantile(0.99999)))
-        .fold(1.0, f64::max)
-        * 1.1;
-    let x = |p: f64| L + (W - L - R) * ((1.0 / (1.0 - p.min(0.99999))).log10() / X_MAX);
-    let y = |v: f64| H - B - (H - T - B) * (v / y_max);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{L}\" y=\"24\" font-size=\"15\">{title}: latency by percentile (ms, from intended send time)</text>\n"
-    );
-    for (i, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
-        .iter()
-        .enumerate()
-    {
-        let px = L + (W - L - R) * (i as f64 / X_MAX);
-        let _ = writeln!(s, "<line x1=\"{px:.1}\" y1=\"{T}\" x2=\"{px:.1}\" y2=\"{}\" stroke=\"#ddd\"/><text x=\"{px:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>", H - B, H - B + 18.0);
-    }
-    for k in 0..=4 {
-        let v = y_max * k as f64 / 4.0;
-        let py = y(v);
-        let _ = writeln!(s, "<line x1=\"{L}\" y1=\"{py:.1}\" x2=\"{}\" y2=\"{py:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>", W - R, L - 6.0, py + 4.0);
-    }
-    for (i, o) in runs.iter().enumerate() {
-        let color = color(i);
-        let mut points = String::new();
-        for step in 0..=200 {
-            let p = 1.0 - 10f64.powf(-X_MAX * step as f64 / 200.0);
-            let _ = write!(
-                points,
-                "{:.1},{:.1} ",
-                x(p),
-                y(ms(o.latency.value_at_quantile(p)))
-            );
-        }
-        let _ = writeln!(
-            s,
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{points}\"/>"
-        );
-        let label = format!("{} @ {} req/s", o.target, o.rate);
-        let _ = writeln!(
-            s,
-            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{label}</text>",
-            L + 10.0,
-            T + 16.0 + 16.0 * i as f64
-        );
-    }
-    s.push_str("</svg>\n");
-    s
 }
 
 /// One run as `summary.json` shows it.
@@ -315,7 +243,7 @@ fn write_runs(dir: &Path, runs: &[&Outcome], title: &str) -> anyhow::Result<()> 
             triggers::stats::percentile_distribution(&o.latency),
         )?;
     }
-    std::fs::write(dir.join("latency.svg"), svg(runs, title))?;
+    std::fs::write(dir.join("latency.svg"), plot::latency_svg(runs, title)?)?;
     std::fs::write(dir.join("report.md"), markdown(runs, title))?;
     Ok(())
 }
@@ -354,39 +282,4 @@ pub fn write_sweep(dir: &Path, swept: &[Swept], p99_ms: f64) -> anyhow::Result<(
         .collect();
     let title = format!("sweep, p99 <= {p99_ms} ms: each target at its highest rate that held");
     write_runs(dir, &best, &title)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_run_of_a_long_sweep_has_a_colour_of_its_own() {
-        let colors: std::collections::HashSet<String> = (0..40).map(color).collect();
-        assert_eq!(colors.len(), 40);
-    }
-
-    #[test]
-    fn the_percentile_labels_fit_inside_the_plot() {
-        let runs: Vec<Outcome> = Vec::new();
-        let all: Vec<&Outcome> = runs.iter().collect();
-        let svg = svg(&all, "t");
-        let width: f64 = 760.0;
-        // At 12 px sans-serif a character is at most ~7.5 px wide; centred labels need half
-        // their width on each side.
-        for label in svg.split("<text ").skip(1) {
-            if !label.contains("text-anchor=\"middle\"") {
-                continue;
-            }
-            let x: f64 = label["x=\"".len()..]
-                .split('"')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            let text = label.split('>').nth(1).unwrap().split('<').next().unwrap();
-            let half = text.chars().count() as f64 * 7.5 / 2.0;
-            assert!(x - half >= 0.0 && x + half <= width, "{text} at {x}");
-        }
-    }
 }

@@ -104,7 +104,11 @@ fn every_scenario_runs_and_every_acknowledged_event_is_read_back() {
         let hgrm = std::fs::read_to_string(out.path().join("latency-0.hgrm")).unwrap();
         assert!(hgrm.contains("Value") && hgrm.contains("#[Max"), "{hgrm}");
         let svg = std::fs::read_to_string(out.path().join("latency.svg")).unwrap();
-        assert_eq!(svg.matches("<polyline").count(), 1, "{scenario}");
+        assert_eq!(
+            svg.matches(" req/s").count(),
+            1,
+            "{scenario}: a legend entry per run"
+        );
     }
 }
 
@@ -146,7 +150,7 @@ fn a_comparison_of_two_targets_writes_one_plot_with_a_line_each() {
         assert!(status_count(run, "202") >= 50, "{run}");
     }
     let svg = std::fs::read_to_string(out.path().join("latency.svg")).unwrap();
-    assert_eq!(svg.matches("<polyline").count(), 2);
+    assert_eq!(svg.matches(" req/s").count(), 2, "a legend entry per run");
     assert!(svg.contains("first (") && svg.contains("second ("));
     // Side by side, and the second as ratios of the first.
     let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
@@ -649,5 +653,9 @@ fn a_sweep_of_several_targets_sweeps_each_and_compares_them_at_their_best() {
         "{report}"
     );
     let svg = std::fs::read_to_string(out.path().join("latency.svg")).unwrap();
-    assert_eq!(svg.matches("<polyline").count(), 2, "a line per target");
+    assert_eq!(
+        svg.matches(" req/s").count(),
+        2,
+        "a legend entry per target"
+    );
 }
