@@ -57,6 +57,10 @@ enum Command {
         /// Rate added at each step
         #[arg(long, default_value_t = 2000)]
         step: u64,
+        /// Multiply the rate by this at each step instead (e.g. 1.25): one sweep then spans
+        /// targets hundreds of times apart in a few dozen steps
+        #[arg(long)]
+        growth: Option<f64>,
         /// Highest rate tried
         #[arg(long, default_value_t = 100_000)]
         max: u64,
@@ -120,7 +124,12 @@ async fn run_all(args: &RunArgs) -> anyhow::Result<()> {
         }
     }
     if let (Some(dir), false) = (&args.out, outcomes.is_empty()) {
-        report::write(dir, &outcomes, &format!("{:?}", args.scenario))?;
+        report::write(
+            dir,
+            &outcomes,
+            &format!("{:?}", args.scenario),
+            args.baseline.as_deref(),
+        )?;
     }
     anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
     Ok(())
@@ -136,12 +145,15 @@ async fn main() -> anyhow::Result<()> {
             run,
             start,
             step,
+            growth,
             max,
             p99_ms,
         } => {
+            anyhow::ensure!(growth.is_none_or(|g| g > 1.0), "--growth must be above 1");
             let steps = sweep::Steps {
                 start,
                 step,
+                growth,
                 max,
                 p99_ms,
             };

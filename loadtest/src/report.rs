@@ -5,6 +5,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use anyhow::Context;
+
 use serde_json::json;
 
 use crate::plot;
@@ -160,9 +162,24 @@ fn verified(o: &Outcome) -> String {
     }
 }
 
-/// `report.md`: the runs side by side, then each one's latency and rate as ratios of the first
-/// run's (the baseline).
-fn markdown(runs: &[&Outcome], title: &str) -> String {
+/// The run `baseline` names (a target's label, or its URL), the first without one.
+fn baseline_of<'a>(
+    runs: &[&'a Outcome],
+    baseline: Option<&str>,
+) -> anyhow::Result<Option<&'a Outcome>> {
+    let Some(name) = baseline else {
+        return Ok(runs.first().copied());
+    };
+    runs.iter()
+        .find(|o| crate::run::is_named(&o.target, name))
+        .copied()
+        .map(Some)
+        .with_context(|| format!("--baseline {name}: no target of that label or URL was measured"))
+}
+
+/// `report.md`: the runs side by side, then each other run's latency and rate as ratios of the
+/// baseline's.
+fn markdown(runs: &[&Outcome], title: &str, baseline: Option<&Outcome>) -> String {
     let mut md = format!(
         "# {title}\n\nLatency in ms from each request's intended send time (open loop).\n\n\
          | target | asked req/s | achieved req/s | p50 | p99 | p99.9 | max | answers | verify |\n\
@@ -185,7 +202,11 @@ fn markdown(runs: &[&Outcome], title: &str) -> String {
             verified(o)
         );
     }
-    if let [base, others @ ..] = runs {
+    let others: Vec<&&Outcome> = runs
+        .iter()
+        .filter(|o| baseline.is_some_and(|b| !std::ptr::eq(**o, b)))
+        .collect();
+    if let Some(base) = baseline {
         if !others.is_empty() {
             let _ = write!(
                 md,
@@ -229,8 +250,15 @@ fn markdown(runs: &[&Outcome], title: &str) -> String {
     md
 }
 
-/// The files of `runs`: summary.json, a .hgrm per run, latency.svg, report.md.
-fn write_runs(dir: &Path, runs: &[&Outcome], title: &str) -> anyhow::Result<()> {
+/// The files of `runs`: summary.json, a .hgrm per run, latency.svg, report.md (its ratios
+/// against `baseline`, see `baseline_of`).
+fn write_runs(
+    dir: &Path,
+    runs: &[&Outcome],
+    title: &str,
+    baseline: Option<&str>,
+) -> anyhow::Result<()> {
+    let base = baseline_of(runs, baseline)?;
     std::fs::create_dir_all(dir)?;
     let summary: Vec<_> = runs.iter().map(|o| run_json(o)).collect();
     std::fs::write(
@@ -244,19 +272,29 @@ fn write_runs(dir: &Path, runs: &[&Outcome], title: &str) -> anyhow::Result<()> 
         )?;
     }
     std::fs::write(dir.join("latency.svg"), plot::latency_svg(runs, title)?)?;
-    std::fs::write(dir.join("report.md"), markdown(runs, title))?;
+    std::fs::write(dir.join("report.md"), markdown(runs, title, base))?;
     Ok(())
 }
 
-pub fn write(dir: &Path, runs: &[Outcome], title: &str) -> anyhow::Result<()> {
+pub fn write(
+    dir: &Path,
+    runs: &[Outcome],
+    title: &str,
+    baseline: Option<&str>,
+) -> anyhow::Result<()> {
     let all: Vec<&Outcome> = runs.iter().collect();
-    write_runs(dir, &all, title)
+    write_runs(dir, &all, title, baseline)
 }
 
 /// A sweep's files: `sweep.json` (every step of every target, and what held), and the files of
 /// a run (summary, .hgrm, plot, report) for each target's highest step that held (or its first
 /// step, when none held), so that the targets compare side by side at their best.
-pub fn write_sweep(dir: &Path, swept: &[Swept], p99_ms: f64) -> anyhow::Result<()> {
+pub fn write_sweep(
+    dir: &Path,
+    swept: &[Swept],
+    p99_ms: f64,
+    baseline: Option<&str>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let json: Vec<_> = swept
         .iter()
@@ -281,5 +319,5 @@ pub fn write_sweep(dir: &Path, swept: &[Swept], p99_ms: f64) -> anyhow::Result<(
         })
         .collect();
     let title = format!("sweep, p99 <= {p99_ms} ms: each target at its highest rate that held");
-    write_runs(dir, &best, &title)
+    write_runs(dir, &best, &title, baseline)
 }

@@ -76,26 +76,46 @@ pub struct RunArgs {
     /// over them in turn, and they are measured as one target
     #[arg(long)]
     pub spread: bool,
+    /// The target report.md's ratios are taken against: a --label or --url (the first target
+    /// by default)
+    #[arg(long)]
+    pub baseline: Option<String>,
+}
+
+/// Whether a target named `target` ("label (url)", or its URL) is the one `name` names: its
+/// label or its URL.
+pub fn is_named(target: &str, name: &str) -> bool {
+    target == name
+        || target.starts_with(&format!("{name} ("))
+        || target.ends_with(&format!("({name})"))
 }
 
 impl RunArgs {
     /// The targets to measure one after another: each --url, or all of them as one
-    /// deployment with `--spread`.
+    /// deployment with `--spread`. A --baseline must name one of them.
     pub fn targets(&self) -> anyhow::Result<Vec<Target>> {
-        if self.spread {
-            return Ok(vec![Target::spread(&self.url)?]);
+        let targets = if self.spread {
+            vec![Target::spread(&self.url)?]
+        } else {
+            self.url
+                .iter()
+                .enumerate()
+                .map(|(i, url)| {
+                    let mut target = Target::parse(url)?;
+                    if let Some(label) = self.label.get(i) {
+                        target.name = format!("{label} ({url})");
+                    }
+                    Ok(target)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
+        };
+        if let Some(name) = &self.baseline {
+            anyhow::ensure!(
+                targets.iter().any(|t| is_named(&t.name, name)),
+                "--baseline {name} is not a --label or --url of this run"
+            );
         }
-        self.url
-            .iter()
-            .enumerate()
-            .map(|(i, url)| {
-                let mut target = Target::parse(url)?;
-                if let Some(label) = self.label.get(i) {
-                    target.name = format!("{label} ({url})");
-                }
-                Ok(target)
-            })
-            .collect()
+        Ok(targets)
     }
 }
 

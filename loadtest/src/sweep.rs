@@ -10,8 +10,26 @@ use crate::run::{prepare, run_measured, Outcome, RunArgs};
 pub struct Steps {
     pub start: u64,
     pub step: u64,
+    /// Each step's rate is the last one's times this, when set (instead of adding `step`).
+    pub growth: Option<f64>,
     pub max: u64,
     pub p99_ms: f64,
+}
+
+impl Steps {
+    /// The rates the steps ask for, in order.
+    fn rates(&self) -> Vec<u64> {
+        let mut rates = Vec::new();
+        let mut rate = self.start.max(1);
+        while rate <= self.max {
+            rates.push(rate);
+            rate = match self.growth {
+                Some(g) => ((rate as f64 * g).round() as u64).max(rate + 1),
+                None => rate + self.step.max(1),
+            };
+        }
+        rates
+    }
 }
 
 fn holds(o: &Outcome, rate: u64, p99_ms: f64) -> bool {
@@ -53,10 +71,9 @@ async fn sweep_one(
         steps: Vec::new(),
         held: None,
     };
-    let total = (steps.max.saturating_sub(steps.start)) / steps.step.max(1) + 1;
-    let (mut rate, mut step) = (steps.start, 0);
-    while rate <= steps.max {
-        step += 1;
+    let rates = steps.rates();
+    let total = rates.len() as u64;
+    for (step, rate) in (1..).zip(rates) {
         eprintln!(
             "{}: {}",
             target.name,
@@ -87,7 +104,6 @@ async fn sweep_one(
             break;
         }
         swept.held = Some(rate);
-        rate += steps.step;
     }
     Ok(swept)
 }
@@ -119,7 +135,7 @@ pub async fn sweep(run: &RunArgs, steps: &Steps) -> anyhow::Result<()> {
         }
     }
     if let (Some(dir), false) = (&run.out, swept.is_empty()) {
-        report::write_sweep(dir, &swept, bound)?;
+        report::write_sweep(dir, &swept, bound, run.baseline.as_deref())?;
     }
     anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
     Ok(())
@@ -128,6 +144,28 @@ pub async fn sweep(run: &RunArgs, steps: &Steps) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_add_a_step_or_grow_by_a_factor_up_to_the_max() {
+        let mut steps = Steps {
+            start: 100,
+            step: 50,
+            growth: None,
+            max: 260,
+            p99_ms: 10.0,
+        };
+        assert_eq!(steps.rates(), [100, 150, 200, 250]);
+        steps.growth = Some(1.5);
+        steps.max = 600;
+        assert_eq!(steps.rates(), [100, 150, 225, 338, 507]);
+        steps.start = 1;
+        steps.max = 3;
+        assert_eq!(
+            steps.rates(),
+            [1, 2, 3],
+            "a factor too small to move still steps"
+        );
+    }
 
     #[test]
     fn each_step_says_where_the_sweep_is_and_what_held() {

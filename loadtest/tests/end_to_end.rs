@@ -625,8 +625,9 @@ fn a_sweep_of_several_targets_sweeps_each_and_compares_them_at_their_best() {
     });
     let out = tempfile::tempdir().unwrap();
     let line = format!(
-        "sweep --url {} --label this --url {} --label variant --start 50 --step 50 --max 100 \
-         --duration 2 --connections 2 --orgs 2 --p99-ms 1000 --warmup 1 --out {}",
+        "sweep --url {} --label this --url {} --label variant --start 50 --growth 2 --max 100 \
+         --duration 2 --connections 2 --orgs 2 --p99-ms 1000 --warmup 1 --baseline variant \
+         --out {}",
         server.url(),
         python.url(),
         out.path().display()
@@ -649,7 +650,7 @@ fn a_sweep_of_several_targets_sweeps_each_and_compares_them_at_their_best() {
         "{report}"
     );
     assert!(
-        report.contains("Ratios to the baseline, this ("),
+        report.contains("Ratios to the baseline, variant ("),
         "{report}"
     );
     let svg = std::fs::read_to_string(out.path().join("latency.svg")).unwrap();

@@ -152,6 +152,7 @@ fn victim_args(args: &HostileArgs) -> RunArgs {
         out: None,
         verify: false,
         spread: false,
+        baseline: None,
     }
 }
 
