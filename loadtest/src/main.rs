@@ -102,12 +102,13 @@ enum Command {
 async fn run_all(args: &RunArgs) -> anyhow::Result<()> {
     let mut outcomes = Vec::new();
     let mut problems = Vec::new();
-    for target in args.targets()? {
-        eprintln!(
-            "{}: {:?} at {} req/s for {} s over {} connections",
-            target.name, args.scenario, args.rate, args.duration, args.connections
-        );
+    for (i, target) in args.targets()?.into_iter().enumerate() {
         let measured = async {
+            args.before_target(i, &target).await?;
+            eprintln!(
+                "{}: {:?} at {} req/s for {} s over {} connections",
+                target.name, args.scenario, args.rate, args.duration, args.connections
+            );
             let keys = run::prepare(&target, args).await?;
             run::run_measured(&target, args, keys, false).await
         };

@@ -72,6 +72,10 @@ pub struct RunArgs {
     /// Afterwards, read every organization's inbox and count the acknowledged events stored
     #[arg(long)]
     pub verify: bool,
+    /// Seconds to wait before verifying: an implementation that answers before it stores
+    /// (a queue in front of the database) is given time to catch up
+    #[arg(long, default_value_t = 0)]
+    pub verify_wait: u64,
     /// Every --url is a node of one deployment sharing a database: the connections are spread
     /// over them in turn, and they are measured as one target
     #[arg(long)]
@@ -80,6 +84,44 @@ pub struct RunArgs {
     /// by default)
     #[arg(long)]
     pub baseline: Option<String>,
+    /// Seconds to wait before each target after the first: implementations that answer before
+    /// they store keep working after their run, on the same machine as the next target's
+    #[arg(long, default_value_t = 0)]
+    pub settle: u64,
+    /// A shell command run before each target (after --settle), with TARGET_NAME and
+    /// TARGET_URL set, e.g. to give the machine to that implementation alone; a target whose
+    /// command fails is not measured
+    #[arg(long)]
+    pub before_each: Option<String>,
+}
+
+impl RunArgs {
+    /// Readies the machine for target `i`: waits `--settle` seconds (none before the first),
+    /// then runs `--before-each`.
+    pub async fn before_target(&self, i: usize, target: &Target) -> anyhow::Result<()> {
+        if i > 0 && self.settle > 0 {
+            eprintln!(
+                "{}: waiting {} s for the previous target to settle",
+                target.name, self.settle
+            );
+            tokio::time::sleep(Duration::from_secs(self.settle)).await;
+        }
+        let Some(command) = self.before_each.clone() else {
+            return Ok(());
+        };
+        let (name, url) = (target.name.clone(), format!("http://{}", target.host));
+        let status = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("sh")
+                .args(["-c", &command])
+                .env("TARGET_NAME", name)
+                .env("TARGET_URL", url)
+                .stdout(std::process::Stdio::null())
+                .status()
+        })
+        .await??;
+        anyhow::ensure!(status.success(), "--before-each exited with {status}");
+        Ok(())
+    }
 }
 
 /// Whether a target named `target` ("label (url)", or its URL) is the one `name` names: its
@@ -374,6 +416,7 @@ pub async fn run_keys(
     }
     let elapsed = start.elapsed();
     let verified = if args.verify {
+        tokio::time::sleep(Duration::from_secs(args.verify_wait)).await;
         Some(
             verify::verify(target, &keys, &acked)
                 .await

@@ -114,8 +114,12 @@ pub async fn sweep(run: &RunArgs, steps: &Steps) -> anyhow::Result<()> {
     let bound = steps.p99_ms;
     let mut swept = Vec::new();
     let mut problems = Vec::new();
-    for target in run.targets()? {
-        match sweep_one(&target, run, steps).await {
+    for (i, target) in run.targets()?.into_iter().enumerate() {
+        let one = async {
+            run.before_target(i, &target).await?;
+            sweep_one(&target, run, steps).await
+        };
+        match one.await {
             Ok(s) => {
                 match s.held {
                     Some(r) => {

@@ -660,3 +660,42 @@ fn a_sweep_of_several_targets_sweeps_each_and_compares_them_at_their_best() {
         "a legend entry per target"
     );
 }
+
+#[test]
+fn a_command_readies_the_machine_before_each_target_and_its_failure_skips_that_target() {
+    let (a, b) = (
+        variant::Variant::start(variant::Quirks::default()),
+        variant::Variant::start(variant::Quirks::default()),
+    );
+    let out = tempfile::tempdir().unwrap();
+    let seen = out.path().join("seen");
+    let hook = format!(
+        "echo \"$TARGET_NAME $TARGET_URL\" >> {}; [ \"${{TARGET_NAME%% *}}\" != b ]",
+        seen.display()
+    );
+    let line = format!(
+        "run --url {} --label a --url {} --label b --rate 20 --duration 1 --orgs 2 \
+         --connections 2 --warmup 0 --out {}",
+        a.url(),
+        b.url(),
+        out.path().join("run").display()
+    );
+    let mut args = words(&line);
+    args.extend(["--before-each", &hook]);
+    let (ok, _, stderr) = loadtest_may_fail(&args);
+    assert!(
+        !ok && stderr.contains("b (") && stderr.contains("NOT MEASURED"),
+        "{stderr}"
+    );
+    let seen = std::fs::read_to_string(seen).unwrap();
+    assert_eq!(
+        seen,
+        format!("a ({0}) {0}\nb ({1}) {1}\n", a.url(), b.url()),
+        "run before each target, with its name and URL"
+    );
+    let runs: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("run/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(runs.len(), 1, "a was measured");
+}

@@ -151,8 +151,11 @@ fn victim_args(args: &HostileArgs) -> RunArgs {
         dedup: false,
         out: None,
         verify: false,
+        verify_wait: 0,
         spread: false,
         baseline: None,
+        settle: 0,
+        before_each: None,
     }
 }
 
