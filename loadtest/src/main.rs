@@ -100,30 +100,18 @@ enum Command {
 /// printed and written. Fails afterwards when a target was not measured, or `--verify` found
 /// acknowledged events missing from an inbox or could not read it.
 async fn run_all(args: &RunArgs) -> anyhow::Result<()> {
-    let mut outcomes = Vec::new();
-    let mut problems = Vec::new();
-    for (i, target) in args.targets()?.into_iter().enumerate() {
-        let measured = async {
-            args.before_target(i, &target).await?;
-            eprintln!(
-                "{}: {:?} at {} req/s for {} s over {} connections",
-                target.name, args.scenario, args.rate, args.duration, args.connections
-            );
-            let keys = run::prepare(&target, args).await?;
-            run::run_measured(&target, args, keys, false).await
-        };
-        match measured.await {
-            Ok(o) => {
-                println!("{}", report::summary(&o));
-                problems.extend(report::verify_problem(&o));
-                outcomes.push(o);
-            }
-            Err(e) => {
-                eprintln!("{}: NOT MEASURED: {e:#}", target.name);
-                problems.push(format!("{}: not measured: {e:#}", target.name));
-            }
-        }
-    }
+    let (outcomes, mut problems) = run::each_target(args, |target| async move {
+        eprintln!(
+            "{}: {:?} at {} req/s for {} s over {} connections",
+            target.name, args.scenario, args.rate, args.duration, args.connections
+        );
+        let keys = run::prepare(&target, args).await?;
+        let o = run::run_measured(&target, args, keys, false).await?;
+        println!("{}", report::summary(&o));
+        Ok(o)
+    })
+    .await?;
+    problems.extend(outcomes.iter().filter_map(report::verify_problem));
     if let (Some(dir), false) = (&args.out, outcomes.is_empty()) {
         report::write(
             dir,

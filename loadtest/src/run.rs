@@ -98,7 +98,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// Readies the machine for target `i`: waits `--settle` seconds (none before the first),
     /// then runs `--before-each`.
-    pub async fn before_target(&self, i: usize, target: &Target) -> anyhow::Result<()> {
+    async fn before_target(&self, i: usize, target: &Target) -> anyhow::Result<()> {
         if i > 0 && self.settle > 0 {
             eprintln!(
                 "{}: waiting {} s for the previous target to settle",
@@ -159,6 +159,35 @@ impl RunArgs {
         }
         Ok(targets)
     }
+}
+
+/// Measures every target of `args` in turn with `measure`, each readied by `before_target`. A
+/// target that cannot be measured is reported NOT MEASURED and skipped: the others' results
+/// stand. Returns the results, and a line for each target not measured.
+pub async fn each_target<T, F, Fut>(
+    args: &RunArgs,
+    mut measure: F,
+) -> anyhow::Result<(Vec<T>, Vec<String>)>
+where
+    F: FnMut(Target) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let (mut measured, mut problems) = (Vec::new(), Vec::new());
+    for (i, target) in args.targets()?.into_iter().enumerate() {
+        let name = target.name.clone();
+        let result = match args.before_target(i, &target).await {
+            Ok(()) => measure(target).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(t) => measured.push(t),
+            Err(e) => {
+                eprintln!("{name}: NOT MEASURED: {e:#}");
+                problems.push(format!("{name}: not measured: {e:#}"));
+            }
+        }
+    }
+    Ok((measured, problems))
 }
 
 /// What one run measured.

@@ -4,7 +4,7 @@
 //! noisy: a step that fails is run again, and fails only if it fails twice.
 
 use crate::report;
-use crate::run::{prepare, run_measured, Outcome, RunArgs};
+use crate::run::{each_target, prepare, run_measured, Outcome, RunArgs};
 
 /// The steps of a sweep.
 pub struct Steps {
@@ -108,36 +108,22 @@ async fn sweep_one(
     Ok(swept)
 }
 
-/// Sweeps every target in turn; one that cannot be swept is reported and skipped, and the
-/// command fails afterwards.
+/// Sweeps every target in turn (`each_target`); the command fails afterwards if one could not
+/// be swept.
 pub async fn sweep(run: &RunArgs, steps: &Steps) -> anyhow::Result<()> {
     let bound = steps.p99_ms;
-    let mut swept = Vec::new();
-    let mut problems = Vec::new();
-    for (i, target) in run.targets()?.into_iter().enumerate() {
-        let one = async {
-            run.before_target(i, &target).await?;
-            sweep_one(&target, run, steps).await
-        };
-        match one.await {
-            Ok(s) => {
-                match s.held {
-                    Some(r) => {
-                        println!(
-                            "{}: highest rate holding p99 <= {bound} ms: {r} req/s",
-                            s.target
-                        );
-                    }
-                    None => println!("{}: no rate held p99 <= {bound} ms", s.target),
-                }
-                swept.push(s);
-            }
-            Err(e) => {
-                eprintln!("{}: NOT MEASURED: {e:#}", target.name);
-                problems.push(format!("{}: not measured: {e:#}", target.name));
-            }
+    let (swept, problems) = each_target(run, |target| async move {
+        let s = sweep_one(&target, run, steps).await?;
+        match s.held {
+            Some(r) => println!(
+                "{}: highest rate holding p99 <= {bound} ms: {r} req/s",
+                s.target
+            ),
+            None => println!("{}: no rate held p99 <= {bound} ms", s.target),
         }
-    }
+        Ok(s)
+    })
+    .await?;
     if let (Some(dir), false) = (&run.out, swept.is_empty()) {
         report::write_sweep(dir, &swept, bound, run.baseline.as_deref())?;
     }
