@@ -12,11 +12,13 @@
 //! - `sweep`: stepping the rate up to the highest that holds a p99 bound.
 //! - `hostile`: attacks, one shape at a time, against a server serving a victim tenant.
 //! - `webhook`: webhook delivery end to end, with a receiver in this process.
-//! - `report`, `plot`, `client`, `copy_ceiling`: the files `--out` writes and the latency plot
-//!   among them, the HTTP client, the bare-COPY ceiling.
+//! - `report`: the files `--out` writes (and `loadtest report` merges), `plot` the latency plot
+//!   among them; `cpu`: what a target on this machine spent of the CPU during a run.
+//! - `client`, `copy_ceiling`: the HTTP client, the bare-COPY ceiling.
 
 mod client;
 mod copy_ceiling;
+mod cpu;
 mod hostile;
 mod orgs;
 mod plot;
@@ -67,6 +69,23 @@ enum Command {
         /// A step holds when its p99 is at or under this many milliseconds...
         #[arg(long, default_value_t = 10.0)]
         p99_ms: f64,
+    },
+    /// Write one comparison (report.md, summary.json, the plot; sweep.json for sweeps) from
+    /// the --out directories of runs or sweeps measured apart, e.g. each implementation on a
+    /// machine of its own
+    Report {
+        /// Directories `run --out` or `sweep --out` wrote, in the order to show them
+        #[arg(required = true)]
+        dirs: Vec<std::path::PathBuf>,
+        /// Where to write the comparison
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The report's title (the first directory's by default)
+        #[arg(long)]
+        title: Option<String>,
+        /// The run the ratios are taken against: a label or URL (the first run by default)
+        #[arg(long)]
+        baseline: Option<String>,
     },
     /// Attack a server one shape at a time while a victim tenant runs; report what each attack
     /// was answered, the server's peak memory and the victim's latency
@@ -128,6 +147,16 @@ async fn run_all(args: &RunArgs) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run_all(&args).await,
+        Command::Report {
+            dirs,
+            out,
+            title,
+            baseline,
+        } => {
+            report::merge(&dirs, &out, title.as_deref(), baseline.as_deref())?;
+            println!("{}", out.join("report.md").display());
+            Ok(())
+        }
         Command::Hostile(args) => hostile::hostile(&args).await,
         Command::Webhook(args) => webhook::webhook(&args).await,
         Command::Sweep {

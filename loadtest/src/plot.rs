@@ -116,8 +116,7 @@ pub fn latency_svg(runs: &[&Outcome], title: &str) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-    use std::time::Duration;
+    use crate::run::outcome_of as outcome;
 
     /// Lines of an SVG this module drew that plot a run (axes and ticks have a few points).
     fn data_lines(svg: &str) -> usize {
@@ -134,24 +133,6 @@ mod tests {
                     > 100
             })
             .count()
-    }
-
-    fn outcome(target: &str, us: &[u64]) -> Outcome {
-        let mut latency = crate::run::new_histogram();
-        for &v in us {
-            latency.record(v).unwrap();
-        }
-        Outcome {
-            target: target.into(),
-            rate: 100,
-            events_per_request: 1,
-            elapsed: Duration::from_secs(1),
-            latency,
-            statuses: BTreeMap::new(),
-            errors: 0,
-            verified: None,
-            acked: Vec::new(),
-        }
     }
 
     #[test]

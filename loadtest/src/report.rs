@@ -3,15 +3,18 @@
 //! report.md (the runs side by side, with ratios to the first); a sweep adds sweep.json.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
+use crate::cpu::Cpu;
 use crate::plot;
 use crate::run::Outcome;
 use crate::sweep::Swept;
+use crate::verify::Verified;
 
 const QUANTILES: [(f64, &str); 6] = [
     (0.5, "p50"),
@@ -65,6 +68,26 @@ pub fn summary(o: &Outcome) -> String {
         }
         None => {}
     }
+    if let Some(c) = &o.cpu {
+        let _ = write!(s, "\n  cpu (this machine, {:.1} s):", c.seconds);
+        if let Some(server) = &c.server {
+            let _ = write!(
+                s,
+                " server {:.2} cores, {:.0} µs per answer ({}, {} processes);",
+                server.cpu_s / c.seconds,
+                per_answer_us(o, server.cpu_s),
+                server.holders.join(", "),
+                server.processes
+            );
+        }
+        let _ = write!(
+            s,
+            " machine less loadtest {:.2} cores, {:.0} µs per answer; loadtest {:.2} cores",
+            c.others_s() / c.seconds,
+            per_answer_us(o, c.others_s()),
+            c.loadtest_s / c.seconds
+        );
+    }
     if o.rate_limited() > 0 {
         let _ = write!(
             s,
@@ -100,7 +123,12 @@ pub fn verify_problem(o: &Outcome) -> Option<String> {
     }
 }
 
-/// One run as `summary.json` shows it.
+/// CPU microseconds per request answered (any status).
+fn per_answer_us(o: &Outcome, cpu_s: f64) -> f64 {
+    cpu_s * 1e6 / (o.requests() - o.errors).max(1) as f64
+}
+
+/// One run as `summary.json` shows it; `outcome` reads it back.
 fn run_json(o: &Outcome) -> serde_json::Value {
     let secs = o.elapsed.as_secs_f64();
     let mut lat = serde_json::Map::new();
@@ -127,6 +155,50 @@ fn run_json(o: &Outcome) -> serde_json::Value {
             }),
             Err(e) => json!({"error": e}),
         }),
+        "cpu": o.cpu.as_ref().map(Cpu::to_json),
+        "histogram": triggers::stats::encoded(&o.latency),
+    })
+}
+
+/// A run of a `summary.json` (as `run_json` wrote it), for `loadtest report`.
+fn outcome(v: &Value) -> anyhow::Result<Outcome> {
+    let target = v["target"].as_str().context("a run without a target")?;
+    let field = |k: &str| v[k].as_u64().with_context(|| format!("{target}: no {k}"));
+    let latency = v["histogram"]
+        .as_str()
+        .and_then(triggers::stats::decoded)
+        .with_context(|| {
+            format!("{target}: no latency histogram (written by a loadtest older than `report`)")
+        })?;
+    let verified = match &v["verify"] {
+        Value::Null => None,
+        Value::Object(m) if m.contains_key("error") => {
+            Some(Err(m["error"].as_str().unwrap_or("?").to_string()))
+        }
+        r => Some(Ok(Verified {
+            acknowledged: r["acknowledged"].as_u64().context("verify.acknowledged")? as usize,
+            found: r["found"].as_u64().context("verify.found")? as usize,
+            found_more_than_once: r["found_more_than_once"].as_u64().unwrap_or(0) as usize,
+            inbox_events: r["inbox_events"].as_u64().unwrap_or(0) as usize,
+            reading: r["reading"].as_str().unwrap_or("?").to_string(),
+        })),
+    };
+    Ok(Outcome {
+        target: target.to_string(),
+        rate: field("asked_rate")?,
+        events_per_request: field("events_per_request")? as usize,
+        elapsed: Duration::from_secs_f64(v["seconds"].as_f64().context("seconds")?),
+        latency,
+        statuses: v["statuses"]
+            .as_object()
+            .context("statuses")?
+            .iter()
+            .filter_map(|(s, n)| Some((s.parse().ok()?, n.as_u64()?)))
+            .collect(),
+        errors: field("connection_errors")?,
+        verified,
+        acked: Vec::new(),
+        cpu: Cpu::from_json(&v["cpu"]),
     })
 }
 
@@ -177,9 +249,15 @@ fn baseline_of<'a>(
         .with_context(|| format!("--baseline {name}: no target of that label or URL was measured"))
 }
 
-/// `report.md`: the runs side by side, then each other run's latency and rate as ratios of the
-/// baseline's.
-fn markdown(runs: &[&Outcome], title: &str, baseline: Option<&Outcome>) -> String {
+/// `report.md`: the runs side by side, a sweep's highest rates that held (`sweeps`, as
+/// sweep.json holds them), the CPU of targets on this machine, then each other run's figures
+/// as ratios of the baseline's.
+fn markdown(
+    runs: &[&Outcome],
+    title: &str,
+    baseline: Option<&Outcome>,
+    sweeps: &[Value],
+) -> String {
     let mut md = format!(
         "# {title}\n\nLatency in ms from each request's intended send time (open loop).\n\n\
          | target | asked req/s | achieved req/s | p50 | p99 | p99.9 | max | answers | verify |\n\
@@ -202,37 +280,60 @@ fn markdown(runs: &[&Outcome], title: &str, baseline: Option<&Outcome>) -> Strin
             verified(o)
         );
     }
+    if !sweeps.is_empty() {
+        md.push_str(&sweep_table(sweeps));
+    }
+    // CPU per answer: the server's processes, and the machine less loadtest.
+    let server_us = |o: &Outcome| {
+        let c = o.cpu.as_ref()?;
+        Some(per_answer_us(o, c.server.as_ref()?.cpu_s))
+    };
+    let machine_us = |o: &Outcome| Some(per_answer_us(o, o.cpu.as_ref()?.others_s()));
+    let with_cpu = runs.iter().any(|o| o.cpu.is_some());
+    if with_cpu {
+        md.push_str(&cpu_table(runs));
+    }
     let others: Vec<&&Outcome> = runs
         .iter()
         .filter(|o| baseline.is_some_and(|b| !std::ptr::eq(**o, b)))
         .collect();
-    if let Some(base) = baseline {
-        if !others.is_empty() {
+    if let (Some(base), false) = (baseline, others.is_empty()) {
+        let (cpu_head, cpu_rule) = if with_cpu {
+            (" server CPU/answer | machine CPU/answer |", "---:|---:|")
+        } else {
+            ("", "")
+        };
+        let _ = write!(
+            md,
+            "\nRatios to the baseline, {} (below 1: lower latency, less CPU, or a lower rate \
+             achieved):\n\n| target | achieved | p50 | p99 | p99.9 | max |{cpu_head}\n\
+             |---|---:|---:|---:|---:|---:|{cpu_rule}\n",
+            base.target
+        );
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+            _ => "-".into(),
+        };
+        for o in others {
             let _ = write!(
                 md,
-                "\nRatios to the baseline, {} (below 1: lower latency, or a lower rate achieved):\n\n\
-                 | target | achieved | p50 | p99 | p99.9 | max |\n|---|---:|---:|---:|---:|---:|\n",
-                base.target
+                "| {} | {} | {} | {} | {} | {} |",
+                o.target,
+                ratio(Some(achieved(o)), Some(achieved(base))),
+                ratio(Some(q(o, 0.5)), Some(q(base, 0.5))),
+                ratio(Some(q(o, 0.99)), Some(q(base, 0.99))),
+                ratio(Some(q(o, 0.999)), Some(q(base, 0.999))),
+                ratio(Some(q(o, 1.0)), Some(q(base, 1.0))),
             );
-            let ratio = |a: f64, b: f64| {
-                if b > 0.0 {
-                    format!("{:.2}x", a / b)
-                } else {
-                    "-".into()
-                }
-            };
-            for o in others {
-                let _ = writeln!(
+            if with_cpu {
+                let _ = write!(
                     md,
-                    "| {} | {} | {} | {} | {} | {} |",
-                    o.target,
-                    ratio(achieved(o), achieved(base)),
-                    ratio(q(o, 0.5), q(base, 0.5)),
-                    ratio(q(o, 0.99), q(base, 0.99)),
-                    ratio(q(o, 0.999), q(base, 0.999)),
-                    ratio(q(o, 1.0), q(base, 1.0)),
+                    " {} | {} |",
+                    ratio(server_us(o), server_us(base)),
+                    ratio(machine_us(o), machine_us(base))
                 );
             }
+            md.push('\n');
         }
     }
     let rate_limited: Vec<&str> = runs
@@ -250,21 +351,90 @@ fn markdown(runs: &[&Outcome], title: &str, baseline: Option<&Outcome>) -> Strin
     md
 }
 
+/// The CPU each run's target spent, for targets on this machine.
+fn cpu_table(runs: &[&Outcome]) -> String {
+    let mut md = String::from(
+        "\nCPU on this machine during each run. **server**: the processes holding the target's \
+         listening socket, and their descendants (a database, queue or worker started apart \
+         from it is not counted); **machine**: the CPU time of every process but loadtest (on a \
+         machine given to one target: everything it runs, and whatever else ran). Cores: CPU \
+         seconds per second; µs: CPU per request answered.\n\n\
+         | target | server cores | server µs/answer | server processes | machine cores | \
+         machine µs/answer | loadtest cores |\n|---|---:|---:|---|---:|---:|---:|\n",
+    );
+    for o in runs {
+        let Some(c) = &o.cpu else {
+            let _ = writeln!(
+                md,
+                "| {} | - | - | not on this machine | - | - | - |",
+                o.target
+            );
+            continue;
+        };
+        let server = match &c.server {
+            Some(s) => format!(
+                "{:.2} | {:.0} | {} ({} in all)",
+                s.cpu_s / c.seconds,
+                per_answer_us(o, s.cpu_s),
+                s.holders.join(", "),
+                s.processes
+            ),
+            None => "- | - | not readable by loadtest".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {server} | {:.2} | {:.0} | {:.2} |",
+            o.target,
+            c.others_s() / c.seconds,
+            per_answer_us(o, c.others_s()),
+            c.loadtest_s / c.seconds
+        );
+    }
+    md
+}
+
+/// The highest rate each swept target held, from sweep.json's entries.
+fn sweep_table(sweeps: &[Value]) -> String {
+    let mut md = String::from(
+        "\n| swept target | p99 bound ms | highest rate that held | p99 there | steps run |\n\
+         |---|---:|---:|---:|---:|\n",
+    );
+    for s in sweeps {
+        let steps = s["steps"].as_array().map_or(&[][..], Vec::as_slice);
+        let held = s["highest_held"].as_u64();
+        let p99 = held
+            .and_then(|r| steps.iter().rfind(|o| o["asked_rate"].as_u64() == Some(r)))
+            .and_then(|o| o["latency_ms"]["p99"].as_f64());
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            s["target"].as_str().unwrap_or("?"),
+            s["p99_bound_ms"],
+            held.map_or("none".into(), |r| format!("{r} req/s")),
+            p99.map_or("-".into(), |p| format!("{p:.2}")),
+            steps.len()
+        );
+    }
+    md
+}
+
 /// The files of `runs`: summary.json, a .hgrm per run, latency.svg, report.md (its ratios
-/// against `baseline`, see `baseline_of`).
+/// against `baseline`, see `baseline_of`); and sweep.json, when they are a sweep's (`sweeps`).
 fn write_runs(
     dir: &Path,
     runs: &[&Outcome],
     title: &str,
     baseline: Option<&str>,
+    sweeps: &[Value],
 ) -> anyhow::Result<()> {
     let base = baseline_of(runs, baseline)?;
     std::fs::create_dir_all(dir)?;
+    let json = |v: &[Value]| anyhow::Ok(serde_json::to_string_pretty(v)? + "\n");
     let summary: Vec<_> = runs.iter().map(|o| run_json(o)).collect();
-    std::fs::write(
-        dir.join("summary.json"),
-        serde_json::to_string_pretty(&summary)? + "\n",
-    )?;
+    std::fs::write(dir.join("summary.json"), json(&summary)?)?;
+    if !sweeps.is_empty() {
+        std::fs::write(dir.join("sweep.json"), json(sweeps)?)?;
+    }
     for (i, o) in runs.iter().enumerate() {
         std::fs::write(
             dir.join(format!("latency-{i}.hgrm")),
@@ -272,7 +442,7 @@ fn write_runs(
         )?;
     }
     std::fs::write(dir.join("latency.svg"), plot::latency_svg(runs, title)?)?;
-    std::fs::write(dir.join("report.md"), markdown(runs, title, base))?;
+    std::fs::write(dir.join("report.md"), markdown(runs, title, base, sweeps))?;
     Ok(())
 }
 
@@ -283,7 +453,7 @@ pub fn write(
     baseline: Option<&str>,
 ) -> anyhow::Result<()> {
     let all: Vec<&Outcome> = runs.iter().collect();
-    write_runs(dir, &all, title, baseline)
+    write_runs(dir, &all, title, baseline, &[])
 }
 
 /// A sweep's files: `sweep.json` (every step of every target, and what held), and the files of
@@ -295,8 +465,7 @@ pub fn write_sweep(
     p99_ms: f64,
     baseline: Option<&str>,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let json: Vec<_> = swept
+    let sweeps: Vec<_> = swept
         .iter()
         .map(|s| {
             json!({
@@ -307,10 +476,6 @@ pub fn write_sweep(
             })
         })
         .collect();
-    std::fs::write(
-        dir.join("sweep.json"),
-        serde_json::to_string_pretty(&json)? + "\n",
-    )?;
     let best: Vec<&Outcome> = swept
         .iter()
         .filter_map(|s| {
@@ -319,5 +484,164 @@ pub fn write_sweep(
         })
         .collect();
     let title = format!("sweep, p99 <= {p99_ms} ms: each target at its highest rate that held");
-    write_runs(dir, &best, &title, baseline)
+    write_runs(dir, &best, &title, baseline, &sweeps)
+}
+
+/// `loadtest report`: the files of runs or sweeps measured apart (each `--out` directory of
+/// its own: a target per machine, say) written again as one comparison into `out`. The title
+/// is the first directory's unless given.
+pub fn merge(
+    dirs: &[PathBuf],
+    out: &Path,
+    title: Option<&str>,
+    baseline: Option<&str>,
+) -> anyhow::Result<()> {
+    let (mut runs, mut sweeps, mut swept_dirs) = (Vec::new(), Vec::new(), 0);
+    for dir in dirs {
+        let read = |name: &str| -> anyhow::Result<Option<Value>> {
+            match std::fs::read_to_string(dir.join(name)) {
+                Ok(text) => {
+                    Ok(Some(serde_json::from_str(&text).with_context(|| {
+                        format!("{}: not JSON", dir.join(name).display())
+                    })?))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e).with_context(|| format!("reading {}", dir.join(name).display())),
+            }
+        };
+        let summary = read("summary.json")?.with_context(|| {
+            format!(
+                "{}: no summary.json (not a loadtest --out directory)",
+                dir.display()
+            )
+        })?;
+        for run in summary
+            .as_array()
+            .context("summary.json: not a list of runs")?
+        {
+            runs.push(outcome(run).with_context(|| format!("{}", dir.display()))?);
+        }
+        if let Some(Value::Array(s)) = read("sweep.json")? {
+            sweeps.extend(s);
+            swept_dirs += 1;
+        }
+    }
+    anyhow::ensure!(
+        swept_dirs == 0 || swept_dirs == dirs.len(),
+        "some of these directories are sweeps and some are runs: report them apart"
+    );
+    let title = match title {
+        Some(t) => t.to_string(),
+        None => std::fs::read_to_string(dirs[0].join("report.md"))
+            .ok()
+            .and_then(|md| Some(md.lines().next()?.strip_prefix("# ")?.to_string()))
+            .unwrap_or_else(|| "comparison".into()),
+    };
+    let all: Vec<&Outcome> = runs.iter().collect();
+    write_runs(out, &all, &title, baseline, &sweeps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::Server;
+    use crate::run::outcome_of;
+
+    fn with_cpu(mut o: Outcome, server_s: f64, machine_s: f64) -> Outcome {
+        o.cpu = Some(Cpu {
+            seconds: 1.0,
+            server: Some(Server {
+                cpu_s: server_s,
+                holders: vec!["triggers 42".into()],
+                processes: 3,
+            }),
+            machine_s,
+            loadtest_s: 0.1,
+        });
+        o
+    }
+
+    #[test]
+    fn a_run_read_back_from_its_summary_is_the_run_written() {
+        let mut o = with_cpu(
+            outcome_of("this (http://a)", &[900, 1000, 50_000]),
+            0.02,
+            0.5,
+        );
+        o.errors = 2;
+        o.verified = Some(Ok(Verified {
+            acknowledged: 100,
+            found: 99,
+            found_more_than_once: 1,
+            inbox_events: 120,
+            reading: "no status".into(),
+        }));
+        let back = outcome(&run_json(&o)).unwrap();
+        assert_eq!(back.target, o.target);
+        assert_eq!((back.rate, back.errors), (o.rate, o.errors));
+        assert_eq!(back.statuses, o.statuses);
+        assert_eq!(
+            back.latency, o.latency,
+            "the whole histogram, not its percentiles"
+        );
+        assert_eq!(back.verified, o.verified);
+        assert_eq!(back.cpu, o.cpu);
+        assert_eq!(run_json(&back), run_json(&o));
+
+        let mut unread = o;
+        unread.verified = Some(Err("422 from the inbox".into()));
+        assert_eq!(
+            outcome(&run_json(&unread)).unwrap().verified,
+            Some(Err("422 from the inbox".into()))
+        );
+        let mut old = run_json(&unread);
+        old.as_object_mut().unwrap().remove("histogram");
+        let e = outcome(&old).err().unwrap().to_string();
+        assert!(e.contains("no latency histogram"), "{e}");
+    }
+
+    #[test]
+    fn the_report_sets_cpu_per_answer_beside_the_baseline_and_says_who_was_not_measured() {
+        // 100 answers each: 0.02 s of server CPU is 200 µs per answer; 0.5 s of the machine,
+        // less loadtest's 0.1, is 4,000.
+        let a = with_cpu(outcome_of("a", &[1000]), 0.02, 0.5);
+        let b = with_cpu(outcome_of("b", &[3000]), 0.08, 0.9);
+        let remote = outcome_of("remote", &[2000]);
+        let md = markdown(&[&a, &b, &remote], "t", Some(&a), &[]);
+        assert!(
+            md.contains("| a | 0.02 | 200 | triggers 42 (3 in all) | 0.40 | 4000 | 0.10 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| remote | - | - | not on this machine |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| b | 1.00x | 3.00x | 3.00x | 3.00x | 3.00x | 4.00x | 2.00x |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| remote | 1.00x | 2.00x | 2.00x | 2.00x | 2.00x | - | - |"),
+            "{md}"
+        );
+        let plain = markdown(&[&remote], "t", Some(&remote), &[]);
+        assert!(
+            !plain.contains("CPU"),
+            "no CPU table when nothing was measured: {plain}"
+        );
+    }
+
+    #[test]
+    fn a_sweeps_table_gives_each_target_its_highest_rate_and_the_p99_there() {
+        let step = |rate: u64, p99: f64| json!({"asked_rate": rate, "latency_ms": {"p99": p99}});
+        let sweeps = [
+            json!({"target": "a", "p99_bound_ms": 10.0, "highest_held": 200,
+                   "steps": [step(100, 1.0), step(200, 12.0), step(200, 4.0), step(300, 30.0), step(300, 31.0)]}),
+            json!({"target": "b", "p99_bound_ms": 10.0, "highest_held": null,
+                   "steps": [step(100, 40.0), step(100, 41.0)]}),
+        ];
+        let md = sweep_table(&sweeps);
+        assert!(md.contains("| a | 10.0 | 200 req/s | 4.00 | 5 |"), "{md}");
+        assert!(md.contains("| b | 10.0 | none | - | 2 |"), "{md}");
+    }
 }

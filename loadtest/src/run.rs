@@ -16,6 +16,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 
 use crate::client::{Conn, Target};
+use crate::cpu::{Cpu, Probe};
 use crate::orgs::{create_orgs, warm_up};
 use crate::scenario::{Owned, Scenario, Shape};
 use crate::verify::{self, Verified};
@@ -204,6 +205,8 @@ pub struct Outcome {
     pub verified: Option<Result<Verified, String>>,
     /// (organization index, id) of every event acknowledged (`--verify`).
     pub acked: Vec<(usize, String)>,
+    /// The CPU the target spent during the run, when it is on this machine (`run_measured`).
+    pub cpu: Option<Cpu>,
 }
 
 impl Outcome {
@@ -370,15 +373,26 @@ pub async fn prepare(target: &Target, args: &RunArgs) -> anyhow::Result<Arc<Vec<
     Ok(keys)
 }
 
-/// One measured run of `args` against `target` with `keys`; `quiet` leaves out the progress
-/// lines. Warns when the target answered 429s.
+/// One measured run of `args` against `target` with `keys`, with the CPU it spent when it is
+/// on this machine, verified with `--verify`; `quiet` leaves out the progress lines. Warns when
+/// the target answered 429s.
 pub async fn run_measured(
     target: &Target,
     args: &RunArgs,
     keys: Arc<Vec<String>>,
     quiet: bool,
 ) -> anyhow::Result<Outcome> {
-    let o = run_keys(target, args, keys, Instant::now() + START_DELAY, quiet).await?;
+    let probe = Probe::start(target);
+    let mut o = run_keys(
+        target,
+        args,
+        keys.clone(),
+        Instant::now() + START_DELAY,
+        quiet,
+    )
+    .await?;
+    o.cpu = probe.and_then(Probe::finish);
+    verify_if_asked(&mut o, target, args, &keys).await;
     if o.rate_limited() > 0 {
         eprintln!(
             "WARNING: {}: {} of {} answers were 429 rate_limited: the tier's limit shaped this \
@@ -391,8 +405,21 @@ pub async fn run_measured(
     Ok(o)
 }
 
+/// With `--verify`: waits `--verify-wait` seconds, then reads what the target holds of the
+/// events `o` acknowledged.
+pub async fn verify_if_asked(o: &mut Outcome, target: &Target, args: &RunArgs, keys: &[String]) {
+    if args.verify {
+        tokio::time::sleep(Duration::from_secs(args.verify_wait)).await;
+        o.verified = Some(
+            verify::verify(target, keys, &o.acked)
+                .await
+                .map_err(|e| format!("{e:#}")),
+        );
+    }
+}
+
 /// One run of `args` against `target` with these organizations' keys, its first request due
-/// at `start`.
+/// at `start`: the load alone (no verification, no CPU).
 pub async fn run_keys(
     target: &Target,
     args: &RunArgs,
@@ -443,28 +470,39 @@ pub async fn run_keys(
         errors += t.errors;
         acked.extend(t.acked);
     }
-    let elapsed = start.elapsed();
-    let verified = if args.verify {
-        tokio::time::sleep(Duration::from_secs(args.verify_wait)).await;
-        Some(
-            verify::verify(target, &keys, &acked)
-                .await
-                .map_err(|e| format!("{e:#}")),
-        )
-    } else {
-        None
-    };
     Ok(Outcome {
         target: target.name.clone(),
         rate: args.rate,
         events_per_request: shape.events_per_request(),
-        elapsed,
+        elapsed: start.elapsed(),
         latency,
         statuses,
         errors,
-        verified,
+        verified: None,
         acked,
+        cpu: None,
     })
+}
+
+/// A run of 100 requests answered 202 in one second, with these latencies (µs), for tests.
+#[cfg(test)]
+pub fn outcome_of(target: &str, us: &[u64]) -> Outcome {
+    let mut latency = new_histogram();
+    for &v in us {
+        latency.record(v).unwrap();
+    }
+    Outcome {
+        target: target.into(),
+        rate: 100,
+        events_per_request: 1,
+        elapsed: Duration::from_secs(1),
+        latency,
+        statuses: BTreeMap::from([(202, 100)]),
+        errors: 0,
+        verified: None,
+        acked: Vec::new(),
+        cpu: None,
+    }
 }
 
 #[cfg(test)]
@@ -486,6 +524,7 @@ mod tests {
             errors: 1,
             verified: None,
             acked: Vec::new(),
+            cpu: None,
         };
         assert_eq!(o.requests(), 100);
         assert!((o.ok_fraction() - 0.98).abs() < 1e-9);

@@ -285,7 +285,9 @@ pub async fn webhook(args: &WebhookArgs) -> anyhow::Result<()> {
         keys.len(),
         args.hanging_orgs
     );
-    let outcome = run_keys(&target, &run, Arc::new(keys), start, false).await?;
+    let keys = Arc::new(keys);
+    let mut outcome = run_keys(&target, &run, keys.clone(), start, false).await?;
+    crate::run::verify_if_asked(&mut outcome, &target, &run, &keys).await;
     println!("ingest: {}", crate::report::summary(&outcome));
     let expected: Vec<&(usize, String)> = outcome
         .acked

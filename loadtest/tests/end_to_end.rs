@@ -653,12 +653,104 @@ fn a_sweep_of_several_targets_sweeps_each_and_compares_them_at_their_best() {
         report.contains("Ratios to the baseline, variant ("),
         "{report}"
     );
+    assert!(
+        report.contains("| swept target |")
+            && report.contains("| this (")
+            && report.contains("| 1000.0 | 100 req/s |"),
+        "each target's highest rate that held: {report}"
+    );
     let svg = std::fs::read_to_string(out.path().join("latency.svg")).unwrap();
     assert_eq!(
         svg.matches(" req/s").count(),
         2,
         "a legend entry per target"
     );
+
+    // Sweeps made apart merge: every target's steps in one sweep.json, one table.
+    let merged = out.path().join("merged");
+    let dir = out.path().to_str().unwrap();
+    loadtest(&["report", dir, dir, "--out", merged.to_str().unwrap()]);
+    let sweep: Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("sweep.json")).unwrap()).unwrap();
+    assert_eq!(sweep.as_array().unwrap().len(), 4);
+    let report = std::fs::read_to_string(merged.join("report.md")).unwrap();
+    assert!(
+        report.starts_with("# sweep, p99 <= 1000 ms") && report.matches("| 1000.0 | ").count() == 4,
+        "{report}"
+    );
+}
+
+#[test]
+fn runs_measured_apart_make_one_report_with_the_cpu_each_target_spent() {
+    let server = server();
+    let python = variant::Variant::start(variant::Quirks {
+        no_status_all: true,
+        ..variant::Quirks::default()
+    });
+    let out = tempfile::tempdir().unwrap();
+    let dir = |name: &str| out.path().join(name).to_str().unwrap().to_string();
+    for (label, url) in [("this", server.url()), ("python", python.url())] {
+        let d = dir(label);
+        let mut args = short_run(&url, &d);
+        args.extend(["--label", label]);
+        let stdout = String::from_utf8(loadtest(&args).stdout).unwrap();
+        assert!(stdout.contains("cpu (this machine, "), "{stdout}");
+    }
+    let (this, python) = (dir("this"), dir("python"));
+    loadtest(&[
+        "report",
+        &this,
+        &python,
+        "--out",
+        &dir("both"),
+        "--baseline",
+        "python",
+    ]);
+    let runs = summary(&out.path().join("both"));
+    assert_eq!(runs.len(), 2);
+    for run in &runs {
+        assert!(
+            run["histogram"].as_str().is_some_and(|h| h.len() > 20),
+            "{run}"
+        );
+        assert!(run["cpu"]["server"]["cpu_s"].as_f64().is_some(), "{run}");
+    }
+    let report = std::fs::read_to_string(out.path().join("both/report.md")).unwrap();
+    assert!(
+        report.starts_with("# Ingest"),
+        "the first directory's title: {report}"
+    );
+    assert!(
+        report.contains("| this (") && report.contains("| python ("),
+        "{report}"
+    );
+    assert!(
+        report.contains("Ratios to the baseline, python (") && report.contains("server CPU/answer"),
+        "{report}"
+    );
+    // The server's row names the process holding its socket (the variant's is this test).
+    let cpu_row = report
+        .lines()
+        .find(|l| l.starts_with("| this (") && l.contains(" in all)"))
+        .unwrap_or_else(|| panic!("a CPU row for this server: {report}"));
+    assert!(cpu_row.contains("| triggers "), "{cpu_row}");
+    assert!(
+        std::fs::read_to_string(out.path().join("both/latency.svg"))
+            .unwrap()
+            .matches(" req/s")
+            .count()
+            == 2
+    );
+
+    // Runs and sweeps do not mix; a directory that is neither is named.
+    let (ok, _, stderr) = loadtest_may_fail(&[
+        "report",
+        &this,
+        out.path().to_str().unwrap(),
+        "--out",
+        &dir("x"),
+    ]);
+    assert!(!ok && stderr.contains("no summary.json"), "{stderr}");
 }
 
 #[test]

@@ -7,15 +7,13 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use base64::Engine;
-use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use super::context::{AckMode, Context};
 use super::error::ApiError;
 use crate::http::{Request, Response};
-use crate::stats::{CoreStats, Counter, PersistStats, Stats};
+use crate::stats::{encoded, CoreStats, Counter, PersistStats, Stats};
 
 fn summary(h: &Histogram<u64>) -> Value {
     let q = |p: f64| h.value_at_quantile(p);
@@ -29,14 +27,6 @@ fn summary(h: &Histogram<u64>) -> Value {
         "max": h.max(),
         "mean": (h.mean() * 10.0).round() / 10.0,
     })
-}
-
-fn encoded(h: &Histogram<u64>) -> String {
-    let mut bytes = Vec::new();
-    V2Serializer::new()
-        .serialize(h, &mut bytes)
-        .expect("serializing into memory cannot fail");
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Everything the stats views (and the dashboard) show, read once.

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use std::fmt::Write as _;
 
+use base64::Engine;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 
 mod timeline;
@@ -337,6 +339,24 @@ impl Stats {
         }
         h
     }
+}
+
+/// A histogram as HdrHistogram's tools exchange it: V2 serialization, base64 (what the stats
+/// view and loadtest's summaries carry).
+pub fn encoded(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    V2Serializer::new()
+        .serialize(h, &mut bytes)
+        .expect("serializing into memory cannot fail");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The histogram `encoded` wrote, or `None` for text that is not one.
+pub fn decoded(text: &str) -> Option<Histogram<u64>> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
+    Deserializer::new().deserialize(&mut &bytes[..]).ok()
 }
 
 /// The percentile distribution as HdrHistogram's `outputPercentileDistribution` prints it, for a
