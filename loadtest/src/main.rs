@@ -86,6 +86,11 @@ enum Command {
         /// The run the ratios are taken against: a label or URL (the first run by default)
         #[arg(long)]
         baseline: Option<String>,
+        /// The directories are the parts of one study (runs and sweeps of the same targets,
+        /// each named by its folder): write figures.md, every part's runs in one table and
+        /// every sweep's highest rate that held in another, instead of merging them
+        #[arg(long, conflicts_with_all = ["title", "baseline"])]
+        parts: bool,
     },
     /// Attack a server one shape at a time while a victim tenant runs; report what each attack
     /// was answered, the server's peak memory and the victim's latency
@@ -152,9 +157,15 @@ async fn main() -> anyhow::Result<()> {
             out,
             title,
             baseline,
+            parts,
         } => {
-            report::merge(&dirs, &out, title.as_deref(), baseline.as_deref())?;
-            println!("{}", out.join("report.md").display());
+            if parts {
+                report::parts(&dirs, &out)?;
+                println!("{}", out.join("figures.md").display());
+            } else {
+                report::merge(&dirs, &out, title.as_deref(), baseline.as_deref())?;
+                println!("{}", out.join("report.md").display());
+            }
             Ok(())
         }
         Command::Hostile(args) => hostile::hostile(&args).await,

@@ -281,7 +281,8 @@ fn markdown(
         );
     }
     if !sweeps.is_empty() {
-        md.push_str(&sweep_table(sweeps));
+        let rows: Vec<(&str, &Value)> = sweeps.iter().map(|s| ("", s)).collect();
+        md.push_str(&sweep_table(&rows));
     }
     // CPU per answer: the server's processes, and the machine less loadtest.
     let server_us = |o: &Outcome| {
@@ -393,22 +394,29 @@ fn cpu_table(runs: &[&Outcome]) -> String {
     md
 }
 
-/// The highest rate each swept target held, from sweep.json's entries.
-fn sweep_table(sweeps: &[Value]) -> String {
-    let mut md = String::from(
-        "\n| swept target | p99 bound ms | highest rate that held | p99 there | steps run |\n\
-         |---|---:|---:|---:|---:|\n",
+/// The highest rate each swept target held, from sweep.json's entries, each with the part of a
+/// study it belongs to (empty outside `--parts`).
+fn sweep_table(sweeps: &[(&str, &Value)]) -> String {
+    let parts = sweeps.iter().any(|(part, _)| !part.is_empty());
+    let (head, rule) = if parts { ("| part ", "|---") } else { ("", "") };
+    let mut md = format!(
+        "\n{head}| swept target | p99 bound ms | highest rate that held | p99 there | steps run |\n\
+         {rule}|---|---:|---:|---:|---:|\n",
     );
-    for s in sweeps {
+    for (part, s) in sweeps {
         let steps = s["steps"].as_array().map_or(&[][..], Vec::as_slice);
         let held = s["highest_held"].as_u64();
         let p99 = held
             .and_then(|r| steps.iter().rfind(|o| o["asked_rate"].as_u64() == Some(r)))
             .and_then(|o| o["latency_ms"]["p99"].as_f64());
+        if parts {
+            let _ = write!(md, "| {part} ");
+        }
+        let target = s["target"].as_str().unwrap_or("?");
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} |",
-            s["target"].as_str().unwrap_or("?"),
+            if parts { label(target) } else { target },
             s["p99_bound_ms"],
             held.map_or("none".into(), |r| format!("{r} req/s")),
             p99.map_or("-".into(), |p| format!("{p:.2}")),
@@ -487,6 +495,46 @@ pub fn write_sweep(
     write_runs(dir, &best, &title, baseline, &sweeps)
 }
 
+/// What one `--out` directory holds: its runs (a sweep's: each target's best step), and its
+/// sweeps' entries when it is a sweep's.
+struct OutDir {
+    runs: Vec<Outcome>,
+    sweeps: Option<Vec<Value>>,
+}
+
+fn read_out_dir(dir: &Path) -> anyhow::Result<OutDir> {
+    let read = |name: &str| -> anyhow::Result<Option<Value>> {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                Ok(Some(serde_json::from_str(&text).with_context(|| {
+                    format!("{}: not JSON", path.display())
+                })?))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    };
+    let summary = read("summary.json")?.with_context(|| {
+        format!(
+            "{}: no summary.json (not a loadtest --out directory)",
+            dir.display()
+        )
+    })?;
+    let runs = summary
+        .as_array()
+        .context("summary.json: not a list of runs")?
+        .iter()
+        .map(|run| outcome(run).with_context(|| format!("{}", dir.display())))
+        .collect::<anyhow::Result<_>>()?;
+    let sweeps = match read("sweep.json")? {
+        Some(Value::Array(s)) => Some(s),
+        Some(_) => anyhow::bail!("{}: sweep.json is not a list", dir.display()),
+        None => None,
+    };
+    Ok(OutDir { runs, sweeps })
+}
+
 /// `loadtest report`: the files of runs or sweeps measured apart (each `--out` directory of
 /// its own: a target per machine, say) written again as one comparison into `out`. The title
 /// is the first directory's unless given.
@@ -498,30 +546,9 @@ pub fn merge(
 ) -> anyhow::Result<()> {
     let (mut runs, mut sweeps, mut swept_dirs) = (Vec::new(), Vec::new(), 0);
     for dir in dirs {
-        let read = |name: &str| -> anyhow::Result<Option<Value>> {
-            match std::fs::read_to_string(dir.join(name)) {
-                Ok(text) => {
-                    Ok(Some(serde_json::from_str(&text).with_context(|| {
-                        format!("{}: not JSON", dir.join(name).display())
-                    })?))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e).with_context(|| format!("reading {}", dir.join(name).display())),
-            }
-        };
-        let summary = read("summary.json")?.with_context(|| {
-            format!(
-                "{}: no summary.json (not a loadtest --out directory)",
-                dir.display()
-            )
-        })?;
-        for run in summary
-            .as_array()
-            .context("summary.json: not a list of runs")?
-        {
-            runs.push(outcome(run).with_context(|| format!("{}", dir.display()))?);
-        }
-        if let Some(Value::Array(s)) = read("sweep.json")? {
+        let d = read_out_dir(dir)?;
+        runs.extend(d.runs);
+        if let Some(s) = d.sweeps {
             sweeps.extend(s);
             swept_dirs += 1;
         }
@@ -539,6 +566,74 @@ pub fn merge(
     };
     let all: Vec<&Outcome> = runs.iter().collect();
     write_runs(out, &all, &title, baseline, &sweeps)
+}
+
+/// `loadtest report --parts`: the parts of one study (each directory a run or a sweep, named
+/// by its folder) as two tables, `figures.md`: every run of every part, and every sweep's
+/// highest rate that held.
+pub fn parts(dirs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+    let mut runs = String::from(
+        "| part | target | asked req/s | achieved req/s | p50 | p99 | p99.9 | max | \
+         found / acknowledged | CPU µs/answer: server, machine |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---|---|\n",
+    );
+    let mut swept = Vec::new();
+    for dir in dirs {
+        let part = dir
+            .file_name()
+            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
+        let d = read_out_dir(dir)?;
+        if let Some(s) = d.sweeps {
+            swept.extend(s.into_iter().map(|s| (part.clone(), s)));
+            continue;
+        }
+        for o in &d.runs {
+            let q = |p: f64| ms(o.latency.value_at_quantile(p));
+            let found = match &o.verified {
+                Some(Ok(v)) => format!("{} / {}", v.found, v.acknowledged),
+                Some(Err(_)) => "could not read".into(),
+                None => "-".into(),
+            };
+            let cpu = match &o.cpu {
+                Some(c) => format!(
+                    "{}, {:.0}",
+                    c.server
+                        .as_ref()
+                        .map_or("-".into(), |s| format!("{:.0}", per_answer_us(o, s.cpu_s))),
+                    per_answer_us(o, c.others_s())
+                ),
+                None => "-".into(),
+            };
+            let _ = writeln!(
+                runs,
+                "| {part} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {found} | {cpu} |",
+                label(&o.target),
+                o.rate,
+                o.requests() as f64 / o.elapsed.as_secs_f64(),
+                q(0.5),
+                q(0.99),
+                q(0.999),
+                q(1.0),
+            );
+        }
+    }
+    let mut md = format!(
+        "Latency in ms from each request's intended send time (open loop). CPU per request \
+         answered, in µs: the target's serving processes, and every process on the machine but \
+         loadtest (see each part's report).\n\n{runs}"
+    );
+    if !swept.is_empty() {
+        let rows: Vec<(&str, &Value)> = swept.iter().map(|(p, s)| (p.as_str(), s)).collect();
+        md.push_str(&sweep_table(&rows));
+    }
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("figures.md"), md)?;
+    Ok(())
+}
+
+/// A target's label: its name without the URL that follows it.
+fn label(target: &str) -> &str {
+    target.split(" (").next().unwrap_or(target)
 }
 
 #[cfg(test)]
@@ -635,13 +730,27 @@ mod tests {
     fn a_sweeps_table_gives_each_target_its_highest_rate_and_the_p99_there() {
         let step = |rate: u64, p99: f64| json!({"asked_rate": rate, "latency_ms": {"p99": p99}});
         let sweeps = [
-            json!({"target": "a", "p99_bound_ms": 10.0, "highest_held": 200,
+            json!({"target": "a (http://a)", "p99_bound_ms": 10.0, "highest_held": 200,
                    "steps": [step(100, 1.0), step(200, 12.0), step(200, 4.0), step(300, 30.0), step(300, 31.0)]}),
-            json!({"target": "b", "p99_bound_ms": 10.0, "highest_held": null,
+            json!({"target": "b (http://b)", "p99_bound_ms": 10.0, "highest_held": null,
                    "steps": [step(100, 40.0), step(100, 41.0)]}),
         ];
-        let md = sweep_table(&sweeps);
-        assert!(md.contains("| a | 10.0 | 200 req/s | 4.00 | 5 |"), "{md}");
-        assert!(md.contains("| b | 10.0 | none | - | 2 |"), "{md}");
+        let unparted: Vec<_> = sweeps.iter().map(|s| ("", s)).collect();
+        let md = sweep_table(&unparted);
+        assert!(
+            md.contains("\n| a (http://a) | 10.0 | 200 req/s | 4.00 | 5 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("\n| b (http://b) | 10.0 | none | - | 2 |"),
+            "{md}"
+        );
+        let parted: Vec<_> = sweeps.iter().map(|s| ("sweep-p10", s)).collect();
+        let md = sweep_table(&parted);
+        assert!(md.contains("| part | swept target |"), "{md}");
+        assert!(
+            md.contains("\n| sweep-p10 | a | 10.0 | 200 req/s |"),
+            "{md}"
+        );
     }
 }

@@ -791,3 +791,63 @@ fn a_command_readies_the_machine_before_each_target_and_its_failure_skips_that_t
     .unwrap();
     assert_eq!(runs.len(), 1, "a was measured");
 }
+
+#[test]
+fn the_comparison_study_runs_as_written_against_any_set_of_running_implementations() {
+    let server = server();
+    let python = variant::Variant::start(variant::Quirks {
+        no_status_all: true,
+        ..variant::Quirks::default()
+    });
+    let out = tempfile::tempdir().unwrap();
+    let study = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../results/2026-11-30-comparison-study/study.sh"
+    );
+    // The study's parts, each as short as the instrument allows.
+    let run = Command::new(study)
+        .arg(out.path())
+        .arg(format!("this={}", server.url()))
+        .arg(format!("python={}", python.url()))
+        .envs([
+            ("LOADTEST", env!("CARGO_BIN_EXE_loadtest")),
+            ("DURATION", "1"),
+            ("CONNECTIONS", "2"),
+            ("ORGS", "2"),
+            ("RATES", "20 40"),
+            ("MIXED_RATE", "20"),
+            ("BOUNDS", "1000"),
+            ("SWEEP_START", "20"),
+            ("SWEEP_MAX", "40"),
+            ("SWEEP_GROWTH", "2"),
+            ("STEP_SECONDS", "1"),
+            ("VERIFY_WAIT", "0"),
+            ("SETTLE", "0"),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let md = std::fs::read_to_string(out.path().join("study.md")).unwrap();
+    for part in ["ingest-20", "ingest-40", "mixed-20", "sweep-p1000"] {
+        assert!(md.contains(&format!("\n## {part}\n")), "{part}: {md}");
+        assert!(out.path().join(part).join("report.md").exists(), "{part}");
+    }
+    assert!(!md.contains("loadtest exited"), "{md}");
+    // The figures at the top: every target of every run part, and each target's sweep.
+    let figures = &md[md.find("## Figures").expect("figures")..md.find("## ingest-20").unwrap()];
+    for row in [
+        "| ingest-20 | this |",
+        "| ingest-20 | python |",
+        "| ingest-40 | python |",
+        "| mixed-20 | this |",
+        "| sweep-p1000 | this |",
+        "| sweep-p1000 | python |",
+    ] {
+        assert!(figures.contains(row), "{row}: {figures}");
+    }
+    assert!(
+        figures.contains("| 20 / 20 |"),
+        "what verification found: {figures}"
+    );
+}

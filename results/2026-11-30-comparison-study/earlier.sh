@@ -7,14 +7,15 @@
 #
 # Usage: earlier.sh SCRATCH start | stop | only LABEL
 #   start       both implementations (and PostgreSQL, Redis)
-#   only LABEL  `rust` or `python` alone, the other stopped; any other label stops both (to
-#               measure this server with the machine to itself). For loadtest --before-each.
+#   only LABEL  `rust` or `python` alone, the other stopped (each start a fresh process; the
+#               Python one's queue emptied); any other label stops both (to measure this server
+#               with the machine to itself). For loadtest --before-each.
 #   stop        everything this script started
 #   SCRATCH gets: z_all/ (the repository at REV), pg/ (the cluster), venv/, logs, pids.
 #   Ports (environment): PG_PORT (18496), RUST_PORT (18501), PYTHON_PORT (18502), REDIS_PORT (18503).
 #   REPO (default https://github.com/pyrex41/z_all), REV (default 5091bb6, the commit measured).
-# Needs: git, cargo, python3 with venv, redis-server, PostgreSQL 14+ server binaries; as root,
-# the `postgres` account (the cluster runs as it).
+# Needs: git, cargo, python3 with venv, redis-server and redis-cli, PostgreSQL 14+ server
+# binaries; as root, the `postgres` account (the cluster runs as it).
 set -euo pipefail
 scratch="$1" action="$2" label="${3:-}"
 pg_port="${PG_PORT:-18496}" rust_port="${RUST_PORT:-18501}" py_port="${PYTHON_PORT:-18502}"
@@ -90,8 +91,11 @@ start_rust() {
 }
 
 # The Python one: gunicorn with uvicorn workers (2 per CPU, as its start script), Redis for its
-# queue, and its worker, which stores what the API queued.
+# queue, and its worker, which stores what the API queued. Its queue starts empty: its worker
+# never drains it (every message fails), and a queue past 95% refuses every event with 503, so
+# one turn's events would otherwise refuse the next turn's.
 start_python() {
+  redis-cli -p "$redis_port" FLUSHALL >/dev/null
   export DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:$pg_port/zapier_python"
   export REDIS_URL="redis://127.0.0.1:$redis_port" DISABLE_WEBHOOK_DELIVERY=true LOG_LEVEL=warning
   (cd "$py" && PYTHONPATH=src "$scratch/venv/bin/python" create_tables.py >"$scratch/python-tables.log" 2>&1)

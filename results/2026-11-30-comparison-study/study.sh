@@ -10,7 +10,9 @@
 #   mixed-R     70% ingest, 20% inbox pages, 10% acks at MIXED_RATE, verified
 #   sweep-pB    the highest rate holding p99 <= B ms, for each B of BOUNDS (geometric steps;
 #               a step fails only if it fails twice)
-# and OUT/study.md: every part's report, in order, with the command that made it.
+# and OUT/study.md: every part's figures in two tables (OUT/figures.md: the runs, with what
+# verification found and the CPU per answer; the sweeps' highest rates), then every part's
+# report, in order, with the command that made it.
 # A part that fails for one target still reports the others (loadtest isolates targets); a
 # non-zero exit of a part (a target not measured, or events acknowledged but not found) is
 # noted in study.md and the study goes on.
@@ -35,7 +37,8 @@ for t in "$@"; do
   targets+=(--url "$url" --label "$label")
 done
 mkdir -p "$out"
-study="$out/study.md"
+study="$out/study.md" head="$out/.head.md" body="$out/.parts.md" parts=()
+: >"$body"
 {
   echo "# Comparison study"
   echo
@@ -44,7 +47,8 @@ study="$out/study.md"
   echo "- loadtest: $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet || echo ' (dirty)')"
   echo "- targets: $*"
   echo "- baseline of every ratio: $first"
-} >"$study"
+} >"$head"
+cat "$head" >"$study"
 
 part() { # name, then loadtest's arguments
   local name="$1"
@@ -63,7 +67,9 @@ part() { # name, then loadtest's arguments
     echo
     [ -f "$out/$name/report.md" ] && sed '1s/^# /### /' "$out/$name/report.md"
     [ -f "$out/$name/latency.svg" ] && echo && echo "![$name]($name/latency.svg)"
-  } >>"$study"
+  } >>"$body"
+  [ -f "$out/$name/summary.json" ] && parts+=("$out/$name")
+  cat "$head" "$body" >"$study"
 }
 
 # BEFORE_EACH: a shell command run before each target (TARGET_NAME, TARGET_URL set), e.g. to
@@ -83,4 +89,9 @@ for bound in ${BOUNDS:-10 50}; do
     --start "${SWEEP_START:-250}" \
     --growth "${SWEEP_GROWTH:-1.25}" --max "${SWEEP_MAX:-40000}" --p99-ms "$bound"
 done
+# Every part's figures in two tables at the top: the runs, and the sweeps' highest rates.
+if [ "${#parts[@]}" -gt 0 ] && "$loadtest" report --parts "${parts[@]}" --out "$out" >/dev/null; then
+  { cat "$head"; echo; echo "## Figures"; echo; cat "$out/figures.md"; cat "$body"; } >"$study"
+fi
+rm -f "$head" "$body"
 echo "study: $study" >&2
