@@ -73,11 +73,14 @@ pub fn summary(o: &Outcome) -> String {
         if let Some(server) = &c.server {
             let _ = write!(
                 s,
-                " server {:.2} cores, {:.0} µs per answer ({}, {} processes);",
+                " server {:.2} cores, {:.0} µs per answer ({}; {} in all);",
                 server.cpu_s / c.seconds,
                 per_answer_us(o, server.cpu_s),
                 server.holders.join(", "),
-                server.processes
+                match server.processes {
+                    1 => "1 process".to_string(),
+                    n => format!("{n} processes"),
+                }
             );
         }
         let _ = write!(
