@@ -209,6 +209,8 @@ pub struct Cluster {
     /// PostgreSQL refuses to run as root: then the cluster runs as this account.
     owner: Option<User>,
     running: Option<Running>,
+    /// The OID of the server's database, once started (its files are under `base/<oid>`).
+    database: Option<u32>,
 }
 
 impl Cluster {
@@ -257,12 +259,13 @@ impl Cluster {
             initialized_marker: data_dir.join(INITIALIZED_MARKER),
             owner,
             running: None,
+            database: None,
         })
     }
 
     /// What writes this cluster's data files back every `every`.
     pub fn writeback(&self, every: Duration) -> writeback::Writeback {
-        writeback::Writeback::new(&self.dir, every)
+        writeback::Writeback::new(&self.dir, self.database, every)
     }
 
     /// Connection settings for the server's database on this cluster.
@@ -511,16 +514,16 @@ impl Cluster {
         }
     }
 
-    fn ensure_database(&self) -> anyhow::Result<()> {
+    /// Creates the server's database if it is missing, and learns its OID.
+    fn ensure_database(&mut self) -> anyhow::Result<()> {
         let mut admin = self.client_config();
         admin.dbname("postgres");
         let mut client = admin.connect(postgres::NoTls)?;
-        let exists = client
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DB_NAME])?
-            .is_some();
-        if !exists {
+        let oid = "SELECT oid FROM pg_database WHERE datname = $1";
+        if client.query_opt(oid, &[&DB_NAME])?.is_none() {
             client.batch_execute(&format!("CREATE DATABASE {DB_NAME}"))?;
         }
+        self.database = Some(client.query_one(oid, &[&DB_NAME])?.get(0));
         Ok(())
     }
 
