@@ -1,3 +1,5 @@
+# cpucheck.py PID SECONDS: CPU ticks of process PID and each of its descendants over SECONDS
+# (own = user + system, children = of its waited-for children), from /proc.
 import os,sys,time
 root=int(sys.argv[1])
 def procs():
