@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::cpu::Cpu;
 use crate::plot;
-use crate::run::Outcome;
+use crate::run::{label, Outcome};
 use crate::sweep::Swept;
 use crate::verify::Verified;
 
@@ -30,8 +30,7 @@ fn ms(us: u64) -> f64 {
 }
 
 pub fn summary(o: &Outcome) -> String {
-    let secs = o.elapsed.as_secs_f64();
-    let achieved = o.requests() as f64 / secs;
+    let achieved = o.achieved();
     let mut s = format!(
         "{}\n  achieved {:.0} req/s ({:.0} events/s), asked {} req/s\n  status",
         o.target,
@@ -75,7 +74,7 @@ pub fn summary(o: &Outcome) -> String {
                 s,
                 " server {:.2} cores, {:.0} µs per answer ({}; {} in all);",
                 server.cpu_s / c.seconds,
-                per_answer_us(o, server.cpu_s),
+                o.server_cpu_us().unwrap_or_default(),
                 server.holders.join(", "),
                 match server.processes {
                     1 => "1 process".to_string(),
@@ -87,7 +86,7 @@ pub fn summary(o: &Outcome) -> String {
             s,
             " machine less loadtest {:.2} cores, {:.0} µs per answer; loadtest {:.2} cores",
             c.others_s() / c.seconds,
-            per_answer_us(o, c.others_s()),
+            o.machine_cpu_us().unwrap_or_default(),
             c.loadtest_s / c.seconds
         );
     }
@@ -126,14 +125,8 @@ pub fn verify_problem(o: &Outcome) -> Option<String> {
     }
 }
 
-/// CPU microseconds per request answered (any status).
-fn per_answer_us(o: &Outcome, cpu_s: f64) -> f64 {
-    cpu_s * 1e6 / (o.requests() - o.errors).max(1) as f64
-}
-
 /// One run as `summary.json` shows it; `outcome` reads it back.
 fn run_json(o: &Outcome) -> serde_json::Value {
-    let secs = o.elapsed.as_secs_f64();
     let mut lat = serde_json::Map::new();
     for (q, name) in QUANTILES {
         lat.insert(name.to_string(), json!(ms(o.latency.value_at_quantile(q))));
@@ -141,9 +134,9 @@ fn run_json(o: &Outcome) -> serde_json::Value {
     json!({
         "target": o.target,
         "asked_rate": o.rate,
-        "achieved_rate": o.requests() as f64 / secs,
+        "achieved_rate": o.achieved(),
         "events_per_request": o.events_per_request,
-        "seconds": secs,
+        "seconds": o.elapsed.as_secs_f64(),
         "statuses": o.statuses,
         "connection_errors": o.errors,
         "latency_ms": lat,
@@ -267,14 +260,13 @@ fn markdown(
          |---|---:|---:|---:|---:|---:|---:|---|---|\n"
     );
     let q = |o: &Outcome, p: f64| ms(o.latency.value_at_quantile(p));
-    let achieved = |o: &Outcome| o.requests() as f64 / o.elapsed.as_secs_f64();
     for o in runs {
         let _ = writeln!(
             md,
             "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
             o.target,
             o.rate,
-            achieved(o),
+            o.achieved(),
             q(o, 0.5),
             q(o, 0.99),
             q(o, 0.999),
@@ -287,12 +279,6 @@ fn markdown(
         let rows: Vec<(&str, &Value)> = sweeps.iter().map(|s| ("", s)).collect();
         md.push_str(&sweep_table(&rows));
     }
-    // CPU per answer: the server's processes, and the machine less loadtest.
-    let server_us = |o: &Outcome| {
-        let c = o.cpu.as_ref()?;
-        Some(per_answer_us(o, c.server.as_ref()?.cpu_s))
-    };
-    let machine_us = |o: &Outcome| Some(per_answer_us(o, o.cpu.as_ref()?.others_s()));
     let with_cpu = runs.iter().any(|o| o.cpu.is_some());
     if with_cpu {
         md.push_str(&cpu_table(runs));
@@ -323,7 +309,7 @@ fn markdown(
                 md,
                 "| {} | {} | {} | {} | {} | {} |",
                 o.target,
-                ratio(Some(achieved(o)), Some(achieved(base))),
+                ratio(Some(o.achieved()), Some(base.achieved())),
                 ratio(Some(q(o, 0.5)), Some(q(base, 0.5))),
                 ratio(Some(q(o, 0.99)), Some(q(base, 0.99))),
                 ratio(Some(q(o, 0.999)), Some(q(base, 0.999))),
@@ -333,8 +319,8 @@ fn markdown(
                 let _ = write!(
                     md,
                     " {} | {} |",
-                    ratio(server_us(o), server_us(base)),
-                    ratio(machine_us(o), machine_us(base))
+                    ratio(o.server_cpu_us(), base.server_cpu_us()),
+                    ratio(o.machine_cpu_us(), base.machine_cpu_us())
                 );
             }
             md.push('\n');
@@ -379,7 +365,7 @@ fn cpu_table(runs: &[&Outcome]) -> String {
             Some(s) => format!(
                 "{:.2} | {:.0} | {} ({} in all)",
                 s.cpu_s / c.seconds,
-                per_answer_us(o, s.cpu_s),
+                o.server_cpu_us().unwrap_or_default(),
                 s.holders.join(", "),
                 s.processes
             ),
@@ -390,7 +376,7 @@ fn cpu_table(runs: &[&Outcome]) -> String {
             "| {} | {server} | {:.2} | {:.0} | {:.2} |",
             o.target,
             c.others_s() / c.seconds,
-            per_answer_us(o, c.others_s()),
+            o.machine_cpu_us().unwrap_or_default(),
             c.loadtest_s / c.seconds
         );
     }
@@ -597,14 +583,9 @@ pub fn parts(dirs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
                 Some(Err(_)) => "could not read".into(),
                 None => "-".into(),
             };
-            let cpu = match &o.cpu {
-                Some(c) => format!(
-                    "{}, {:.0}",
-                    c.server
-                        .as_ref()
-                        .map_or("-".into(), |s| format!("{:.0}", per_answer_us(o, s.cpu_s))),
-                    per_answer_us(o, c.others_s())
-                ),
+            let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+            let cpu = match o.cpu {
+                Some(_) => format!("{}, {}", us(o.server_cpu_us()), us(o.machine_cpu_us())),
                 None => "-".into(),
             };
             let _ = writeln!(
@@ -612,7 +593,7 @@ pub fn parts(dirs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
                 "| {part} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {found} | {cpu} |",
                 label(&o.target),
                 o.rate,
-                o.requests() as f64 / o.elapsed.as_secs_f64(),
+                o.achieved(),
                 q(0.5),
                 q(0.99),
                 q(0.999),
@@ -632,11 +613,6 @@ pub fn parts(dirs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("figures.md"), md)?;
     Ok(())
-}
-
-/// A target's label: its name without the URL that follows it.
-fn label(target: &str) -> &str {
-    target.split(" (").next().unwrap_or(target)
 }
 
 #[cfg(test)]

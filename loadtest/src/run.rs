@@ -96,6 +96,19 @@ pub struct RunArgs {
     pub before_each: Option<String>,
 }
 
+/// Whether a target named `target` ("label (url)", or its URL) is the one `name` names: its
+/// label or its URL.
+pub fn is_named(target: &str, name: &str) -> bool {
+    target == name
+        || target.starts_with(&format!("{name} ("))
+        || target.ends_with(&format!("({name})"))
+}
+
+/// A target's label: its name without the URL that follows it (`is_named`'s form).
+pub fn label(target: &str) -> &str {
+    target.split(" (").next().unwrap_or(target)
+}
+
 impl RunArgs {
     /// Readies the machine for target `i`: waits `--settle` seconds (none before the first),
     /// then runs `--before-each`.
@@ -123,17 +136,7 @@ impl RunArgs {
         anyhow::ensure!(status.success(), "--before-each exited with {status}");
         Ok(())
     }
-}
 
-/// Whether a target named `target` ("label (url)", or its URL) is the one `name` names: its
-/// label or its URL.
-pub fn is_named(target: &str, name: &str) -> bool {
-    target == name
-        || target.starts_with(&format!("{name} ("))
-        || target.ends_with(&format!("({name})"))
-}
-
-impl RunArgs {
     /// The targets to measure one after another: each --url, or all of them as one
     /// deployment with `--spread`. A --baseline must name one of them.
     pub fn targets(&self) -> anyhow::Result<Vec<Target>> {
@@ -212,6 +215,27 @@ pub struct Outcome {
 impl Outcome {
     pub fn requests(&self) -> u64 {
         self.statuses.values().sum::<u64>() + self.errors
+    }
+
+    /// Requests per second sent and answered or failed: the rate the generator achieved.
+    pub fn achieved(&self) -> f64 {
+        self.requests() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// CPU µs per request answered (any status) of the serving processes, when read.
+    pub fn server_cpu_us(&self) -> Option<f64> {
+        let c = self.cpu.as_ref()?;
+        Some(self.per_answer_us(c.server.as_ref()?.cpu_s))
+    }
+
+    /// CPU µs per request answered of every process on the machine but loadtest, when the
+    /// target is on this machine.
+    pub fn machine_cpu_us(&self) -> Option<f64> {
+        Some(self.per_answer_us(self.cpu.as_ref()?.others_s()))
+    }
+
+    fn per_answer_us(&self, cpu_s: f64) -> f64 {
+        cpu_s * 1e6 / self.statuses.values().sum::<u64>().max(1) as f64
     }
 
     /// Requests answered 2xx.

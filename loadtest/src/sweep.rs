@@ -34,8 +34,7 @@ impl Steps {
 
 fn holds(o: &Outcome, rate: u64, p99_ms: f64) -> bool {
     let p99 = o.latency.value_at_quantile(0.99) as f64 / 1000.0;
-    let achieved = o.requests() as f64 / o.elapsed.as_secs_f64();
-    p99 <= p99_ms && o.ok_fraction() >= 0.999 && achieved >= 0.95 * rate as f64
+    p99 <= p99_ms && o.ok_fraction() >= 0.999 && o.achieved() >= 0.95 * rate as f64
 }
 
 /// What a sweep is doing, shown before each step: which step of how many, and what held so far.
@@ -90,7 +89,7 @@ async fn sweep_one(
             println!(
                 "{}  rate {rate:>7}  achieved {:>9.0}  p99 {:>8.2} ms  ok {:>6.2}%  {}{attempt}",
                 target.name,
-                o.requests() as f64 / o.elapsed.as_secs_f64(),
+                o.achieved(),
                 o.latency.value_at_quantile(0.99) as f64 / 1000.0,
                 o.ok_fraction() * 100.0,
                 if ok { "holds" } else { "FAILS" }
