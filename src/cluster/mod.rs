@@ -520,10 +520,14 @@ impl Cluster {
         admin.dbname("postgres");
         let mut client = admin.connect(postgres::NoTls)?;
         let oid = "SELECT oid FROM pg_database WHERE datname = $1";
-        if client.query_opt(oid, &[&DB_NAME])?.is_none() {
-            client.batch_execute(&format!("CREATE DATABASE {DB_NAME}"))?;
-        }
-        self.database = Some(client.query_one(oid, &[&DB_NAME])?.get(0));
+        let row = match client.query_opt(oid, &[&DB_NAME])? {
+            Some(row) => row,
+            None => {
+                client.batch_execute(&format!("CREATE DATABASE {DB_NAME}"))?;
+                client.query_one(oid, &[&DB_NAME])?
+            }
+        };
+        self.database = Some(row.get(0));
         Ok(())
     }
 

@@ -392,6 +392,13 @@ fn the_embedded_cluster_starts_at_once_after_its_postmaster_is_killed_mid_query(
     assert_eq!(db.query_one("SELECT 1", &[]).unwrap().get::<_, i32>(0), 1);
     assert!(started.elapsed() < Duration::from_secs(30));
     let _ = busy.join();
+    // The write-back pass looks in the server's database (found by its OID at start): a table
+    // just written there is handed over, besides what the pass handed before.
+    let writeback = again.writeback(Duration::from_secs(1));
+    let before = writeback.pass();
+    db.batch_execute("CREATE TABLE written (n int); INSERT INTO written VALUES (1)")
+        .unwrap();
+    assert!(writeback.pass() > before);
 }
 
 #[test]
