@@ -258,7 +258,29 @@ pub enum Next {
     Release,
 }
 
-/// One attempt, as recorded and as `GET /api/events/{id}/attempts` shows it.
+/// Longest text an attempt keeps of what came from outside (a receiver's answer, an error's
+/// message), in bytes.
+pub const ATTEMPT_TEXT_BYTES_MAX: usize = 1024;
+
+/// `raw`, from outside, as a `text` column can hold it: valid UTF-8 (what is not becomes
+/// U+FFFD), no NUL (PostgreSQL's text refuses it, and one such row would fail the batch of
+/// outcomes it is recorded with: it becomes U+FFFD too), at most `ATTEMPT_TEXT_BYTES_MAX`
+/// bytes, cut at a character boundary.
+pub fn storable_text(raw: &[u8]) -> String {
+    let raw = &raw[..raw.len().min(ATTEMPT_TEXT_BYTES_MAX)];
+    let mut text = String::from_utf8_lossy(raw).replace('\0', "\u{fffd}");
+    if text.len() > ATTEMPT_TEXT_BYTES_MAX {
+        let mut end = ATTEMPT_TEXT_BYTES_MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// One attempt, as recorded and as `GET /api/events/{id}/attempts` shows it. Its texts are
+/// made with `storable_text`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attempt {
     pub attempt: i16,
@@ -278,6 +300,31 @@ pub struct Outcome {
     pub attempts: i16,
     pub next: Next,
     pub attempt: Option<Attempt>,
+}
+
+/// The error class of an attempt whose answer PostgreSQL refused to store: it is kept without
+/// its texts.
+pub const UNSTORABLE: &str = "unstorable_answer";
+
+impl Outcome {
+    /// This outcome with its attempt's texts dropped (error `UNSTORABLE`): what is recorded when
+    /// PostgreSQL refuses the whole of it.
+    pub fn without_texts(&self) -> Outcome {
+        let mut o = self.clone();
+        if let Some(a) = &mut o.attempt {
+            a.error = Some(UNSTORABLE.to_string());
+            a.response = None;
+        }
+        o
+    }
+
+    /// This outcome without its attempt: the row still moves on.
+    pub fn without_attempt(&self) -> Outcome {
+        Outcome {
+            attempt: None,
+            ..self.clone()
+        }
+    }
 }
 
 /// The statements that record outcomes, prepared once per connection: the store records
@@ -514,4 +561,20 @@ pub fn backlog(client: &mut Client, cap: i64) -> Result<(i64, i64), postgres::Er
         &[&cap],
     )?;
     Ok((r.get(0), r.get(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outside_text_is_made_storable_and_bounded() {
+        assert_eq!(storable_text(b"ok\0ok"), "ok\u{fffd}ok");
+        assert_eq!(storable_text(b"\xff\xfe"), "\u{fffd}\u{fffd}");
+        // Cut at the bound, then at a character boundary: a replacement (3 bytes) never
+        // lengthens it past the bound.
+        let long = storable_text(&[0u8; 2 * ATTEMPT_TEXT_BYTES_MAX]);
+        assert!(long.len() <= ATTEMPT_TEXT_BYTES_MAX && !long.contains('\0'));
+        assert_eq!(storable_text("é".repeat(600).as_bytes()).len(), 1024);
+    }
 }

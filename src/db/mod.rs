@@ -26,6 +26,7 @@ use std::error::Error;
 
 use anyhow::Context;
 use bytes::BytesMut;
+use postgres::error::SqlState;
 use postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 
 pub use conn::{connect, Link, CONNECT_TIMEOUT, CONNECT_WARN_EVERY};
@@ -63,6 +64,37 @@ pub fn migrate_until(config: &postgres::Config, version: u32) -> anyhow::Result<
         .run(&mut client)
         .context("applying migrations")?;
     Ok(())
+}
+
+/// Why a statement failed, as the code that retries it must tell.
+#[derive(Debug)]
+pub enum Failure {
+    /// The connection is gone: reconnect, then try again.
+    Connection,
+    /// Worth retrying on the same connection (deadlock, serialization, resources).
+    Transient,
+    /// PostgreSQL refused the data itself (its message): some row is bad, and will stay bad.
+    Data(String),
+}
+
+/// Classifies `e`, from a client whose connection is `client_closed` or not.
+pub fn classify(e: &postgres::Error, client_closed: bool) -> Failure {
+    if client_closed {
+        return Failure::Connection;
+    }
+    let Some(db) = e.as_db_error() else {
+        return Failure::Connection;
+    };
+    let code = db.code();
+    if code == &SqlState::T_R_DEADLOCK_DETECTED || code == &SqlState::T_R_SERIALIZATION_FAILURE {
+        return Failure::Transient;
+    }
+    match &code.code()[..2] {
+        // data exception, integrity violation, program limit (say, an index row too large)
+        "22" | "23" | "54" => Failure::Data(db.message().to_string()),
+        "08" | "57" => Failure::Connection,
+        _ => Failure::Transient,
+    }
 }
 
 /// The id newtypes go to and come from PostgreSQL as the `uuid`s they wrap.

@@ -37,10 +37,10 @@ use governor::Governor;
 pub use schedule::Schedule;
 
 use crate::db::deliveries::{self, Attempt, Claimed, Next, Outcome, Recorder};
-use crate::db::Link;
+use crate::db::{classify, Failure, Link, CONNECT_WARN_EVERY};
 use crate::hooks::{Hooks, Intake, Job};
 use crate::ids::{now_micros, EventId, OrgId};
-use crate::stats::{DeliveryStats, Stats};
+use crate::stats::{DeliveryStats, LogEvery, Stats};
 
 /// How often due rows are claimed when the last claim found fewer than it asked for.
 const CLAIM_EVERY: Duration = Duration::from_millis(250);
@@ -57,6 +57,11 @@ const BACKLOG_COUNT_MAX: i64 = 10_000_000;
 /// store thread and its backend fewer wake-ups.
 const RECORD_LINGER: Duration = Duration::from_millis(20);
 const RECORD_BATCH: usize = 256;
+/// Longest pause between attempts to record outcomes while PostgreSQL is away.
+const RECORD_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At shutdown, outcomes of attempts that ended by the deadline get this long after it to be
+/// recorded; what is still unrecorded then is left to its leases.
+const RECORD_AFTER_STOP: Duration = Duration::from_secs(2);
 /// An endpoint with this many jobs per allowed attempt in flight queued on this node takes no
 /// more from claims.
 const QUEUED_PER_SLOT: usize = 4;
@@ -661,6 +666,10 @@ struct Store {
     to_sender: tokio::sync::mpsc::UnboundedSender<Msg>,
     /// Outcomes taken from the sender, not yet recorded (PostgreSQL may be away).
     pending: Vec<Done>,
+    /// After a lost connection: no recording before then, and the next backoff.
+    retry_at: Instant,
+    retry_backoff: Duration,
+    record_failures: LogEvery,
     next_claim: Instant,
     next_refresh: Instant,
     next_count: Instant,
@@ -684,6 +693,9 @@ impl Store {
             },
             to_sender,
             pending: Vec::new(),
+            retry_at: now,
+            retry_backoff: RECORD_LINGER,
+            record_failures: LogEvery::new(CONNECT_WARN_EVERY),
             next_claim: now,
             next_refresh: now,
             next_count: now,
@@ -717,9 +729,13 @@ impl Store {
             {
                 break;
             }
-            if ended && !self.pending.is_empty() && self.session.client(now).is_none() {
-                // PostgreSQL is away at shutdown: the leases run out and other nodes (or this
-                // one, restarted) take the rows again.
+            let out_of_time = || {
+                let deadline = *self.shared.deadline.lock().expect("deadline lock");
+                deadline.is_some_and(|by| now >= by + RECORD_AFTER_STOP)
+            };
+            if ended && !self.pending.is_empty() && out_of_time() {
+                // PostgreSQL is away, or will not take them, at shutdown: the leases run out
+                // and other nodes (or this one, restarted) take the rows again.
                 tracing::warn!(
                     outcomes = self.pending.len(),
                     "delivery outcomes not recorded at shutdown"
@@ -739,8 +755,8 @@ impl Store {
             let wake = self.next_claim.min(self.next_refresh);
             let mut pause = wake.saturating_duration_since(Instant::now());
             if !self.pending.is_empty() {
-                // Recording failed: try again after a linger.
-                pause = pause.min(RECORD_LINGER);
+                // Recording failed: try again after the backoff.
+                pause = pause.min(self.retry_at.saturating_duration_since(Instant::now()));
             }
             if let Some(left) = linger {
                 pause = pause.min(left);
@@ -749,50 +765,141 @@ impl Store {
         }
     }
 
+    /// Records the pending outcomes: in one transaction, or, when PostgreSQL refuses that
+    /// for anything but a lost connection, one outcome at a time (`record_each`), so that no
+    /// outcome can fail another's. What a lost connection left unrecorded is tried again after
+    /// a backoff.
     fn record(&mut self, now: Instant) {
+        if now < self.retry_at {
+            return;
+        }
         let outcomes: Vec<Outcome> = self.pending.iter().map(|d| d.outcome.clone()).collect();
-        let gone: HashSet<OrgId> = self
-            .pending
+        let batch = match self.session.recording(now) {
+            Ok(None) => return,
+            Ok(Some((client, recorder))) => {
+                match recorder.record(client, &outcomes, now_micros()) {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err((classify(&e, client.is_closed()), e)),
+                }
+            }
+            Err(e) => Err((Failure::Connection, e)),
+        };
+        let recorded = match batch {
+            Ok(()) => std::mem::take(&mut self.pending),
+            Err((Failure::Connection, e)) => {
+                self.failed_to_record(&e, now);
+                return;
+            }
+            Err((_, e)) => {
+                tracing::debug!(
+                    error = &e as &dyn std::error::Error,
+                    outcomes = outcomes.len(),
+                    "a batch of delivery outcomes was refused: recording them one by one"
+                );
+                self.record_each(now)
+            }
+        };
+        self.record_failures.reset();
+        self.retry_backoff = RECORD_LINGER;
+        self.recorded(recorded, now);
+    }
+
+    /// Records the pending outcomes one at a time; returns those recorded (or given up on),
+    /// and keeps those a lost connection left. One that PostgreSQL refuses is recorded without
+    /// its attempt's texts, then without its attempt; if even its row cannot move on, it is
+    /// left to its lease, which runs out (the delivery is made again: at least once holds).
+    fn record_each(&mut self, now: Instant) -> Vec<Done> {
+        let mut recorded = Vec::with_capacity(self.pending.len());
+        let mut left = Vec::new();
+        for done in std::mem::take(&mut self.pending) {
+            let Ok(Some((client, recorder))) = self.session.recording(now) else {
+                left.push(done);
+                continue;
+            };
+            let o = &done.outcome;
+            // Which form PostgreSQL took (0: the whole outcome), or the last refusal and
+            // whether it was the connection's loss.
+            let mut took = Err(None);
+            for (n, form) in [o.clone(), o.without_texts(), o.without_attempt()]
+                .iter()
+                .enumerate()
+            {
+                match recorder.record(client, std::slice::from_ref(form), now_micros()) {
+                    Ok(()) => {
+                        took = Ok(n);
+                        break;
+                    }
+                    Err(e) => {
+                        let lost = matches!(classify(&e, client.is_closed()), Failure::Connection);
+                        took = Err(Some((e, lost)));
+                        if lost {
+                            break;
+                        }
+                    }
+                }
+            }
+            match took {
+                Ok(0) => recorded.push(done),
+                Ok(_) => {
+                    self.shared.stats.unstorable.add(1);
+                    recorded.push(done);
+                }
+                Err(Some((e, false))) => {
+                    tracing::error!(
+                        org = %o.org,
+                        event = %o.id,
+                        error = &e as &dyn std::error::Error,
+                        "a delivery outcome could not be recorded in any form: its lease runs out"
+                    );
+                    self.shared.stats.unstorable.add(1);
+                    recorded.push(done);
+                }
+                Err(_) => left.push(done),
+            }
+        }
+        self.pending = left;
+        recorded
+    }
+
+    /// A lost connection kept outcomes from being recorded: say so (at most every
+    /// `CONNECT_WARN_EVERY`), and try again after a backoff that doubles up to a second.
+    fn failed_to_record(&mut self, e: &postgres::Error, now: Instant) {
+        if let Some(times) = self.record_failures.hit(now) {
+            tracing::warn!(
+                error = e as &dyn std::error::Error,
+                outcomes = self.pending.len(),
+                failed_times = times,
+                "recording delivery outcomes failed; will retry"
+            );
+        }
+        self.retry_at = now + self.retry_backoff;
+        self.retry_backoff = (self.retry_backoff * 2).min(RECORD_BACKOFF_MAX);
+    }
+
+    /// What follows from outcomes recorded: endpoints that answered 410 are disabled, and
+    /// the memory the jobs held is given back.
+    fn recorded(&mut self, recorded: Vec<Done>, now: Instant) {
+        let gone: HashSet<OrgId> = recorded
             .iter()
             .filter(|d| d.gone)
             .map(|d| d.outcome.org)
             .collect();
-        let recorded = match self.session.recording(now) {
-            Ok(None) => return,
-            Ok(Some((client, recorder))) => recorder
-                .record(client, &outcomes, now_micros())
-                .map(|()| client),
-            Err(e) => Err(e),
-        };
-        let client = match recorded {
-            Ok(client) => client,
-            Err(e) => {
-                tracing::warn!(
-                    error = &e as &dyn std::error::Error,
-                    outcomes = outcomes.len(),
-                    "recording delivery outcomes failed; will retry"
-                );
-                return;
-            }
-        };
-        for org in gone {
-            match deliveries::disable(client, org, "gone") {
-                Ok(_) => {
-                    tracing::info!(%org, "webhook endpoint answered 410 Gone: disabled");
-                    self.shared.stats.disabled.add(1);
-                    self.shared.hooks.set(org, None);
-                }
-                Err(e) => {
-                    tracing::warn!(%org, error = &e as &dyn std::error::Error, "disabling a gone endpoint failed");
+        if let Some(client) = self.session.client(now) {
+            for org in gone {
+                match deliveries::disable(client, org, "gone") {
+                    Ok(_) => {
+                        tracing::info!(%org, "webhook endpoint answered 410 Gone: disabled");
+                        self.shared.stats.disabled.add(1);
+                        self.shared.hooks.set(org, None);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%org, error = &e as &dyn std::error::Error, "disabling a gone endpoint failed");
+                    }
                 }
             }
         }
-        let (jobs, bytes) = (
-            self.pending.len(),
-            self.pending.iter().map(|d| d.bytes).sum(),
-        );
-        self.shared.hooks.release(jobs, bytes);
-        self.pending.clear();
+        let bytes = recorded.iter().map(|d| d.bytes).sum();
+        self.shared.hooks.release(recorded.len(), bytes);
     }
 
     /// Tells every node (through the organization's row) that an endpoint rests or recovered.

@@ -2,7 +2,8 @@
 //! resolves to is judged by `egress` before any connection (a name that resolves to a private
 //! address is refused, whichever address would have been tried); the connection goes to the
 //! addresses judged, with no second lookup. No redirects are followed, no proxy is used, and
-//! the answer's body is read up to `RESPONSE_BYTES` and dropped.
+//! the answer's body is read up to `ATTEMPT_TEXT_BYTES_MAX` and dropped; what is kept of it, as
+//! of every error, is made storable (`storable_text`) here, where it comes in.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,13 +13,11 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use super::schedule::parse_retry_after;
 use super::sign::signature;
-use crate::db::deliveries::Attempt;
+use crate::db::deliveries::{storable_text, Attempt, ATTEMPT_TEXT_BYTES_MAX};
 use crate::egress;
 use crate::hooks::{Endpoint, Job};
 use crate::ids::rfc3339;
 
-/// How much of an answer's body an attempt keeps.
-pub const RESPONSE_BYTES: usize = 1024;
 /// Idle connections kept per host (scheme, host and port): many endpoints may share a host (a
 /// receiving service, or one load balancer), each with `webhook_concurrency` in flight, and a
 /// connection closed after each burst is a connection opened for the next.
@@ -132,7 +131,7 @@ pub async fn attempt(
             status_code: status,
             error: Some(error.to_string()),
             latency_us: started.elapsed().as_micros().min(i32::MAX as u128) as i32,
-            response,
+            response: response.map(|r: String| storable_text(r.as_bytes())),
         },
         kind,
     };
@@ -190,7 +189,7 @@ pub async fn attempt(
             return failed(
                 error_class(&e),
                 None,
-                Some(truncate(error_chain(&e))),
+                Some(error_chain(&e)),
                 Answer::Failed { retry_after: None },
             )
         }
@@ -206,10 +205,11 @@ pub async fn attempt(
     };
     let mut kept = Vec::new();
     let mut read_error = None;
-    while kept.len() < RESPONSE_BYTES {
+    while kept.len() < ATTEMPT_TEXT_BYTES_MAX {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
-                kept.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_BYTES - kept.len())]);
+                let room = ATTEMPT_TEXT_BYTES_MAX - kept.len();
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             Ok(None) => break,
             Err(e) => {
@@ -218,7 +218,7 @@ pub async fn attempt(
             }
         }
     }
-    let response = Some(String::from_utf8_lossy(&kept).into_owned());
+    let response = Some(storable_text(&kept));
     let latency_us = started.elapsed().as_micros().min(i32::MAX as u128) as i32;
     let (kind, error) = match status {
         200..=299 => (Answer::Delivered, None),
@@ -283,17 +283,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn truncate(mut s: String) -> String {
-    if s.len() > RESPONSE_BYTES {
-        let mut end = RESPONSE_BYTES;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,7 +307,6 @@ mod tests {
             error_chain(&Outer(inner)),
             "error sending request: dns error: no such host"
         );
-        assert_eq!(truncate("é".repeat(600)).len(), RESPONSE_BYTES);
     }
 
     #[test]

@@ -19,12 +19,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postgres::error::SqlState;
-
 pub use batch::BatchLimits;
 
 use crate::db::events::{Deliveries, Writer, Written};
-use crate::db::CONNECT_WARN_EVERY;
+use crate::db::{classify, Failure, CONNECT_WARN_EVERY};
 use crate::hooks::{Hooks, Job};
 use crate::ids::{now_micros, OrgId};
 use crate::queue::{Completion, Entry, Event, Hub, Outcome};
@@ -50,35 +48,6 @@ pub struct Shared {
     pub db: postgres::Config,
     pub stop: Arc<Stop>,
     pub stats: Arc<Stats>,
-}
-
-enum Failure {
-    /// The connection is gone: reconnect, then replay.
-    Connection,
-    /// Worth retrying on the same connection (deadlock, serialization, resources).
-    Transient,
-    /// PostgreSQL refused the data itself: some row of the batch is bad.
-    Data(String),
-}
-
-fn classify(e: &postgres::Error, client_closed: bool) -> Failure {
-    if client_closed {
-        return Failure::Connection;
-    }
-    let Some(db) = e.as_db_error() else {
-        return Failure::Connection;
-    };
-    let code = db.code();
-    let class = &code.code()[..2];
-    if code == &SqlState::T_R_DEADLOCK_DETECTED || code == &SqlState::T_R_SERIALIZATION_FAILURE {
-        return Failure::Transient;
-    }
-    match class {
-        // data exception, integrity violation, program limit (say, an index row too large)
-        "22" | "23" | "54" => Failure::Data(db.message().to_string()),
-        "08" | "57" => Failure::Connection,
-        _ => Failure::Transient,
-    }
 }
 
 /// Counts a persister thread as running until it ends, however it ends.

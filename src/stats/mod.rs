@@ -234,6 +234,10 @@ pub struct DeliveryStats {
     pub claimed: Counter,
     /// Times delivery cut its rate to give way to ingest (`delivery::governor`).
     pub yields: Counter,
+    /// Outcomes PostgreSQL refused as they were (one bad row never fails its batch): recorded
+    /// without their answer's text or without their attempt, or, refused even so, left to
+    /// their lease.
+    pub unstorable: Counter,
     /// Event created → its first attempt begins.
     pub first_attempt_us: Recorder,
     /// One attempt, request sent to answer read.
@@ -248,7 +252,7 @@ pub struct DeliveryStats {
 
 impl DeliveryStats {
     /// (name, value) of every counter, in a fixed order shared by both stats views.
-    pub fn counters(&self) -> [(&'static str, u64); 8] {
+    pub fn counters(&self) -> [(&'static str, u64); 9] {
         [
             ("attempted", self.attempted.get()),
             ("delivered", self.delivered.get()),
@@ -258,6 +262,7 @@ impl DeliveryStats {
             ("endpoints_rested", self.breaker_opened.get()),
             ("claimed", self.claimed.get()),
             ("yields", self.yields.get()),
+            ("unstorable_outcomes", self.unstorable.get()),
         ]
     }
 }

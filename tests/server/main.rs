@@ -12,6 +12,7 @@ mod durability;
 mod hostile;
 mod http_framing;
 mod inbox_ack;
+mod isolation;
 mod keys_webhooks;
 mod nodes;
 mod openapi;

@@ -24,7 +24,7 @@ const FAST: &[&str] = &[
 ];
 
 /// The `FAST` flags, less those `extra` gives again, then `extra`.
-fn fast(extra: &[&str]) -> Vec<String> {
+pub(crate) fn fast(extra: &[&str]) -> Vec<String> {
     FAST.chunks(2)
         .filter(|f| !extra.contains(&f[0]))
         .flatten()
@@ -33,19 +33,19 @@ fn fast(extra: &[&str]) -> Vec<String> {
         .collect()
 }
 
-fn argv(a: &[String]) -> Vec<&str> {
+pub(crate) fn argv(a: &[String]) -> Vec<&str> {
     a.iter().map(String::as_str).collect()
 }
 
 /// A server with `fast(extra)` on a database of its own in the shared cluster: nodes sharing
 /// a database take each other's due deliveries, and other tests' nodes are killed when their
 /// tests end, leaving what they had claimed until its lease runs out.
-fn start(extra: &[&str]) -> Server {
+pub(crate) fn start(extra: &[&str]) -> Server {
     on(&shared_cluster().new_database("hooks"), extra)
 }
 
 /// A server with `fast(extra)` on the database at `url`.
-fn on(url: &str, extra: &[&str]) -> Server {
+pub(crate) fn on(url: &str, extra: &[&str]) -> Server {
     let mut args = vec!["--database-url", url];
     let fast = fast(extra);
     args.extend(argv(&fast));
@@ -53,7 +53,7 @@ fn on(url: &str, extra: &[&str]) -> Server {
 }
 
 /// Configures `url` as the webhook of the organization of `key`; returns the secret.
-fn configure(addr: SocketAddr, key: &str, url: &str) -> String {
+pub(crate) fn configure(addr: SocketAddr, key: &str, url: &str) -> String {
     let r = call(
         addr,
         "POST",
@@ -65,7 +65,7 @@ fn configure(addr: SocketAddr, key: &str, url: &str) -> String {
     r.json()["secret"].as_str().unwrap().to_string()
 }
 
-fn post(addr: SocketAddr, key: &str, kind: &str, n: u64) -> String {
+pub(crate) fn post(addr: SocketAddr, key: &str, kind: &str, n: u64) -> String {
     let r = post_event(
         addr,
         key,
@@ -75,7 +75,7 @@ fn post(addr: SocketAddr, key: &str, kind: &str, n: u64) -> String {
     r.json()["id"].as_str().unwrap().to_string()
 }
 
-fn event(addr: SocketAddr, key: &str, id: &str) -> Value {
+pub(crate) fn event(addr: SocketAddr, key: &str, id: &str) -> Value {
     let page = call(
         addr,
         "GET",
@@ -93,7 +93,7 @@ fn event(addr: SocketAddr, key: &str, id: &str) -> Value {
         .unwrap_or_else(|| panic!("event {id} not in the inbox"))
 }
 
-fn attempts(addr: SocketAddr, key: &str, id: &str) -> Vec<Value> {
+pub(crate) fn attempts(addr: SocketAddr, key: &str, id: &str) -> Vec<Value> {
     let r = call(
         addr,
         "GET",
@@ -106,7 +106,7 @@ fn attempts(addr: SocketAddr, key: &str, id: &str) -> Vec<Value> {
 }
 
 /// Polls until the event's status is `status`.
-fn wait_status(addr: SocketAddr, key: &str, id: &str, status: &str) -> Value {
+pub(crate) fn wait_status(addr: SocketAddr, key: &str, id: &str, status: &str) -> Value {
     let until = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let e = event(addr, key, id);
