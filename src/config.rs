@@ -118,7 +118,7 @@ keys! {
     /// Events queued for the persisters (a batch request counts each of its events) at which a
     /// second one starts a commit of its own while the first is busy (0: at any)
     persister_help_at: usize = required, env "TRIGGERS_PERSISTER_HELP_AT", range 0..=1000000;
-    /// Threads running key look-ups and other queries off the cores
+    /// Threads running tenants' queries off the cores, shared fairly between organizations
     query_threads: usize = required, env "TRIGGERS_QUERY_THREADS", range 1..=64;
     /// Data directory: embedded PostgreSQL cluster and lock file [default ./data]
     data_dir: PathBuf = required, env "TRIGGERS_DATA_DIR";

@@ -12,6 +12,7 @@ use super::context::{event_id, path_event_id, Context};
 use super::error::{parse_body, ApiError};
 use crate::db::events;
 use crate::db::orgs::Org;
+use crate::db::Work;
 use crate::http::{Request, Response};
 use crate::ids::{rfc3339, EventId};
 
@@ -22,7 +23,9 @@ pub async fn one(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Response
     let org_id = org.id;
     let found = ctx
         .queries
-        .run("ack", move |c| events::acknowledge(c, org_id, &[id]))
+        .run(Work::Org(org_id), "ack", move |c| {
+            events::acknowledge(c, org_id, &[id])
+        })
         .await?;
     let (_, at) = found.first().ok_or(ApiError::EventNotFound)?;
     Ok(Response::json_value(
@@ -73,7 +76,9 @@ pub async fn many(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respons
     let org_id = org.id;
     let found = ctx
         .queries
-        .run("ack batch", move |c| events::acknowledge(c, org_id, &ids))
+        .run(Work::Org(org_id), "ack batch", move |c| {
+            events::acknowledge(c, org_id, &ids)
+        })
         .await?;
     let found: HashSet<EventId> = found.into_iter().map(|(id, _)| id).collect();
     let (acknowledged, not_found): (Vec<String>, Vec<String>) = requested

@@ -8,6 +8,7 @@ use super::context::{path_event_id, Context};
 use super::error::ApiError;
 use crate::db::deliveries;
 use crate::db::orgs::Org;
+use crate::db::Work;
 use crate::http::{Request, Response};
 use crate::ids::rfc3339;
 
@@ -16,7 +17,7 @@ pub async fn list(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respons
     let org_id = org.id;
     let attempts = ctx
         .queries
-        .run("delivery attempts", move |c| {
+        .run(Work::Org(org_id), "delivery attempts", move |c| {
             deliveries::attempts(c, org_id, id)
         })
         .await?

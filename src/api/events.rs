@@ -17,6 +17,7 @@ use super::jsonb;
 use crate::db;
 use crate::db::events::{EventRow, JsonText};
 use crate::db::orgs::Org;
+use crate::db::Work;
 use crate::http::{Request, Response};
 use crate::ids::{now_micros, rfc3339, EventId, OrgId};
 use crate::queue::{Entry, Event, Outcome, RingFull};
@@ -237,7 +238,7 @@ fn start_lease(
     done: Option<oneshot::Sender<bool>>,
 ) -> bool {
     let job = lease_job(ctx, org, per_minute, ask, done);
-    let queued = ctx.queries.send(job).is_ok();
+    let queued = ctx.queries.send(Work::Node, job).is_ok();
     if !queued {
         ctx.limits.shared.lease_failed(org);
     }
@@ -275,7 +276,7 @@ async fn retention_class(ctx: &Context, org: &Org) -> Result<i16, ApiError> {
     let generation = ctx.keys.generation();
     let id = org.id;
     ctx.queries
-        .run("record retention class", move |c| {
+        .run(Work::Node, "record retention class", move |c| {
             db::orgs::add_class(c, id, days)
         })
         .await?;

@@ -4,11 +4,14 @@ use serde_json::json;
 
 use super::context::Context;
 use super::error::ApiError;
+use crate::db::Work;
 use crate::http::Response;
 
 async fn database_ok(ctx: &Context) -> bool {
     ctx.queries
-        .run("health check", |c| c.simple_query("SELECT 1").map(drop))
+        .run(Work::Node, "health check", |c| {
+            c.simple_query("SELECT 1").map(drop)
+        })
         .await
         .is_ok()
 }

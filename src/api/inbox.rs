@@ -18,6 +18,7 @@ use super::context::{status_filter, Context};
 use super::error::ApiError;
 use crate::db::events::{self, PageQuery, Status, StoredEvent};
 use crate::db::orgs::Org;
+use crate::db::Work;
 use crate::http::{Request, Response};
 use crate::ids::{rfc3339, EventId};
 
@@ -163,7 +164,7 @@ pub async fn list(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respons
     let mut lease = None;
     let (stored, has_more, mut lease) = ctx
         .queries
-        .run("inbox", move |c| {
+        .run(Work::Org(org_id), "inbox", move |c| {
             let mut held = 0;
             let (stored, has_more) = events::page(c, org_id, &q, |payload| {
                 let more = held + payload + EVENT_OUT_BYTES;

@@ -11,6 +11,7 @@ use super::context::{client_bucket, Context};
 use super::error::{parse_body, ApiError};
 use crate::auth::NewKey;
 use crate::db::orgs::{self, Org};
+use crate::db::Work;
 use crate::http::{Request, Response};
 use crate::ids::{now_micros, rfc3339, OrgId};
 use crate::tiers::{Tier, Tiers};
@@ -71,7 +72,9 @@ pub async fn generate(ctx: &Context, req: &Request<'_>) -> Result<Response, ApiE
     let generation = ctx.keys.generation();
     let row = org.clone();
     ctx.queries
-        .run("create organization", move |c| orgs::create(c, &row))
+        .run(Work::Signup, "create organization", move |c| {
+            orgs::create(c, &row)
+        })
         .await?;
     ctx.keys.insert_if_current(org.clone(), generation);
     tracing::info!(org = %org.id, tier = %org.tier, "organization created");
@@ -117,7 +120,9 @@ pub async fn show(ctx: &Context, org: &Org) -> Result<Response, ApiError> {
     let org_id = org.id;
     let webhook = ctx
         .queries
-        .run("organization webhook", move |c| orgs::webhook(c, org_id))
+        .run(Work::Org(org_id), "organization webhook", move |c| {
+            orgs::webhook(c, org_id)
+        })
         .await?;
     Ok(Response::json_value(
         200,
@@ -151,8 +156,8 @@ pub async fn rotate(ctx: &Context, old: &Org) -> Result<Response, ApiError> {
     });
     let row = org.clone();
     ctx.queries
-        .run("rotate key", move |c| {
-            orgs::rotate_key(c, row.id, &row.key_hash, &row.key_prefix, rotated_at)
+        .write(Work::Org(old.id), "rotate key", move |tx| {
+            orgs::rotate_key(tx, row.id, &row.key_hash, &row.key_prefix, rotated_at)
         })
         .await?;
     ctx.keys.forget_org(org.id);

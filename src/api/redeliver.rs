@@ -13,6 +13,7 @@ use super::error::{parse_body, ApiError};
 use crate::db::deliveries;
 use crate::db::events::Status;
 use crate::db::orgs::{self, Org};
+use crate::db::Work;
 use crate::http::{Request, Response};
 use crate::ids::{rfc3339, OrgId};
 
@@ -29,7 +30,7 @@ pub async fn one(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Response
     let org_id = org.id;
     let found = ctx
         .queries
-        .run("redeliver", move |c| {
+        .run(Work::Org(org_id), "redeliver", move |c| {
             if !configured(c, org_id)? {
                 return Ok(None);
             }
@@ -83,7 +84,7 @@ pub async fn replay(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respo
     let org_id = org.id;
     let (queued, next) = ctx
         .queries
-        .run("replay", move |c| {
+        .run(Work::Org(org_id), "replay", move |c| {
             if !configured(c, org_id)? {
                 return Ok(None);
             }

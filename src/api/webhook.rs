@@ -17,6 +17,7 @@ use super::context::Context;
 use super::error::{parse_body, ApiError};
 use crate::db::deliveries;
 use crate::db::orgs::{self, Org};
+use crate::db::Work;
 use crate::egress::{self, Refused};
 use crate::http::{Method, Request, Response};
 use crate::ids::{now_micros, rfc3339};
@@ -69,7 +70,7 @@ pub async fn config(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respo
             let (stored_url, stored_secret) = (url.to_string(), secret.clone());
             let hooks = ctx.hooks.clone();
             queries
-                .run("set webhook", move |c| {
+                .run(Work::Org(org_id), "set webhook", move |c| {
                     orgs::set_webhook(c, org_id, &stored_url, &stored_secret, updated_at)?;
                     hooks.reload_one(c, org_id)
                 })
@@ -85,14 +86,18 @@ pub async fn config(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respo
         }
         Method::Delete => {
             queries
-                .run("delete webhook", move |c| orgs::clear_webhook(c, org_id))
+                .run(Work::Org(org_id), "delete webhook", move |c| {
+                    orgs::clear_webhook(c, org_id)
+                })
                 .await?;
             ctx.hooks.set(org_id, None);
             Ok(Response::json(204, Vec::new()))
         }
         _ => {
             let hook = queries
-                .run("get webhook", move |c| orgs::webhook(c, org_id))
+                .run(Work::Org(org_id), "get webhook", move |c| {
+                    orgs::webhook(c, org_id)
+                })
                 .await?;
             let secret_prefix = hook
                 .url
@@ -120,7 +125,7 @@ pub async fn enable(ctx: &Context, org: &Org, on: bool) -> Result<Response, ApiE
     let (org_id, hooks) = (org.id, ctx.hooks.clone());
     let hook = ctx
         .queries
-        .run("enable webhook", move |c| {
+        .run(Work::Org(org_id), "enable webhook", move |c| {
             let changed = if on {
                 deliveries::enable(c, org_id)?
             } else {
@@ -177,7 +182,7 @@ pub async fn rotate_secret(
     let (org_id, hooks, stored) = (org.id, ctx.hooks.clone(), secret.clone());
     let rotated = ctx
         .queries
-        .run("rotate webhook secret", move |c| {
+        .run(Work::Org(org_id), "rotate webhook secret", move |c| {
             let rotated = deliveries::rotate_secret(c, org_id, &stored, until)?;
             if rotated {
                 hooks.reload_one(c, org_id)?;

@@ -16,7 +16,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use subtle::ConstantTimeEq;
 
 use crate::db::orgs::{self, Org, ROTATION_CHANNEL};
-use crate::db::{QueryError, QueryPool, CONNECT_WARN_EVERY};
+use crate::db::{QueryError, QueryPool, Work, CONNECT_WARN_EVERY};
 use crate::ids::{KeyHash, OrgId};
 use crate::shutdown::Stop;
 use crate::stats::LogEvery;
@@ -144,7 +144,9 @@ pub async fn authenticate(
         }
         let generation = cache.generation();
         let found = queries
-            .run("key lookup", move |c| orgs::find_by_key(c, &hash))
+            .run(Work::Node, "key lookup", move |c| {
+                orgs::find_by_key(c, &hash)
+            })
             .await
             .map_err(AuthError::Query)?;
         let org = Arc::new(found.ok_or(AuthError::Invalid)?);

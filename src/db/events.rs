@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{BufMut, BytesMut};
 use postgres::binary_copy::BinaryCopyInWriter;
-use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use postgres::{Client, GenericClient, Statement};
 
@@ -452,11 +451,19 @@ pub struct StoredEvent {
     pub delivered_at: Option<SystemTime>,
 }
 
+/// Rows of a page read by its first fetch; each next fetch reads twice as many as the last, so
+/// that rows past a page's byte bound cost PostgreSQL at most what the page itself did, and a
+/// page of small events takes a few round trips, not one per handful.
+const PAGE_FETCH_FIRST: usize = 8;
+
 /// One page of `org`'s events, and whether more follow. Before a row is kept, `room` is asked
 /// with its payload's size; `false` ends the page early (with more to follow), which is how
-/// the caller bounds a page in bytes. Rows are read as they arrive and the rest dropped
-/// unread, so this thread holds no more than the page and one event; a page within its bound
-/// costs what it always did.
+/// the caller bounds a page in bytes.
+///
+/// What a page costs PostgreSQL is what it shows. Its ids come first, by the filters alone:
+/// the rows it skips (`offset`) are passed over by id and status, their payloads never read.
+/// Then its rows are read by id, a few at first and more each time, and those past the byte
+/// bound are never read either.
 pub fn page(
     client: &mut Client,
     org: OrgId,
@@ -473,10 +480,7 @@ pub fn page(
         None => return Ok((Vec::new(), false)),
     };
     let status = q.status.map(Status::as_str);
-    let mut sql = String::from(
-        "SELECT id, type, payload::text, dedup_id, status, created_at, delivered_at
-         FROM events WHERE org_id = $1 AND keep_days = ANY($2)",
-    );
+    let mut sql = String::from("SELECT id FROM events WHERE org_id = $1 AND keep_days = ANY($2)");
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&org, &classes];
     if let Some(s) = &status {
         params.push(s);
@@ -506,30 +510,49 @@ pub fn page(
     };
     params.push(&fetch_rows);
     params.push(&offset);
+    let order = if q.descending { "DESC" } else { "ASC" };
     sql.push_str(&format!(
-        " ORDER BY id {} LIMIT ${} OFFSET ${}",
-        if q.descending { "DESC" } else { "ASC" },
+        " ORDER BY id {order} LIMIT ${} OFFSET ${}",
         params.len() - 1,
         params.len()
     ));
-    let mut rows = client.query_raw(&sql, params.iter().map(|p| *p as &dyn ToSql))?;
+    let ids: Vec<EventId> = client
+        .query(&sql, &params)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let rows = client.prepare(&format!(
+        "SELECT id, type, payload::text, dedup_id, status, created_at, delivered_at
+         FROM events WHERE org_id = $1 AND keep_days = ANY($2) AND id = ANY($3)
+         ORDER BY id {order}"
+    ))?;
+    // The id past the page's last says only that more follow.
+    let more = ids.len() > q.limit as usize;
+    let mut rest = &ids[..ids.len().min(q.limit as usize)];
     let mut events = Vec::new();
-    while let Some(r) = rows.next()? {
-        let payload: String = r.get(2);
-        if events.len() == q.limit as usize || !room(payload.len()) {
-            return Ok((events, true));
+    let mut fetch = PAGE_FETCH_FIRST;
+    while !rest.is_empty() {
+        let (now, later) = rest.split_at(fetch.min(rest.len()));
+        rest = later;
+        fetch *= 2;
+        // A row gone since its id was read (its retention ran out) is simply not shown.
+        for r in client.query(&rows, &[&org, &classes, &now])? {
+            let payload: String = r.get(2);
+            if !room(payload.len()) {
+                return Ok((events, true));
+            }
+            events.push(StoredEvent {
+                id: r.get(0),
+                kind: r.get(1),
+                payload,
+                dedup_id: r.get(3),
+                status: r.get(4),
+                created_at: r.get(5),
+                delivered_at: r.get(6),
+            });
         }
-        events.push(StoredEvent {
-            id: r.get(0),
-            kind: r.get(1),
-            payload,
-            dedup_id: r.get(3),
-            status: r.get(4),
-            created_at: r.get(5),
-            delivered_at: r.get(6),
-        });
     }
-    Ok((events, false))
+    Ok((events, more))
 }
 
 /// Marks `org`'s events among `ids` delivered (once: later acks keep the first time) and

@@ -30,7 +30,7 @@ use postgres::error::SqlState;
 use postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 
 pub use conn::{connect, Link, CONNECT_TIMEOUT, CONNECT_WARN_EVERY};
-pub use pool::{QueryError, QueryPool, QueryThreads};
+pub use pool::{QueryError, QueryPool, QueryThreads, Work};
 
 use crate::ids::{EventId, OrgId};
 

@@ -108,13 +108,12 @@ pub fn create(client: &mut Client, org: &Org) -> Result<(), postgres::Error> {
 /// Revokes `org`'s keys and stores the new one, announcing the rotation on
 /// `ROTATION_CHANNEL` in the same transaction.
 pub fn rotate_key(
-    client: &mut Client,
+    tx: &mut Transaction<'_>,
     org: OrgId,
     hash: &KeyHash,
     prefix: &str,
     at: SystemTime,
 ) -> Result<(), postgres::Error> {
-    let mut tx = client.transaction()?;
     // Concurrent rotations of one organization take turns, so exactly one key survives.
     tx.execute(
         "SELECT 1 FROM organizations WHERE org_id = $1 FOR UPDATE",
@@ -124,9 +123,8 @@ pub fn rotate_key(
         "UPDATE api_keys SET revoked_at = $2 WHERE org_id = $1 AND revoked_at IS NULL",
         &[&org, &at],
     )?;
-    insert_key(&mut tx, org, hash, prefix, at)?;
-    announce(&mut tx, org)?;
-    tx.commit()
+    insert_key(tx, org, hash, prefix, at)?;
+    announce(tx, org)
 }
 
 /// An organization as an operator lists it.
