@@ -11,14 +11,14 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use crate::auth::{self, AuthError, KeyCache};
+use crate::auth::{self, AuthError, KeyCache, Presented};
 use crate::db::events::Status;
 use crate::db::orgs::Org;
 use crate::db::partitions::Class;
 use crate::db::QueryPool;
 use crate::hooks::Hooks;
 use crate::http::{Guards, Request, Response};
-use crate::ids::{EventId, KeyHash, OrgId};
+use crate::ids::{EventId, OrgId};
 use crate::queue::{Hub, Waiters};
 use crate::ratelimit::{Leases, Limiter};
 use crate::stats::{CoreStats, Stats};
@@ -97,15 +97,26 @@ pub struct Limits {
     pub orgs: Limiter<OrgId>,
     /// Self-serve key generation per client address (`client_bucket`).
     pub keygen: Limiter<IpAddr>,
-    /// Keys presented that no organization holds, per client address (`client_bucket`).
-    pub unknown_keys: Limiter<IpAddr>,
+    /// Keys presented that no organization holds: of an issued key's prefix, per prefix; of no
+    /// issued prefix, per client address (`client_bucket`) and node-wide.
+    pub unknown_by_prefix: Limiter<u32>,
+    pub unknown_by_address: Limiter<IpAddr>,
+    pub unknown_on_node: Limiter<()>,
 }
 
-/// Unknown keys one client address may present per minute (its burst too). Past it, keys the
-/// node has not seen yet are refused 429 before they are looked up: guessing keys would
-/// otherwise keep the query threads busy, and with them every tenant's inbox, acks and first
-/// look-ups. Keys already known still pass.
-const UNKNOWN_KEYS_PER_MINUTE: u64 = 60;
+/// Look-ups of keys no organization holds, per minute (their burst too), before further keys
+/// of the same kind are refused 429 unlooked-up: guessing keys would otherwise keep the node's
+/// query thread busy, and with it every tenant's first look-ups, leases and health checks.
+///
+/// A key is either of an issued key's prefix (every valid key not cached yet, after a restart
+/// say) or not (guesses, and keys issued on another node a moment ago). The first kind is
+/// limited per prefix: only a tenant crafting keys of its own prefix spends that budget, and
+/// only its own keys share it. The second kind is limited per client address and, since behind
+/// a load balancer every client has one address, node-wide: a budget the first kind, every
+/// innocent uncached key, never draws on.
+const UNKNOWN_KEYS_PER_PREFIX_PER_MINUTE: u64 = 60;
+const UNKNOWN_KEYS_PER_ADDRESS_PER_MINUTE: u64 = 60;
+const UNKNOWN_KEYS_PER_NODE_PER_MINUTE: u64 = 1200;
 
 /// The bucket a client address draws from: an IPv6 client's whole /64, which one host
 /// commonly holds, counts as one address.
@@ -220,7 +231,7 @@ impl Context {
 
     /// What can be known of the request's key from its head alone, without I/O: one key,
     /// present and of an issued key's shape. Its hash is what `authenticate` looks up.
-    pub(super) fn key_hash(&self, req: &Request<'_>) -> Result<KeyHash, ApiError> {
+    pub(super) fn presented_key(&self, req: &Request<'_>) -> Result<Presented, ApiError> {
         let key = self
             .api_key(req)?
             .filter(|k| !k.is_empty())
@@ -229,27 +240,54 @@ impl Context {
     }
 
     /// The organization behind the key `admit` found in the head of a request from `peer`
-    /// (`key_hash`). A key not in the cache is looked up only while `peer` has presented fewer
-    /// than `UNKNOWN_KEYS_PER_MINUTE` unknown keys.
+    /// (`presented_key`). A key not in the cache is looked up only while its kind of unknown
+    /// keys has budget left (see `UNKNOWN_KEYS_PER_PREFIX_PER_MINUTE`); one found unknown
+    /// spends it.
     pub(super) async fn authenticate(
         &self,
-        key: Option<KeyHash>,
+        key: Option<Presented>,
         peer: IpAddr,
     ) -> Result<Arc<Org>, ApiError> {
-        let hash = key.ok_or(ApiError::MissingApiKey)?;
-        if let Some(org) = self.keys.get(&hash) {
+        let key = key.ok_or(ApiError::MissingApiKey)?;
+        if let Some(org) = self.keys.get(&key.hash) {
             return Ok(org);
         }
-        let (unknown, bucket) = (&self.limits.unknown_keys, client_bucket(peer));
-        unknown
-            .check(bucket, UNKNOWN_KEYS_PER_MINUTE, 1, Instant::now())
-            .map_err(|l| ApiError::RateLimited(l.retry_after_s))?;
-        auth::authenticate(&self.keys, &self.queries, hash)
+        let limits = &self.limits;
+        let now = Instant::now();
+        let issued_prefix = self.keys.may_be_issued(key.prefix);
+        let address = client_bucket(peer);
+        let budget = if issued_prefix {
+            limits
+                .unknown_by_prefix
+                .check(key.prefix, UNKNOWN_KEYS_PER_PREFIX_PER_MINUTE, 1, now)
+        } else {
+            limits
+                .unknown_by_address
+                .check(address, UNKNOWN_KEYS_PER_ADDRESS_PER_MINUTE, 1, now)
+                .and_then(|_| {
+                    limits
+                        .unknown_on_node
+                        .check((), UNKNOWN_KEYS_PER_NODE_PER_MINUTE, 1, now)
+                })
+        };
+        budget.map_err(|l| ApiError::RateLimited(l.retry_after_s))?;
+        auth::authenticate(&self.keys, &self.queries, key.hash)
             .await
             .map_err(|e| match e {
                 AuthError::Invalid => {
                     // Refused or not, this one is counted.
-                    let _ = unknown.take(bucket, UNKNOWN_KEYS_PER_MINUTE, 1, Instant::now());
+                    let now = Instant::now();
+                    if issued_prefix {
+                        let per_minute = UNKNOWN_KEYS_PER_PREFIX_PER_MINUTE;
+                        let _ = limits
+                            .unknown_by_prefix
+                            .take(key.prefix, per_minute, 1, now);
+                    } else {
+                        let per_minute = UNKNOWN_KEYS_PER_ADDRESS_PER_MINUTE;
+                        let _ = limits.unknown_by_address.take(address, per_minute, 1, now);
+                        let per_minute = UNKNOWN_KEYS_PER_NODE_PER_MINUTE;
+                        let _ = limits.unknown_on_node.take((), per_minute, 1, now);
+                    }
                     ApiError::InvalidApiKey
                 }
                 AuthError::Query(q) => q.into(),

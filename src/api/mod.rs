@@ -27,9 +27,9 @@ pub use context::{AckMode, Context, Settings, Shared};
 pub use error::ApiError;
 pub use keys::{created, new_org};
 
+use crate::auth::Presented;
 use crate::db::orgs::Org;
 use crate::http::{Handler, Method, Refusal, Request, Response};
-use crate::ids::KeyHash;
 
 /// The OpenAPI 3.1 description of every route, kept beside the API docs and held to `ROUTES`
 /// by a test.
@@ -234,16 +234,16 @@ impl Handler for Context {
         }
     }
 
-    /// The hash of the request's key, on routes that need one.
-    type Admitted = Option<KeyHash>;
+    /// The request's key, on routes that need one.
+    type Admitted = Option<Presented>;
 
-    fn admit(&self, resolved: Resolved, req: &Request<'_>) -> Result<Option<KeyHash>, Response> {
+    fn admit(&self, resolved: Resolved, req: &Request<'_>) -> Result<Option<Presented>, Response> {
         let Resolved::Route(route) = resolved else {
             return Ok(None);
         };
         match route.credential() {
             Credential::None => Ok(None),
-            Credential::Key => self.key_hash(req).map(Some),
+            Credential::Key => self.presented_key(req).map(Some),
             Credential::Admin => self.require_admin(req).map(|()| None),
         }
         .map_err(ApiError::into_response)
@@ -252,7 +252,7 @@ impl Handler for Context {
     async fn handle(
         &self,
         resolved: Resolved,
-        key: Option<KeyHash>,
+        key: Option<Presented>,
         req: &Request<'_>,
     ) -> Response {
         let result = match resolved {
@@ -285,7 +285,7 @@ impl Handler for Context {
 async fn dispatch(
     ctx: &Context,
     route: Route,
-    key: Option<KeyHash>,
+    key: Option<Presented>,
     req: &Request<'_>,
 ) -> Result<Response, ApiError> {
     let to_verified = match route.credential() {

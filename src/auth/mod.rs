@@ -7,15 +7,15 @@
 //! `authenticate` is the one way a request's key becomes an organization: the shared cache,
 //! else `db::orgs` on a query thread. Imports `db`, `ids`, `shutdown` and `stats`.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
 use subtle::ConstantTimeEq;
 
-use crate::db::orgs::{self, Org, ROTATION_CHANNEL};
+use crate::db::orgs::{self, Org, KEYS_CHANNEL, ROTATION_CHANNEL};
 use crate::db::{QueryError, QueryPool, Work, CONNECT_WARN_EVERY};
 use crate::ids::{KeyHash, OrgId};
 use crate::shutdown::Stop;
@@ -31,6 +31,9 @@ pub const KEY_SHOWN_LEN: usize = KEY_PREFIX.len() + 8;
 /// Cached organizations. Past this the cache starts over: it is only a cache, and a bound keeps a
 /// flood of distinct valid keys from growing it without end.
 const CACHE_ENTRIES_MAX: usize = 100_000;
+/// Prefixes of issued keys a node knows at most (a `HashSet<u32>` of this many takes ~40 MB);
+/// keys of prefixes past it are looked up as if their prefix were unknown.
+const ISSUED_PREFIXES_MAX: usize = 4_000_000;
 
 /// A new key: the plaintext (shown once) and its hash (stored).
 pub struct NewKey {
@@ -56,9 +59,23 @@ impl NewKey {
     }
 }
 
-/// Checks a presented key's shape and checksum; returns the hash to look up, or `None` for a
-/// key that cannot have been issued. No I/O.
-pub fn check_format(key: &[u8]) -> Option<KeyHash> {
+/// A presented key of an issued key's shape: its hash, to look up, and its prefix (the first
+/// 32 of its random bits, which `GET /api/keys` shows), to tell keys of no issued prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Presented {
+    pub hash: KeyHash,
+    pub prefix: u32,
+}
+
+/// The prefix of a key shown as `shown` (`KEY_SHOWN_LEN` characters: `trg_` and 8 hex digits).
+pub fn prefix_of_shown(shown: &str) -> Option<u32> {
+    let digits = shown.strip_prefix(KEY_PREFIX)?;
+    u32::from_str_radix(digits.get(..8)?, 16).ok()
+}
+
+/// Checks a presented key's shape and checksum; `None` for a key that cannot have been issued.
+/// No I/O.
+pub fn check_format(key: &[u8]) -> Option<Presented> {
     if key.len() != KEY_LEN || !key.starts_with(KEY_PREFIX.as_bytes()) {
         return None;
     }
@@ -70,16 +87,28 @@ pub fn check_format(key: &[u8]) -> Option<KeyHash> {
     if u32::from_be_bytes(sum) != crc32fast::hash(&random) {
         return None;
     }
-    Some(KeyHash::of(key))
+    Some(Presented {
+        hash: KeyHash::of(key),
+        prefix: u32::from_be_bytes(random[..4].try_into().expect("4 bytes")),
+    })
 }
 
 /// Key hash → organization, shared by every core. Reads take a read lock for one map look-up and
 /// never across an `.await`. `forget_org` drops an organization's entries at once for every core
 /// (key rotation) and bumps the generation, so that a look-up that raced with it can tell.
+///
+/// Beside it, the prefixes of every issued key (read when the listener connects, then learned
+/// as keys are issued on any node): a key of a prefix no issued key has was never issued, or was
+/// issued a moment ago on another node. The API looks such keys up only within a node-wide
+/// budget, so that guessing cannot keep the query threads busy, nor spend the budget of the
+/// tenants whose keys are merely not cached yet.
 #[derive(Default)]
 pub struct KeyCache {
     map: RwLock<HashMap<KeyHash, Arc<Org>>>,
     generation: AtomicU64,
+    issued: RwLock<HashSet<u32>>,
+    /// The issued prefixes have been read once.
+    issued_loaded: AtomicBool,
 }
 
 impl KeyCache {
@@ -113,6 +142,31 @@ impl KeyCache {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, org| org.id != id);
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether a key of `prefix` may have been issued: its prefix is an issued key's, or the
+    /// issued prefixes have not been read yet.
+    pub fn may_be_issued(&self, prefix: u32) -> bool {
+        !self.issued_loaded.load(Ordering::Acquire)
+            || self
+                .issued
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&prefix)
+    }
+
+    /// Every issued key's prefix, as just read: replaces what was known.
+    pub fn issued_are(&self, prefixes: HashSet<u32>) {
+        *self.issued.write().unwrap_or_else(|e| e.into_inner()) = prefixes;
+        self.issued_loaded.store(true, Ordering::Release);
+    }
+
+    /// A key of `prefix` was issued.
+    pub fn issued(&self, prefix: u32) {
+        let mut set = self.issued.write().unwrap_or_else(|e| e.into_inner());
+        if set.len() < ISSUED_PREFIXES_MAX {
+            set.insert(prefix);
+        }
     }
 
     pub fn forget_all(&self) {
@@ -162,10 +216,11 @@ pub async fn authenticate(
 const LISTEN_POLL: Duration = Duration::from_millis(250);
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
-/// Keeps this node's cache in step with rotations made on any node sharing the database:
-/// LISTENs on `ROTATION_CHANNEL` and forgets the organizations it hears of. After it reconnects
-/// it forgets everything, since notifications may have been missed meanwhile.
-/// It ends once the stop signal reaches its finishing phase.
+/// Keeps this node's cache in step with every node sharing the database: LISTENs on
+/// `ROTATION_CHANNEL` and forgets the organizations it hears of, and on `KEYS_CHANNEL` and
+/// learns the prefixes of keys issued. Each time it connects it reads every issued prefix, and
+/// after a reconnect it forgets every cached organization, since notifications may have been
+/// missed meanwhile. It ends once the stop signal reaches its finishing phase.
 pub fn spawn_rotation_listener(
     db: postgres::Config,
     cache: Arc<KeyCache>,
@@ -177,18 +232,24 @@ pub fn spawn_rotation_listener(
             let mut connected_before = false;
             let mut failures = LogEvery::new(CONNECT_WARN_EVERY);
             while !stop.is_finishing() {
+                // Listening first, then reading: a key issued in between is heard of.
                 let listen = crate::db::connect(&db).and_then(|mut c| {
-                    c.batch_execute(&format!("LISTEN {ROTATION_CHANNEL}"))?;
-                    Ok(c)
+                    c.batch_execute(&format!("LISTEN {ROTATION_CHANNEL}; LISTEN {KEYS_CHANNEL}"))?;
+                    let issued = orgs::issued_prefixes(&mut c, ISSUED_PREFIXES_MAX)?;
+                    Ok((c, issued))
                 });
                 let mut client = match listen {
-                    Ok(c) => c,
+                    Ok((c, issued)) => {
+                        let prefixes = issued.iter().filter_map(|p| prefix_of_shown(p)).collect();
+                        cache.issued_are(prefixes);
+                        c
+                    }
                     Err(e) => {
                         if let Some(attempts) = failures.hit(Instant::now()) {
                             tracing::warn!(
                                 failed_attempts = attempts,
                                 error = &e as &dyn std::error::Error,
-                                "key-rotation listener cannot connect"
+                                "key listener cannot connect"
                             );
                         }
                         std::thread::sleep(LISTEN_RETRY);
@@ -206,6 +267,11 @@ pub fn spawn_rotation_listener(
                     let mut iter = notes.timeout_iter(LISTEN_POLL);
                     loop {
                         match iter.next() {
+                            Ok(Some(n)) if n.channel() == KEYS_CHANNEL => {
+                                if let Some(p) = prefix_of_shown(n.payload()) {
+                                    cache.issued(p);
+                                }
+                            }
                             Ok(Some(n)) => match n.payload().parse() {
                                 Ok(org) => cache.forget_org(OrgId(org)),
                                 Err(_) => cache.forget_all(),
@@ -214,7 +280,7 @@ pub fn spawn_rotation_listener(
                             Err(e) => {
                                 tracing::warn!(
                                     error = &e as &dyn std::error::Error,
-                                    "key-rotation listener lost its connection"
+                                    "key listener lost its connection"
                                 );
                                 break 'listen;
                             }
@@ -223,7 +289,7 @@ pub fn spawn_rotation_listener(
                 }
             }
         })
-        .expect("spawning the key-rotation listener")
+        .expect("spawning the key listener")
 }
 
 #[cfg(test)]
@@ -234,7 +300,9 @@ mod tests {
     fn generated_keys_pass_the_format_check_and_hash_the_same() {
         let k = NewKey::generate();
         assert!(k.plaintext.starts_with(KEY_PREFIX));
-        assert_eq!(check_format(k.plaintext.as_bytes()), Some(k.hash));
+        let presented = check_format(k.plaintext.as_bytes()).unwrap();
+        assert_eq!(presented.hash, k.hash);
+        assert_eq!(prefix_of_shown(k.shown_prefix()), Some(presented.prefix));
         assert_ne!(NewKey::generate().plaintext, k.plaintext);
     }
 

@@ -13,6 +13,10 @@ use crate::ids::{KeyHash, OrgId};
 /// used it, and stays so that nodes of different versions still hear each other.
 pub const ROTATION_CHANNEL: &str = "triggers_key_rotation";
 
+/// The channel on which every key issued is announced (the payload is its shown prefix), so
+/// that every node knows the prefixes of issued keys (`auth::KeyCache`).
+pub const KEYS_CHANNEL: &str = "triggers_keys";
+
 /// Tells every node, once `tx` commits, to forget what it cached of `org`.
 fn announce(tx: &mut Transaction<'_>, org: OrgId) -> Result<(), postgres::Error> {
     tx.execute(
@@ -67,18 +71,30 @@ pub fn add_class(client: &mut Client, org: OrgId, days: i16) -> Result<(), postg
     Ok(())
 }
 
-/// Stores `org`'s key (its hash and shown prefix), issued at `at`.
+/// Stores `org`'s key (its hash and shown prefix), issued at `at`, and announces its prefix on
+/// `KEYS_CHANNEL` once `tx` commits.
 fn insert_key(
     tx: &mut Transaction<'_>,
     org: OrgId,
     hash: &KeyHash,
     prefix: &str,
     at: SystemTime,
-) -> Result<u64, postgres::Error> {
+) -> Result<(), postgres::Error> {
     tx.execute(
         "INSERT INTO api_keys (org_id, key_hash, key_prefix, created_at) VALUES ($1, $2, $3, $4)",
         &[&org, &hash.0.as_slice(), &prefix, &at],
-    )
+    )?;
+    tx.execute("SELECT pg_notify($1, $2)", &[&KEYS_CHANNEL, &prefix])?;
+    Ok(())
+}
+
+/// The shown prefixes of every unrevoked key, at most `max`.
+pub fn issued_prefixes(client: &mut Client, max: usize) -> Result<Vec<String>, postgres::Error> {
+    let rows = client.query(
+        "SELECT DISTINCT key_prefix FROM api_keys WHERE revoked_at IS NULL LIMIT $1",
+        &[&(max as i64)],
+    )?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Creates `org` with its first key, in one transaction.
@@ -105,8 +121,8 @@ pub fn create(client: &mut Client, org: &Org) -> Result<(), postgres::Error> {
     tx.commit()
 }
 
-/// Revokes `org`'s keys and stores the new one, announcing the rotation on
-/// `ROTATION_CHANNEL` in the same transaction.
+/// Revokes `org`'s keys and stores the new one in `tx`, which the caller commits: the rotation
+/// is announced on `ROTATION_CHANNEL` then.
 pub fn rotate_key(
     tx: &mut Transaction<'_>,
     org: OrgId,

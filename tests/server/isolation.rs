@@ -269,3 +269,50 @@ fn one_tenants_inbox_reads_hold_up_no_other_tenants_reads_nor_health() {
         "health p99 {health_p99:?}"
     );
 }
+
+#[test]
+fn unknown_keys_from_the_address_every_client_shares_lock_no_uncached_tenant_out() {
+    // Every client here comes from 127.0.0.1, as every client does behind a load balancer.
+    let db = shared_cluster().new_database("keys");
+    let first = Server::start_with(&["--database-url", &db]);
+    let keys: Vec<String> = (0..40)
+        .map(|i| new_org(first.addr, &format!("uncached-{i}")).0)
+        .collect();
+    // A restart: no key is cached.
+    drop(first);
+    let s = Server::start_with(&["--database-url", &db]);
+    // The attacker presents 20 well-formed keys a second that were never issued.
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = {
+        let (stop, addr) = (stop.clone(), s.addr);
+        std::thread::spawn(move || {
+            let mut answers: HashMap<u16, u64> = HashMap::new();
+            while !stop.load(Ordering::Relaxed) {
+                let guess = triggers::auth::NewKey::generate().plaintext;
+                let r = post_event(addr, &guess, r#"{"type":"t","payload":{}}"#);
+                *answers.entry(r.status).or_default() += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            answers
+        })
+    };
+    // Past the 60 unknown keys a minute one address may present.
+    std::thread::sleep(Duration::from_secs(4));
+    for (i, key) in keys.iter().enumerate() {
+        let r = post_event(s.addr, key, r#"{"type":"t","payload":{}}"#);
+        assert_eq!(
+            r.status,
+            202,
+            "tenant {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let answers = attacker.join().unwrap();
+    // And the guard still holds against the guesses.
+    assert!(
+        answers.get(&429).copied().unwrap_or(0) > 0
+            && answers.keys().all(|s| [401, 429].contains(s)),
+        "{answers:?}"
+    );
+}
