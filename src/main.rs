@@ -112,6 +112,14 @@ enum KeysCommand {
         #[command(flatten)]
         db: Db,
     },
+    /// Issue an organization one more key (its others stay as they are), shown once: the way
+    /// back in for an organization that lost its keys
+    Create {
+        /// The organization's id
+        org: String,
+        #[command(flatten)]
+        db: Db,
+    },
     /// Revoke an organization's keys (every one, or those whose shown prefix starts with
     /// --prefix); running nodes refuse them within a second
     Revoke {
@@ -210,6 +218,10 @@ fn main() -> std::process::ExitCode {
                 KeysCommand::List { org, db } => {
                     db.config().and_then(|c| triggers::ops::keys_list(&c, &org))
                 }
+                KeysCommand::Create { org, db } => db
+                    .config()
+                    .and_then(|c| triggers::ops::keys_create(&c, &org))
+                    .map(|answer| format!("{answer:#}")),
                 KeysCommand::Revoke { org, prefix, db } => db
                     .config()
                     .and_then(|c| triggers::ops::keys_revoke(&c, &org, &prefix)),

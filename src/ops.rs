@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 use crate::api;
+use crate::auth::NewKey;
 use crate::cluster;
 use crate::config::{Config, Database};
 use crate::db::{self, orgs};
@@ -61,10 +62,10 @@ pub fn org_list(config: &Config) -> anyhow::Result<String> {
         .map(|o| {
             [
                 o.id.to_string(),
-                o.name,
+                printable(&o.name),
                 o.tier,
                 o.active_keys.to_string(),
-                o.webhook_url.unwrap_or_else(|| "-".into()),
+                o.webhook_url.map_or_else(|| "-".into(), |u| printable(&u)),
                 rfc3339(o.created_at).to_string(),
             ]
         })
@@ -102,6 +103,27 @@ pub fn keys_list(config: &Config, org: &str) -> anyhow::Result<String> {
         })
         .collect();
     Ok(table(&["key", "created", "revoked"], &rows))
+}
+
+/// Issues an organization one more key, whatever happened to its others (a rotation whose
+/// answer was lost, say), as JSON; the key is shown here only. Revoke the others with
+/// `keys_revoke` once the new one is in use.
+pub fn keys_create(config: &Config, org: &str) -> anyhow::Result<Value> {
+    let id = org_id(org)?;
+    let key = NewKey::generate();
+    let at = now_micros();
+    let prefix = key.shown_prefix().to_string();
+    if !with_db(config, |c| {
+        Ok(orgs::add_key(c, id, &key.hash, &prefix, at)?)
+    })? {
+        bail!("no organization {id}");
+    }
+    Ok(serde_json::json!({
+        "api_key": key.plaintext,
+        "organization_id": id.to_string(),
+        "api_key_prefix": prefix,
+        "created_at": rfc3339(at).to_string(),
+    }))
 }
 
 /// Revokes an organization's keys whose shown prefix starts with `prefix` (all when empty);
@@ -194,6 +216,23 @@ fn stats_table(s: &Value) -> String {
     })
     .collect();
     out.push_str(&table(&["", "value"], &counters));
+    out
+}
+
+/// `text`, chosen by a tenant, as it may reach an operator's terminal: control characters
+/// (escape sequences, CR and LF that would forge lines) and the marks that reorder text
+/// (bidirectional overrides) are written as `\u{..}` escapes, and so is a backslash, so that
+/// an escape cannot be forged either.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let reorders = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || reorders || c == '\\' {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
     out
 }
 
@@ -436,6 +475,15 @@ mod tests {
         assert!(text.contains("~2457 MB"), "{text}");
         assert!(text.contains("no such switch"), "{text}");
         assert!(text.ends_with("4 setting(s) missing\n"), "{text}");
+    }
+
+    #[test]
+    fn tenant_chosen_text_cannot_reach_the_terminal_as_control() {
+        assert_eq!(printable("acme"), "acme");
+        assert_eq!(
+            printable("a\x1b[2Jb\r\nforged\u{202e}\\u{1b}"),
+            "a\\u{1b}[2Jb\\u{d}\\u{a}forged\\u{202e}\\u{5c}u{1b}"
+        );
     }
 
     #[test]

@@ -121,6 +121,29 @@ pub fn create(client: &mut Client, org: &Org) -> Result<(), postgres::Error> {
     tx.commit()
 }
 
+/// Issues `org` one more key (its other keys stay as they are): the operator's way back in for
+/// an organization that lost its keys. `false` when there is no such organization.
+pub fn add_key(
+    client: &mut Client,
+    org: OrgId,
+    hash: &KeyHash,
+    prefix: &str,
+    at: SystemTime,
+) -> Result<bool, postgres::Error> {
+    let mut tx = client.transaction()?;
+    let found = tx
+        .query_opt(
+            "SELECT 1 FROM organizations WHERE org_id = $1 FOR UPDATE",
+            &[&org],
+        )?
+        .is_some();
+    if found {
+        insert_key(&mut tx, org, hash, prefix, at)?;
+        tx.commit()?;
+    }
+    Ok(found)
+}
+
 /// Revokes `org`'s keys and stores the new one in `tx`, which the caller commits: the rotation
 /// is announced on `ROTATION_CHANNEL` then.
 pub fn rotate_key(

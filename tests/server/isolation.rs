@@ -316,3 +316,50 @@ fn unknown_keys_from_the_address_every_client_shares_lock_no_uncached_tenant_out
         "{answers:?}"
     );
 }
+
+#[test]
+fn a_key_rotation_answered_503_never_takes_effect_later() {
+    let url = shared_cluster().new_database("rotate");
+    let s = Server::start_with(&["--database-url", &url]);
+    let (key, org) = new_org(s.addr, "rotating");
+    // Another session holds the organization's row (an operator's command, another node's
+    // rotation) for longer than the rotation may take.
+    let held = Duration::from_secs(12);
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = db.transaction().unwrap();
+        let org: uuid::Uuid = org.parse().unwrap();
+        tx.execute(
+            "SELECT 1 FROM organizations WHERE org_id = $1 FOR UPDATE",
+            &[&org],
+        )
+        .unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(held);
+        tx.commit().unwrap();
+    });
+    locked.recv().unwrap();
+    let asked = Instant::now();
+    let r = call(s.addr, "POST", "/api/keys/rotate", Some(&key), "");
+    // Answered before the lock is let go: refused.
+    assert!(
+        asked.elapsed() < held,
+        "answered after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    holder.join().unwrap();
+    // The lock is gone: a rotation that had waited for it would commit now. The old key
+    // keeps working.
+    let event = r#"{"type":"t","payload":{}}"#;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let r = post_event(s.addr, &key, event);
+        assert_eq!(r.status, 202, "the rotation answered 503 took effect later");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(call(s.addr, "GET", "/api/keys", Some(&key), "").status, 200);
+    // And it was refused as the caller's to retry, not as storage's failure.
+    assert_eq!(r.code(), "overloaded");
+}

@@ -68,6 +68,28 @@ fn an_operator_creates_lists_retiers_and_revokes_while_the_server_runs() {
     eventually(SECOND, "the running server refuses the revoked key", || {
         post_event(server.addr, &key, body).status == 401
     });
+    // An organization left without a key (a rotation whose answer was lost, a revocation) is
+    // let back in by the operator, with a key the running server takes at once.
+    let issued: serde_json::Value =
+        serde_json::from_str(&triggers(&[&["keys", "create", &org][..], &db].concat())).unwrap();
+    let new_key = issued["api_key"].as_str().unwrap();
+    assert_eq!(issued["organization_id"], org.as_str());
+    assert_eq!(post_event(server.addr, new_key, body).status, 202);
+    assert_eq!(post_event(server.addr, &key, body).status, 401);
+
+    // What a tenant chose for its name reaches the operator's terminal as text, never as
+    // control sequences.
+    let (_, forged) = new_org(server.addr, r"evil\u001b[2J\r\nforged-line");
+    let listed = triggers(&[&["org", "list"][..], &db].concat());
+    let line = listed.lines().find(|l| l.contains(&forged)).unwrap();
+    assert!(
+        line.contains(r"evil\u{1b}[2J\u{d}\u{a}forged-line"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains('\x1b') && !listed.contains('\r'),
+        "{listed}"
+    );
 
     let stats = triggers(&["stats", "--url", &server.url()]);
     assert!(
