@@ -190,9 +190,13 @@ keys! {
     /// Length of a retention day, in seconds: 86400. Shorter only to watch expiry in a test or
     /// a soak: tiers' retentions shrink with it, and dedup_ids are remembered only that long
     retention_day_s: u64 = required, env "TRIGGERS_RETENTION_DAY_S", range 1..=86400;
-    /// When set, key generation and the stats routes require `Authorization: Bearer <token>`
+    /// When set, key generation and the stats, metrics and dashboard routes require
+    /// `Authorization: Bearer <token>`
     #[arg(hide_env_values = true)]
     admin_token: String = optional, env "TRIGGERS_ADMIN_TOKEN";
+    /// Without an admin token, serve /metrics and the dashboard to clients on other hosts
+    /// too (by default only to this host's)
+    operator_remote: bool = required, env "TRIGGERS_OPERATOR_REMOTE";
 }
 
 /// Where the events are stored.
@@ -229,6 +233,43 @@ pub struct Config {
 }
 
 impl Config {
+    /// What this node opens to clients it cannot tell apart, each with the setting that
+    /// closes it: what the server names at start-up, so that nothing is open unsaid.
+    pub fn open_surfaces(&self) -> Vec<String> {
+        let api = &self.api;
+        let mut open = Vec::new();
+        if self.listen.ip().is_unspecified() {
+            open.push(format!(
+                "listening on every interface ({}; --listen 127.0.0.1:{} keeps it to this host)",
+                self.listen,
+                self.listen.port()
+            ));
+        }
+        if api.admin_token.is_none() {
+            open.push(format!(
+                "self-serve signup for anyone, up to tier `{}`, {} a minute per address \
+                 (--admin-token closes it)",
+                api.keygen_tier_max.name, api.keygen_per_minute
+            ));
+            open.push("GET /api/queue/stats for anyone (--admin-token closes it)".into());
+            if api.operator_remote {
+                open.push(
+                    "/metrics and /dashboard for any host (--operator-remote false keeps them \
+                     to this host, --admin-token closes them)"
+                        .into(),
+                );
+            }
+        }
+        if api.webhook_allow_private {
+            open.push(
+                "webhooks to private, loopback and link-local addresses \
+                 (--webhook-allow-private false closes it)"
+                    .into(),
+            );
+        }
+        open
+    }
+
     /// Resolves the layers: `cli` (flags and environment), the optional file, the defaults.
     pub fn load(cli: Settings, file: Option<&std::path::Path>) -> anyhow::Result<Config> {
         let defaults: Settings =
@@ -296,6 +337,7 @@ impl Config {
                 retention_day: Duration::from_secs(v.retention_day_s),
                 admin_token: v.admin_token.filter(|t| !t.is_empty()),
                 webhook_allow_private: v.webhook_allow_private,
+                operator_remote: v.operator_remote,
             },
             delivery: v
                 .webhook_delivery
@@ -363,5 +405,37 @@ mod tests {
         };
         let err = format!("{:#}", Config::load(cli, None).unwrap_err());
         assert!(err.contains("keygen_tier_max"), "{err}");
+    }
+
+    #[test]
+    fn what_is_open_is_named_with_the_setting_that_closes_it() {
+        let defaults = Config::load(Settings::default(), None)
+            .unwrap()
+            .open_surfaces();
+        assert_eq!(defaults.len(), 3, "{defaults:?}");
+        assert!(defaults[0].contains("every interface") && defaults[0].contains("--listen"));
+        assert!(defaults[1].contains("signup") && defaults[1].contains("--admin-token"));
+        assert!(defaults[2].contains("/api/queue/stats"));
+        let closed = Settings {
+            listen: Some("127.0.0.1:8090".parse().unwrap()),
+            admin_token: Some("secret".into()),
+            operator_remote: Some(true),
+            ..Settings::default()
+        };
+        assert!(Config::load(closed, None)
+            .unwrap()
+            .open_surfaces()
+            .is_empty());
+        let opened = Settings {
+            operator_remote: Some(true),
+            webhook_allow_private: Some(true),
+            ..Settings::default()
+        };
+        let open = Config::load(opened, None).unwrap().open_surfaces();
+        assert!(open.iter().any(|o| o.contains("/metrics")), "{open:?}");
+        assert!(
+            open.iter().any(|o| o.contains("--webhook-allow-private")),
+            "{open:?}"
+        );
     }
 }

@@ -407,6 +407,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         startup_ms = started.elapsed().as_millis() as u64,
         "listening"
     );
+    let open = config.open_surfaces();
+    if !open.is_empty() {
+        tracing::warn!("open: {}", open.join("; "));
+    }
 
     let failed = match stopped_rx.recv() {
         Ok(Stopped::Signal(sig)) => {

@@ -60,6 +60,8 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// Accept webhook URLs on private, loopback and link-local addresses.
     pub webhook_allow_private: bool,
+    /// Without an admin token, `/metrics` and the dashboard answer clients on other hosts too.
+    pub operator_remote: bool,
 }
 
 /// An event id as a client wrote it; anything that is not a UUID cannot name an event.
@@ -304,6 +306,19 @@ impl Context {
         }
     }
 
+    /// Admits an operator's request: with the admin token when one is configured; without
+    /// one, from a client on this host, or any client when the operator opened these routes.
+    pub(super) fn require_operator(&self, req: &Request<'_>) -> Result<(), ApiError> {
+        if self.settings.admin_token.is_some() {
+            return self.require_admin(req);
+        }
+        if self.settings.operator_remote || is_this_host(req.peer) {
+            Ok(())
+        } else {
+            Err(ApiError::OperatorOnly)
+        }
+    }
+
     /// Admits the request if no admin token is configured or it carries the token in its one
     /// `Authorization`: as a bearer token, or (from a browser) as the password of Basic
     /// credentials, any user name.
@@ -320,6 +335,16 @@ impl Context {
         } else {
             Err(ApiError::AdminTokenRequired)
         }
+    }
+}
+
+/// Whether `peer` is a loopback address (IPv4 inside IPv6 too): a client on this host.
+fn is_this_host(peer: IpAddr) -> bool {
+    match peer {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
     }
 }
 
@@ -367,6 +392,21 @@ fn presented_key<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_host_is_loopback_in_either_family() {
+        for (ip, here) in [
+            ("127.0.0.1", true),
+            ("127.9.9.9", true),
+            ("::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("192.0.2.7", false),
+            ("::ffff:192.0.2.7", false),
+            ("2001:db8::1", false),
+        ] {
+            assert_eq!(is_this_host(ip.parse().unwrap()), here, "{ip}");
+        }
+    }
 
     #[test]
     fn an_ipv6_client_counts_as_its_whole_64_and_ipv4_as_its_address() {

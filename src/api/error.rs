@@ -44,6 +44,8 @@ pub enum ApiError {
     RateLimited(u64),
     /// The route needs the operator's admin token.
     AdminTokenRequired,
+    /// An operator's route asked from another host while the node has no admin token.
+    OperatorOnly,
     Overloaded,
     StorageUnavailable,
 }
@@ -62,7 +64,7 @@ impl ApiError {
             | ApiError::WebhookUrlNotAllowed(_)
             | ApiError::AmbiguousCredentials => 400,
             ApiError::EventNotFound | ApiError::WebhookNotConfigured => 404,
-            ApiError::TierNotAllowed(_) => 403,
+            ApiError::TierNotAllowed(_) | ApiError::OperatorOnly => 403,
             ApiError::DuplicateEvent(_) => 409,
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed(_) => 405,
@@ -90,6 +92,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::AdminTokenRequired => "admin_token_required",
+            ApiError::OperatorOnly => "operator_only",
             ApiError::Overloaded => "overloaded",
             ApiError::StorageUnavailable => "storage_unavailable",
         }
@@ -125,6 +128,11 @@ impl ApiError {
             ApiError::AdminTokenRequired => {
                 "This route needs the admin token: Authorization: Bearer <token> (in a browser: \
                  any user name, the token as the password)"
+                    .into()
+            }
+            ApiError::OperatorOnly => {
+                "This route answers only clients on the server's own host, unless the server has \
+                 an admin token (--admin-token) or --operator-remote true"
                     .into()
             }
             ApiError::Overloaded => "Server is at capacity; retry shortly".into(),

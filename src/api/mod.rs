@@ -156,11 +156,8 @@ impl Route {
             Route::Health | Route::HealthLive | Route::HealthReady | Route::OpenApi => {
                 Credential::None
             }
-            Route::KeysGenerate
-            | Route::QueueStats
-            | Route::Metrics
-            | Route::Dashboard
-            | Route::DashboardData => Credential::Admin,
+            Route::KeysGenerate | Route::QueueStats => Credential::Admin,
+            Route::Metrics | Route::Dashboard | Route::DashboardData => Credential::Operator,
             Route::Events
             | Route::EventsBatch
             | Route::Keys
@@ -194,6 +191,9 @@ enum Credential {
     Key,
     /// The operator's admin token, when one is configured.
     Admin,
+    /// The admin token when one is configured; without one, a client on this host (or any,
+    /// with `operator_remote`): what the contract does not need open to everyone stays closed.
+    Operator,
 }
 
 /// Every method some route answers: what `OPTIONS *` reports.
@@ -245,6 +245,7 @@ impl Handler for Context {
             Credential::None => Ok(None),
             Credential::Key => self.presented_key(req).map(Some),
             Credential::Admin => self.require_admin(req).map(|()| None),
+            Credential::Operator => self.require_operator(req).map(|()| None),
         }
         .map_err(ApiError::into_response)
     }
@@ -293,11 +294,13 @@ async fn dispatch(
             let org = ctx.authenticate(key, req.peer).await?;
             dispatch_tenant(ctx, route, &org, req).await
         }
-        Credential::Admin if ctx.settings.admin_token.is_some() => {
+        Credential::Admin | Credential::Operator if ctx.settings.admin_token.is_some() => {
             dispatch_open(ctx, route, req).await
         }
-        // Anyone may call it: it serves no one in particular.
-        Credential::Admin | Credential::None => return dispatch_open(ctx, route, req).await,
+        // Anyone it admitted may call it: it serves no one in particular.
+        Credential::Admin | Credential::Operator | Credential::None => {
+            return dispatch_open(ctx, route, req).await
+        }
     };
     let answer = to_verified.unwrap_or_else(ApiError::into_response);
     let serves = answer.status < 400;

@@ -469,6 +469,19 @@ pub fn all_at_once<T: Send + 'static>(
     threads.into_iter().map(|t| t.join().unwrap()).collect()
 }
 
+/// An address of this host's other than loopback (its first IPv4 one), to reach a server as a
+/// client on another host would: the server sees a peer that is not loopback.
+pub fn other_address() -> Option<std::net::IpAddr> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter_map(|i| {
+            i.address?
+                .as_sockaddr_in()
+                .map(|a| std::net::IpAddr::V4(a.ip()))
+        })
+        .find(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
 /// One request on a fresh connection.
 pub fn call(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: &str) -> Resp {
     let mut c = Client::connect(addr).unwrap();

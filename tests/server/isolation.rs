@@ -363,3 +363,84 @@ fn a_key_rotation_answered_503_never_takes_effect_later() {
     // And it was refused as the caller's to retry, not as storage's failure.
     assert_eq!(r.code(), "overloaded");
 }
+
+#[test]
+fn operator_routes_answer_only_this_host_unless_opened_and_start_up_names_what_is_open() {
+    let Some(other) = other_address() else {
+        panic!("this host has no address but loopback: the test needs one to play another host");
+    };
+    let s = Server::start_with(&[
+        "--database-url",
+        &shared_cluster().url,
+        "--listen",
+        "0.0.0.0:0",
+    ]);
+    let remote = std::net::SocketAddr::new(other, s.addr.port());
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], s.addr.port()));
+    for path in ["/metrics", "/dashboard", "/dashboard/data"] {
+        assert_eq!(
+            call(local, "GET", path, None, "").status,
+            200,
+            "{path} from this host"
+        );
+        let r = call(remote, "GET", path, None, "");
+        assert_eq!(
+            (r.status, r.code()),
+            (403, "operator_only".into()),
+            "{path}"
+        );
+    }
+    // The contract's routes stay open.
+    assert_eq!(
+        call(remote, "GET", "/api/queue/stats", None, "").status,
+        200
+    );
+    assert_eq!(call(remote, "GET", "/health", None, "").status, 200);
+    // Start-up said what is open, and how to close it.
+    let log = s.log_text();
+    let open = log
+        .lines()
+        .find(|l| l.contains("open:"))
+        .expect("the open surfaces named");
+    for named in [
+        "every interface",
+        "--listen",
+        "signup",
+        "--admin-token",
+        "/api/queue/stats",
+    ] {
+        assert!(open.contains(named), "{named}: {open}");
+    }
+    // Opened by the operator: every host; with an admin token: whoever has it.
+    let opened = Server::start_with(&[
+        "--database-url",
+        &shared_cluster().url,
+        "--listen",
+        "0.0.0.0:0",
+        "--operator-remote",
+        "true",
+    ]);
+    let remote = std::net::SocketAddr::new(other, opened.addr.port());
+    assert_eq!(call(remote, "GET", "/metrics", None, "").status, 200);
+    let guarded = Server::start_with(&[
+        "--database-url",
+        &shared_cluster().url,
+        "--listen",
+        "0.0.0.0:0",
+        "--admin-token",
+        "s3cret",
+    ]);
+    let remote = std::net::SocketAddr::new(other, guarded.addr.port());
+    assert_eq!(call(remote, "GET", "/metrics", None, "").status, 401);
+    let mut c = Client::connect(remote).unwrap();
+    let r = c
+        .request(
+            "GET",
+            "/metrics",
+            &[("Authorization", "Bearer s3cret")],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(!guarded.log_text().contains("signup for anyone"));
+}
