@@ -11,6 +11,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use super::stats::Renders;
 use crate::auth::{self, AuthError, KeyCache, Presented};
 use crate::db::events::Status;
 use crate::db::orgs::Org;
@@ -141,6 +142,7 @@ pub struct Shared {
     keys: Arc<KeyCache>,
     stats: Arc<Stats>,
     limits: Arc<Limits>,
+    renders: Arc<Renders>,
     guards: Guards,
     hooks: Arc<Hooks>,
 }
@@ -162,6 +164,7 @@ impl Shared {
             keys,
             stats,
             limits: Arc::default(),
+            renders: Arc::default(),
             guards,
             hooks,
         }
@@ -177,6 +180,8 @@ pub struct Context {
     pub(super) keys: Arc<KeyCache>,
     pub(super) stats: Arc<Stats>,
     pub(super) limits: Arc<Limits>,
+    /// The operator's figures: the budget of fresh renders, and the last ones.
+    pub(super) renders: Arc<Renders>,
     /// The node's bound on large bodies (an inbox page leases what it holds), and the pace of
     /// anonymous answers (shown in the stats).
     pub(super) guards: Guards,
@@ -201,6 +206,7 @@ impl Context {
             keys: shared.keys.clone(),
             stats: shared.stats.clone(),
             limits: shared.limits.clone(),
+            renders: shared.renders.clone(),
             guards: shared.guards.clone(),
             hooks: shared.hooks.clone(),
             waiters: Waiters::new(core, shared.settings.storage_wait),

@@ -42,7 +42,7 @@ pub const BATCH_BODY_BYTES_MAX: usize = 5 * 1024 * 1024;
 /// Largest body of the other routes (key generation and the like), and of unknown routes.
 pub const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Route {
     Health,
     HealthLive,
@@ -318,10 +318,16 @@ async fn dispatch_open(
         Route::HealthLive => Ok(health::live(ctx)),
         Route::HealthReady => health::ready(ctx).await,
         Route::KeysGenerate => keys::generate(ctx, req).await,
-        Route::QueueStats => stats::show(ctx, req),
-        Route::Metrics => stats::metrics(ctx),
+        Route::QueueStats => ctx
+            .renders
+            .answer(ctx, route, req.query, || stats::show(ctx, req)),
+        Route::Metrics => ctx
+            .renders
+            .answer(ctx, route, req.query, || stats::metrics(ctx)),
         Route::Dashboard => dashboard::page(ctx),
-        Route::DashboardData => dashboard::data(ctx, req),
+        Route::DashboardData => ctx
+            .renders
+            .answer(ctx, route, req.query, || dashboard::data(ctx, req)),
         Route::OpenApi => ctx.held(Response::text(
             200,
             "application/json",

@@ -444,3 +444,26 @@ fn operator_routes_answer_only_this_host_unless_opened_and_start_up_names_what_i
     assert_eq!(r.status, 200);
     assert!(!guarded.log_text().contains("signup for anyone"));
 }
+
+#[test]
+fn polling_the_operators_figures_as_fast_as_possible_renders_them_at_most_20_times_a_second() {
+    let s = Server::start(&[]);
+    let mut c = Client::connect(s.addr).unwrap();
+    let (mut fresh, mut kept) = (0, 0);
+    let started = Instant::now();
+    for _ in 0..1500 {
+        let r = c.request("GET", "/api/queue/stats", &[], b"").unwrap();
+        assert_eq!(r.status, 200);
+        match r.header("age") {
+            Some(_) => kept += 1,
+            None => fresh += 1,
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    // A burst of 1,200, then 20 a second.
+    let allowed = 1200.0 + 20.0 * took + 1.0;
+    assert!(
+        kept > 0 && (fresh as f64) <= allowed,
+        "{fresh} fresh, {kept} kept in {took:.2} s"
+    );
+}
