@@ -48,6 +48,8 @@ pub struct Job {
     pub payload: Box<[u8]>,
     pub dedup_id: Option<Box<str>>,
     pub created_at: SystemTime,
+    /// The event's retention class (`events.keep_days`): its attempts are kept as long.
+    pub keep_days: i16,
     /// Attempts already made.
     pub attempts: u16,
     /// The lease this node holds on the job's `deliveries` row; also the fence that keeps a
@@ -305,6 +307,7 @@ mod tests {
             payload: b"{}".to_vec().into(),
             dedup_id: None,
             created_at: SystemTime::UNIX_EPOCH,
+            keep_days: 1,
             attempts: 0,
             lease_until: SystemTime::UNIX_EPOCH,
         }

@@ -1,27 +1,100 @@
-//! api::attempts: `GET /api/events/{id}/attempts`: every webhook delivery attempt made for one
-//! of the organization's events, oldest first. Another organization's event, a malformed id
-//! and an unknown one are the same 404 / `not_found`.
+//! api::attempts: `GET /api/events/{id}/attempts`: the webhook delivery attempts made for one
+//! of the organization's events, oldest first, a page at a time (`limit`, `cursor`): an event
+//! redelivered again and again has as many attempts as its tier's metering allowed, and no
+//! answer holds them all. Another organization's event, a malformed id and an unknown one are
+//! the same 404 `event_not_found`.
 
+use std::time::{Duration, SystemTime};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use serde_json::{json, Value};
 
 use super::context::{path_event_id, Context};
 use super::error::ApiError;
-use crate::db::deliveries;
+use crate::db::deliveries::{self, AttemptCursor};
 use crate::db::orgs::Org;
 use crate::db::Work;
 use crate::http::{Request, Response};
 use crate::ids::rfc3339;
 
+/// Attempts a page holds by default, and at most. An attempt keeps at most 1 KiB of answer and
+/// 1 KiB of error, so a page is at most ~2.5 MB.
+const LIMIT_DEFAULT: i64 = 100;
+const LIMIT_MAX: i64 = 1000;
+/// First byte of a cursor: its format.
+const CURSOR_V1: u8 = 1;
+
+fn encode_cursor(c: AttemptCursor) -> String {
+    let micros = c
+        .attempted_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64;
+    let mut raw = [0u8; 11];
+    raw[0] = CURSOR_V1;
+    raw[1..9].copy_from_slice(&micros.to_be_bytes());
+    raw[9..].copy_from_slice(&c.attempt.to_be_bytes());
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_cursor(text: &str) -> Option<AttemptCursor> {
+    let raw = URL_SAFE_NO_PAD.decode(text).ok()?;
+    let [CURSOR_V1, rest @ ..] = &raw[..] else {
+        return None;
+    };
+    let [t0, t1, t2, t3, t4, t5, t6, t7, n0, n1] = *rest else {
+        return None;
+    };
+    Some(AttemptCursor {
+        attempted_at: SystemTime::UNIX_EPOCH
+            + Duration::from_micros(u64::from_be_bytes([t0, t1, t2, t3, t4, t5, t6, t7])),
+        attempt: i16::from_be_bytes([n0, n1]),
+    })
+}
+
+/// `limit` and `cursor` of the query string.
+fn parse_query(query: &str) -> Result<(i64, Option<AttemptCursor>), ApiError> {
+    let bad = |name: &'static str, why: &str| ApiError::InvalidParameter(name, why.to_string());
+    let (mut limit, mut after) = (LIMIT_DEFAULT, None);
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=LIMIT_MAX).contains(n))
+                    .ok_or_else(|| bad("limit", "must be an integer from 1 to 1000"))?;
+            }
+            "cursor" => {
+                after = Some(
+                    decode_cursor(&value)
+                        .ok_or_else(|| bad("cursor", "not a cursor this server issued"))?,
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok((limit, after))
+}
+
 pub async fn list(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Response, ApiError> {
     let id = path_event_id(req.path, "/api/events/", "/attempts")?;
+    let (limit, after) = parse_query(req.query)?;
     let org_id = org.id;
-    let attempts = ctx
+    let (attempts, more) = ctx
         .queries
         .run(Work::Org(org_id), "delivery attempts", move |c| {
-            deliveries::attempts(c, org_id, id)
+            deliveries::attempts(c, org_id, id, after, limit)
         })
         .await?
         .ok_or(ApiError::EventNotFound)?;
+    let next_cursor = attempts.last().filter(|_| more).map(|a| {
+        encode_cursor(AttemptCursor {
+            attempted_at: a.attempted_at,
+            attempt: a.attempt,
+        })
+    });
     let shown: Vec<Value> = attempts
         .iter()
         .map(|a| {
@@ -35,8 +108,43 @@ pub async fn list(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respons
             })
         })
         .collect();
-    Ok(Response::json_value(
+    ctx.held(Response::json_value(
         200,
-        &json!({"event_id": id.to_string(), "attempts": shown}),
+        &json!({
+            "event_id": id.to_string(),
+            "attempts": shown,
+            "has_more": more,
+            "next_cursor": next_cursor,
+        }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_bad_parameters_are_named() {
+        let c = AttemptCursor {
+            attempted_at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_765_000_000_654_321),
+            attempt: 7,
+        };
+        let text = encode_cursor(c);
+        assert_eq!(decode_cursor(&text), Some(c));
+        assert_eq!(
+            parse_query(&format!("limit=5&cursor={text}")).unwrap(),
+            (5, Some(c))
+        );
+        assert_eq!(parse_query("").unwrap(), (LIMIT_DEFAULT, None));
+        for (q, name) in [
+            ("limit=0", "limit"),
+            ("limit=1001", "limit"),
+            ("cursor=AQ", "cursor"),
+        ] {
+            match parse_query(q) {
+                Err(ApiError::InvalidParameter(n, _)) => assert_eq!(n, name, "{q}"),
+                other => panic!("{q}: {other:?}"),
+            }
+        }
+    }
 }

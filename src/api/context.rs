@@ -100,6 +100,8 @@ pub struct Limits {
     pub orgs: Limiter<OrgId>,
     /// Self-serve key generation per client address (`client_bucket`).
     pub keygen: Limiter<IpAddr>,
+    /// Events queued again (redeliver, replay) per organization, at its tier's rate.
+    pub redeliveries: Limiter<OrgId>,
     /// Keys presented that no organization holds: of an issued key's prefix, per prefix; of no
     /// issued prefix, per client address (`client_bucket`) and node-wide.
     pub unknown_by_prefix: Limiter<u32>,

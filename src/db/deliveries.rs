@@ -86,68 +86,113 @@ pub fn rotate_secret(
 }
 
 /// Queues `org`'s event `id` for delivery again, at once, as a new round of attempts (a
-/// `failed` event is `pending` again). An attempt in flight is left to finish. `false` when
-/// `org` has no such event.
-pub fn redeliver(client: &mut Client, org: OrgId, id: EventId) -> Result<bool, postgres::Error> {
-    let (found, _) = queue_again(client, "org_id = $1 AND id = $2", &[&org, &id], 1)?;
-    Ok(found == 1)
+/// `failed` event is `pending` again). An attempt in flight is left to finish. `None` when
+/// `org` has no such event; else whether it was queued (not: an attempt is in flight).
+pub fn redeliver(
+    client: &mut Client,
+    org: OrgId,
+    id: EventId,
+) -> Result<Option<bool>, postgres::Error> {
+    let q = queue_again(client, "org_id = $1 AND id = $2", &[&org, &id], 1)?;
+    Ok((q.picked == 1).then_some(q.queued == 1))
 }
 
-/// Queues again `org`'s events created in `[since, until)` (with status `status`, when given),
-/// oldest first, at most `max`: how many were queued, and the creation time of the last one
-/// when `max` stopped the replay early.
+/// Where a replay goes on: after this event (creation time, then id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayCursor {
+    pub created_at: SystemTime,
+    pub id: EventId,
+}
+
+/// What one replay did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Replayed {
+    /// Events queued again.
+    pub queued: u64,
+    /// Events that matched but had an attempt in flight: left to finish, not queued.
+    pub in_flight: u64,
+    /// Where to go on, when `max` stopped the replay early.
+    pub next: Option<ReplayCursor>,
+}
+
+/// Queues again `org`'s events created in `[since, until)` (with status `status`, when given;
+/// after `after`, when given), oldest first, at most `max`.
 pub fn replay(
     client: &mut Client,
     org: OrgId,
     since: SystemTime,
     until: SystemTime,
     status: Option<&str>,
+    after: Option<ReplayCursor>,
     max: i64,
-) -> Result<(u64, Option<SystemTime>), postgres::Error> {
+) -> Result<Replayed, postgres::Error> {
     // Ids are UUIDv7: their first 48 bits are the creation time in milliseconds, so the
     // primary key finds the range; created_at then draws its exact edges.
     let filter = "org_id = $1 AND id >= $2 AND id < $3 AND created_at >= $4 AND created_at < $5
-                  AND ($6::text IS NULL OR status = $6)";
+                  AND ($6::text IS NULL OR status = $6)
+                  AND ($7::timestamptz IS NULL OR (created_at, id) > ($7, $8))";
     let (lo, hi) = (
         EventId::first_at(since),
         EventId::first_at(until + Duration::from_millis(1)),
     );
-    let params: [&(dyn postgres::types::ToSql + Sync); 6] =
-        [&org, &lo, &hi, &since, &until, &status];
-    let (queued, last) = queue_again(client, filter, &params, max)?;
-    Ok((queued, last.filter(|_| queued as i64 >= max)))
+    let (after_t, after_id) = (after.map(|a| a.created_at), after.map(|a| a.id));
+    let params: [&(dyn postgres::types::ToSql + Sync); 8] =
+        [&org, &lo, &hi, &since, &until, &status, &after_t, &after_id];
+    let q = queue_again(client, filter, &params, max)?;
+    Ok(Replayed {
+        queued: q.queued,
+        in_flight: q.picked - q.queued,
+        next: q.last.filter(|_| q.picked as i64 >= max),
+    })
+}
+
+/// What `queue_again` did: events picked, those of them queued, and the last one picked.
+struct Queued {
+    picked: u64,
+    queued: u64,
+    last: Option<ReplayCursor>,
 }
 
 /// In one statement: a delivery for each event matching `filter` (oldest first, at most `max`)
 /// inserted, or made due again as a new round; those of them that had `failed` made `pending`.
-/// Returns how many, and the last one's creation time. A row leased to an attempt in flight is
-/// left as it is.
+/// A row leased to an attempt in flight is left as it is.
 fn queue_again(
     client: &mut Client,
     filter: &str,
     params: &[&(dyn postgres::types::ToSql + Sync)],
     max: i64,
-) -> Result<(u64, Option<SystemTime>), postgres::Error> {
+) -> Result<Queued, postgres::Error> {
     let row = client.query_one(
         &format!(
             "WITH picked AS (
                  SELECT org_id, id, created_at FROM events WHERE {filter}
-                 ORDER BY id LIMIT {max}),
+                 ORDER BY created_at, id LIMIT {max}),
              queued AS (
                  INSERT INTO deliveries (org_id, event_id, attempts, due_at)
                  SELECT org_id, id, 0, now() FROM picked
                  ON CONFLICT (org_id, event_id) DO UPDATE
                  SET attempts = 0, due_at = now()
-                 WHERE deliveries.lease_until IS NULL OR deliveries.lease_until < now()),
+                 WHERE deliveries.lease_until IS NULL OR deliveries.lease_until < now()
+                 RETURNING event_id),
              revived AS (
                  UPDATE events e SET status = 'pending'
                  FROM picked p
-                 WHERE e.org_id = p.org_id AND e.id = p.id AND e.status = 'failed')
-             SELECT count(*), max(created_at) FROM picked"
+                 WHERE e.org_id = p.org_id AND e.id = p.id AND e.status = 'failed'),
+             last AS (SELECT created_at, id FROM picked ORDER BY created_at DESC, id DESC LIMIT 1)
+             SELECT (SELECT count(*) FROM picked), (SELECT count(*) FROM queued),
+                    (SELECT created_at FROM last), (SELECT id FROM last)"
         ),
         params,
     )?;
-    Ok((row.get::<_, i64>(0) as u64, row.get(1)))
+    let last = match (row.get(2), row.get(3)) {
+        (Some(created_at), Some(id)) => Some(ReplayCursor { created_at, id }),
+        _ => None,
+    };
+    Ok(Queued {
+        picked: row.get::<_, i64>(0) as u64,
+        queued: row.get::<_, i64>(1) as u64,
+        last,
+    })
 }
 
 /// A delivery a claim took, with its event.
@@ -160,6 +205,7 @@ pub struct Claimed {
     pub payload: String,
     pub dedup_id: Option<String>,
     pub created_at: SystemTime,
+    pub keep_days: i16,
 }
 
 /// Takes up to `limit` due deliveries of enabled endpoints whose payloads add up to at most
@@ -190,7 +236,8 @@ pub fn claim(
              FOR UPDATE OF d SKIP LOCKED),
          read AS (
              SELECT due.org_id, due.event_id, due.due_at,
-                    e.type, e.payload::text AS payload, e.dedup_id, e.created_at
+                    e.type, e.payload::text AS payload, e.dedup_id, e.created_at,
+                    e.keep_days
              FROM due LEFT JOIN events e ON e.org_id = due.org_id AND e.id = due.event_id),
          sized AS (
              SELECT read.*,
@@ -208,7 +255,7 @@ pub fn claim(
              WHERE d.org_id = taken.org_id AND d.event_id = taken.event_id
              RETURNING d.org_id, d.event_id, d.attempts, d.lease_until)
          SELECT l.org_id, l.event_id, l.attempts, l.lease_until,
-                t.type, t.payload, t.dedup_id, t.created_at
+                t.type, t.payload, t.dedup_id, t.created_at, t.keep_days
          FROM leased l JOIN taken t ON t.org_id = l.org_id AND t.event_id = l.event_id",
         &[&limit, &bytes, &lease_s, &skip],
     )?;
@@ -226,6 +273,7 @@ pub fn claim(
                 payload: r.get(5),
                 dedup_id: r.get(6),
                 created_at: r.get(7),
+                keep_days: r.get(8),
             }),
             None => {
                 orphans.0.push(r.get(0));
@@ -297,6 +345,8 @@ pub struct Outcome {
     pub org: OrgId,
     pub id: EventId,
     pub lease_until: SystemTime,
+    /// The event's retention class, which its attempt is recorded in.
+    pub keep_days: i16,
     pub attempts: i16,
     pub next: Next,
     pub attempt: Option<Attempt>,
@@ -350,9 +400,10 @@ impl Recorder {
             attempts: client.prepare(
                 "INSERT INTO delivery_attempts
                      (org_id, event_id, attempt, attempted_at, status_code, error, latency_us,
-                      response)
+                      response, keep_days)
                  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int2[], $4::timestamptz[],
-                                      $5::int2[], $6::text[], $7::int4[], $8::text[])
+                                      $5::int2[], $6::text[], $7::int4[], $8::text[],
+                                      $9::int2[])
                  ON CONFLICT DO NOTHING",
             )?,
             gone: client.prepare(
@@ -420,6 +471,7 @@ impl Recorder {
                         .iter()
                         .map(|(_, a)| a.response.as_deref())
                         .collect::<Vec<_>>(),
+                    &made.iter().map(|(o, _)| o.keep_days).collect::<Vec<_>>(),
                 ],
             )?;
         }
@@ -514,13 +566,22 @@ pub fn wake(tx: &mut postgres::Transaction<'_>, org: OrgId) -> Result<u64, postg
     )
 }
 
-/// The attempts made to deliver `org`'s event `id`, oldest first; `None` when `org` has no
-/// such event.
+/// Where a page of attempts goes on: after this attempt (its time, then its number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptCursor {
+    pub attempted_at: SystemTime,
+    pub attempt: i16,
+}
+
+/// The attempts made to deliver `org`'s event `id`, oldest first, after `after`, at most
+/// `limit` and whether more follow; `None` when `org` has no such event.
 pub fn attempts(
     client: &mut Client,
     org: OrgId,
     id: EventId,
-) -> Result<Option<Vec<Attempt>>, postgres::Error> {
+    after: Option<AttemptCursor>,
+    limit: i64,
+) -> Result<Option<(Vec<Attempt>, bool)>, postgres::Error> {
     let exists = client
         .query_opt(
             "SELECT 1 FROM events WHERE org_id = $1 AND id = $2",
@@ -530,24 +591,29 @@ pub fn attempts(
     if !exists {
         return Ok(None);
     }
+    let (after_t, after_n) = (after.map(|a| a.attempted_at), after.map(|a| a.attempt));
     let rows = client.query(
         "SELECT attempt, attempted_at, status_code, error, latency_us, response
          FROM delivery_attempts WHERE org_id = $1 AND event_id = $2
-         ORDER BY attempted_at, attempt",
-        &[&org, &id],
+           AND ($3::timestamptz IS NULL OR (attempted_at, attempt) > ($3, $4))
+         ORDER BY attempted_at, attempt
+         LIMIT $5",
+        &[&org, &id, &after_t, &after_n, &(limit + 1)],
     )?;
-    Ok(Some(
-        rows.iter()
-            .map(|r| Attempt {
-                attempt: r.get(0),
-                attempted_at: r.get(1),
-                status_code: r.get(2),
-                error: r.get(3),
-                latency_us: r.get(4),
-                response: r.get(5),
-            })
-            .collect(),
-    ))
+    let more = rows.len() as i64 > limit;
+    let page = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| Attempt {
+            attempt: r.get(0),
+            attempted_at: r.get(1),
+            status_code: r.get(2),
+            error: r.get(3),
+            latency_us: r.get(4),
+            response: r.get(5),
+        })
+        .collect();
+    Ok(Some((page, more)))
 }
 
 /// Deliveries queued and not yet made, for the stats: (due now or later, paused), each

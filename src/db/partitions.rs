@@ -167,13 +167,10 @@ impl Upkeep {
             let oldest = drop_expired(client, &class, now_ms, &mut pass)?;
             // With no partition left, none of its events are either.
             let below = oldest.map_or(EventId::first_at(now), ms_id);
-            pass.trimmed += trim(
-                client,
-                DEDUP_OF_CLASS,
-                below,
-                Some(class.days as i16),
-                trim_until,
-            )?;
+            for statement in [DEDUP_OF_CLASS, ATTEMPTS_OF_CLASS] {
+                let days = Some(class.days as i16);
+                pass.trimmed += trim(client, statement, below, days, trim_until)?;
+            }
         }
         self.drop_legacy(client, now, &mut pass, trim_until)?;
         if let Some(longest) = self.longest() {
@@ -225,9 +222,13 @@ impl Upkeep {
 /// Deletes at most `$2` `event_dedup` rows of class `$3` whose events are older than `$1`.
 const DEDUP_OF_CLASS: &str = "DELETE FROM event_dedup WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM event_dedup WHERE keep_days = $3 AND event_id < $1 LIMIT $2))";
-/// Deletes at most `$2` attempts of events older than `$1`.
+/// Deletes at most `$2` attempts of class `$3` whose events are older than `$1`.
+const ATTEMPTS_OF_CLASS: &str = "DELETE FROM delivery_attempts WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM delivery_attempts WHERE keep_days = $3 AND event_id < $1 LIMIT $2))";
+/// Deletes at most `$2` attempts recorded without a class (before migration 6) whose events
+/// are older than `$1`.
 const OLD_ATTEMPTS: &str = "DELETE FROM delivery_attempts WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM delivery_attempts WHERE event_id < $1 LIMIT $2))";
+    SELECT ctid FROM delivery_attempts WHERE keep_days IS NULL AND event_id < $1 LIMIT $2))";
 /// Deletes at most `$2` deliveries parked for a disabled endpoint whose events are older than
 /// `$1`; other rows are claimed in time, and dropped then if their event is gone.
 const PARKED_DELIVERIES: &str = "DELETE FROM deliveries WHERE ctid = ANY(ARRAY(

@@ -524,6 +524,7 @@ impl Done {
                 org: job.org,
                 id: job.id,
                 lease_until: job.lease_until,
+                keep_days: job.keep_days,
                 attempts: attempts as i16,
                 next,
                 attempt,
@@ -1010,6 +1011,7 @@ fn job_of(c: Claimed) -> Job {
         payload: c.payload.into_bytes().into(),
         dedup_id: c.dedup_id.map(Into::into),
         created_at: c.created_at,
+        keep_days: c.keep_days,
         attempts: c.attempts.max(0) as u16,
         lease_until: c.lease_until,
     }

@@ -318,6 +318,7 @@ mod tests {
             payload: br#"{"a":[1,2]}"#.to_vec().into(),
             dedup_id: Some("d1".into()),
             created_at: UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+            keep_days: 1,
             attempts: 0,
             lease_until: UNIX_EPOCH,
         };

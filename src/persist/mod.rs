@@ -424,6 +424,7 @@ impl Push {
                     payload: r.payload.0.clone(),
                     dedup_id: r.dedup_id.clone(),
                     created_at: r.created_at,
+                    keep_days: r.keep_days,
                     attempts: 0,
                     lease_until,
                 };

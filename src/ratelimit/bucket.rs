@@ -104,6 +104,29 @@ impl<K: Hash + Eq + Copy> Limiter<K> {
         self.draw(key, per_minute, n, false, now)
     }
 
+    /// Takes as many of `n` tokens as `key`'s bucket holds, at least one: how many it took.
+    pub fn take_up_to(
+        &self,
+        key: K,
+        per_minute: u64,
+        n: u64,
+        now: Instant,
+    ) -> Result<(u64, Quota), Limited> {
+        let available = self.check(key, per_minute, 1, now)?.remaining.max(1);
+        let n = n.clamp(1, available);
+        self.take(key, per_minute, n, now).map(|q| (n, q))
+    }
+
+    /// Puts back `n` tokens taken and not spent (never past the burst).
+    pub fn give_back(&self, key: K, per_minute: u64, n: u64) {
+        let burst = per_minute as f64;
+        self.buckets.with(key, |map| {
+            if let Some(b) = map.get_mut(&key) {
+                b.tokens = (b.tokens + n as f64).min(burst);
+            }
+        });
+    }
+
     fn draw(
         &self,
         key: K,
@@ -175,6 +198,23 @@ mod tests {
         let refused = l.check("a", 2, 1, t0).unwrap_err();
         assert_eq!(refused.retry_after_s, 30);
         assert!(l.take("a", 2, 1, t0).is_err());
+    }
+
+    #[test]
+    fn up_to_takes_what_is_there_and_what_is_given_back_comes_back() {
+        let l = Limiter::default();
+        let t0 = Instant::now();
+        assert_eq!(l.take_up_to("a", 100, 30, t0).unwrap().0, 30);
+        assert_eq!(l.take_up_to("a", 100, 500, t0).unwrap().0, 70);
+        assert!(l.take_up_to("a", 100, 1, t0).is_err());
+        l.give_back("a", 100, 20);
+        assert_eq!(l.take_up_to("a", 100, 500, t0).unwrap().0, 20);
+        l.give_back("a", 100, 1000);
+        assert_eq!(
+            l.take_up_to("a", 100, 500, t0).unwrap().0,
+            100,
+            "never past the burst"
+        );
     }
 
     #[test]

@@ -38,10 +38,26 @@ fn rows_of(db: &mut postgres::Client, table: &str, org: &str) -> i64 {
 #[test]
 fn events_leave_with_their_partitions_when_their_tiers_retention_passes() {
     let url = shared_cluster().new_database("retention");
-    let server = Server::start_with(&["--database-url", &url, "--retention-day-s", "4"]);
+    let server = Server::start_with(&[
+        "--database-url",
+        &url,
+        "--retention-day-s",
+        "4",
+        "--webhook-delivery",
+        "true",
+        "--webhook-allow-private",
+        "true",
+    ]);
     let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let (free, free_org) = new_org_tier(server.addr, "short", "free");
     let (long, long_org) = new_org_tier(server.addr, "long", "enterprise");
+    // Both push to a receiver: their attempts are kept as long as their events.
+    let rx = Receiver::start();
+    for key in [&free, &long] {
+        let body = format!(r#"{{"webhook_url":"{}"}}"#, rx.url());
+        let r = call(server.addr, "POST", "/api/webhook/config", Some(key), &body);
+        assert_eq!(r.status, 200);
+    }
     let keys = call(server.addr, "GET", "/api/keys", Some(&free), "").json();
     assert_eq!(keys["retention_days"], 1);
     let event = r#"{"type":"t","payload":{},"dedup_id":"once"}"#;
@@ -50,18 +66,32 @@ fn events_leave_with_their_partitions_when_their_tiers_retention_passes() {
     assert_eq!(post_event(server.addr, &long, event).status, 202);
     assert_eq!(post_event(server.addr, &free, event).status, 409);
     assert_eq!(inbox_ids(server.addr, &free).len(), 1);
+    rx.wait_for(Duration::from_secs(5), "both deliveries", |g| g.len() >= 2);
+    for org in [&free_org, &long_org] {
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while rows_of(&mut db, "delivery_attempts", org) == 0 {
+            assert!(std::time::Instant::now() < until, "no attempt recorded");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 
     // Past the retention (4 s), the partition's end (up to 1 s later) and a pass (1 s apart).
     std::thread::sleep(Duration::from_secs(7));
     assert!(inbox_ids(server.addr, &free).is_empty());
     assert_eq!(rows_of(&mut db, "events", &free_org), 0, "the row is gone");
     assert_eq!(rows_of(&mut db, "event_dedup", &free_org), 0);
+    assert_eq!(
+        rows_of(&mut db, "delivery_attempts", &free_org),
+        0,
+        "its attempts too"
+    );
     let again = post_event(server.addr, &free, event);
     assert_eq!(again.status, 202, "the dedup_id left with its event");
     assert_ne!(again.json()["id"], first.json()["id"]);
     // The longer tier keeps its event, and its dedup_id.
     assert_eq!(inbox_ids(server.addr, &long).len(), 1);
     assert_eq!(rows_of(&mut db, "event_dedup", &long_org), 1);
+    assert_eq!(rows_of(&mut db, "delivery_attempts", &long_org), 1);
     assert_eq!(post_event(server.addr, &long, event).status, 409);
 
     let s = stats(server.addr)["partitions"].clone();

@@ -897,6 +897,7 @@ fn recording_outcomes_reads_only_their_rows_however_the_table_has_grown() {
                 org,
                 id,
                 lease_until: lease,
+                keep_days: 1,
                 attempts: 1,
                 next: Next::Delivered,
                 attempt: None,
@@ -968,4 +969,115 @@ fn recording_outcomes_reads_only_their_rows_however_the_table_has_grown() {
         .unwrap()
         .get(0);
     assert_eq!((left, marked), (49_900, 100));
+}
+
+#[test]
+fn replays_page_exactly_redeliveries_are_metered_by_tier_and_attempts_come_in_pages() {
+    let s = start(&["--webhook-retry-schedule", "0s, 100ms, 100ms"]);
+    let rx = Receiver::start();
+    // The first event fails all three attempts (fewer failures in a row than rest an endpoint).
+    rx.answer(|r, _| match r.json()["payload"]["n"].as_u64() {
+        Some(0) => Reply::status(500),
+        _ => Reply::ok(),
+    });
+    let since = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    // Starter: 60 events a minute, for ingest and for queueing again alike.
+    let (key, _) = new_org_tier(s.addr, "metered", "starter");
+    configure(s.addr, &key, &rx.url());
+    let ids: Vec<String> = (0..5).map(|n| post(s.addr, &key, "t", n)).collect();
+    wait_status(s.addr, &key, &ids[0], "failed");
+    for id in &ids[1..] {
+        wait_status(s.addr, &key, id, "delivered");
+    }
+    // Three attempts each, in pages.
+    let path = format!("/api/events/{}/attempts?limit=2", ids[0]);
+    let first = call(s.addr, "GET", &path, Some(&key), "").json();
+    assert_eq!(
+        (
+            first["attempts"].as_array().unwrap().len(),
+            &first["has_more"]
+        ),
+        (2, &Value::Bool(true))
+    );
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let rest = call(
+        s.addr,
+        "GET",
+        &format!("{path}&cursor={cursor}"),
+        Some(&key),
+        "",
+    )
+    .json();
+    assert_eq!(rest["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (&rest["has_more"], &rest["next_cursor"]),
+        (&Value::Bool(false), &Value::Null)
+    );
+    assert_eq!(rest["attempts"][0]["attempt"], 3);
+
+    // A replay in pages of 2 queues each event once: no boundary event twice.
+    let before = rx.received().len();
+    rx.answer(|_, _| Reply::ok());
+    let mut cursor: Option<String> = None;
+    let mut queued = 0;
+    loop {
+        let body = match &cursor {
+            None => format!(r#"{{"since":"{since}","limit":2}}"#),
+            Some(c) => format!(r#"{{"since":"{since}","limit":2,"cursor":"{c}"}}"#),
+        };
+        let r = call(s.addr, "POST", "/api/webhook/replay", Some(&key), &body);
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        let r = r.json();
+        queued += r["queued"].as_u64().unwrap();
+        assert_eq!(r["in_flight"], 0);
+        match r["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(queued, 5);
+    for id in &ids {
+        wait_status(s.addr, &key, id, "delivered");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let again: Vec<String> = rx.received()[before..]
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    assert_eq!(again.len(), 5, "{again:?}");
+    assert_eq!(again.iter().collect::<HashSet<_>>().len(), 5);
+
+    // Queued again past the tier's rate: 429 with a time to retry. 5 spent above; the rest of
+    // the 60 go one redelivery at a time.
+    let mut answers = Vec::new();
+    for n in 0..70 {
+        let r = call(
+            s.addr,
+            "POST",
+            &format!("/api/events/{}/redeliver", ids[n % ids.len()]),
+            Some(&key),
+            "",
+        );
+        answers.push(r.status);
+        if r.status == 429 {
+            assert_eq!(r.code(), "rate_limited");
+            assert!(r.header("retry-after").is_some());
+            break;
+        }
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(answers.last(), Some(&429), "never metered: {answers:?}");
+    assert!(
+        answers.len() <= 60,
+        "{} redeliveries before 429",
+        answers.len() - 1
+    );
+    let r = call(
+        s.addr,
+        "POST",
+        "/api/webhook/replay",
+        Some(&key),
+        &format!(r#"{{"since":"{since}"}}"#),
+    );
+    assert_eq!(r.status, 429);
 }
