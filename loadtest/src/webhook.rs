@@ -84,13 +84,15 @@ struct Behaviour {
 }
 
 /// One request read off a connection: path, headers, body.
-struct Incoming {
-    path: String,
-    headers: http::HeaderMap,
-    body: Vec<u8>,
+pub struct Incoming {
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
 }
 
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Incoming> {
+/// Reads the next request off `stream` (what `buf` holds of it first); fails when the sender
+/// closes. `hostile`'s endpoints read with it too.
+pub async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Incoming> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
@@ -201,7 +203,7 @@ impl Receiver {
 }
 
 /// Points the organization of `key` at `url`; returns its signing secret.
-async fn configure(target: &Target, key: &str, url: &str) -> anyhow::Result<String> {
+pub async fn configure(target: &Target, key: &str, url: &str) -> anyhow::Result<String> {
     let mut conn = Conn::connect(target).await?;
     let body = json!({ "webhook_url": url }).to_string();
     let r = conn

@@ -254,13 +254,17 @@ fn every_attack_shape_is_answered_as_documented_with_memory_bounded_and_the_vict
     ]);
     let out = tempfile::tempdir().unwrap();
     let (url, pid) = (server.url(), server.pid().to_string());
-    // Fails by itself on a victim error or a peak RSS over the bound.
+    // Fails by itself on a victim error or a peak RSS over the bound. The shapes on shared work
+    // have a test of their own (the next), on a server that delivers webhooks.
     loadtest(&[
         "hostile",
         "--url",
         &url,
         "--server-pid",
         &pid,
+        "--attacks",
+        "slowloris,idle,pipeline,smuggle,chunk-extension,endless-body,no-key-big-body,\
+         slow-batches,big-pages,refused-values,unknown-keys,signup",
         "--duration",
         "1",
         "--connections",
@@ -324,6 +328,84 @@ fn every_attack_shape_is_answered_as_documented_with_memory_bounded_and_the_vict
         &["401", "no answer", "closed", "reset"],
     );
     expect("Signup", &["429"], &["201", "no answer", "closed", "reset"]);
+}
+
+#[test]
+fn the_shapes_on_shared_work_leave_the_victims_reads_and_deliveries_whole() {
+    // Delivery runs on a database of its own: nodes sharing one claim each other's deliveries.
+    let db = testkit::shared_cluster().new_database("loadtest_hostile_shared");
+    let server = Server::start_with(&[
+        "--database-url",
+        &db,
+        "--cores",
+        "1",
+        "--webhook-delivery",
+        "true",
+        "--webhook-allow-private",
+        "true",
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let (url, pid) = (server.url(), server.pid().to_string());
+    // Fails by itself on a victim error, a probe answer not 2xx or a victim event undelivered.
+    loadtest(&[
+        "hostile",
+        "--url",
+        &url,
+        "--server-pid",
+        &pid,
+        "--attacks",
+        "query-hog,poison-receiver,replay-storm",
+        "--duration",
+        "3",
+        "--connections",
+        "20",
+        "--victim-rate",
+        "200",
+        "--undelivered-max",
+        "0",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(out.path().join("hostile.json")).unwrap();
+    let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["attack"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "none (baseline)",
+            "QueryHog",
+            "PoisonReceiver",
+            "ReplayStorm"
+        ],
+        "{text}"
+    );
+    for row in &rows {
+        // The probe ran in every row: its reads were timed and all answered 2xx.
+        assert!(row["victim_inbox_p99_ms"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["victim_health_p99_ms"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["probe_requests"].as_u64().unwrap() > 0, "{row}");
+        assert_eq!(row["probe_non_2xx"].as_u64(), Some(0), "{row}");
+        // Delivery is measured alone and under the shapes that attack it, and all arrived.
+        if row["attack"] == "QueryHog" {
+            assert!(row["victim_undelivered"].is_null(), "{row}");
+            assert!(row["victim_delivery_p99_ms"].is_null(), "{row}");
+        } else {
+            assert!(row["victim_events_posted"].as_u64().unwrap() > 0, "{row}");
+            assert_eq!(row["victim_undelivered"].as_u64(), Some(0), "{row}");
+            assert!(row["victim_delivery_p99_ms"].as_f64().is_some(), "{row}");
+        }
+    }
+    // The attackers were served (or metered): their requests are well-formed.
+    let answered = |attack: &str, status: &str| {
+        let row = rows.iter().find(|r| r["attack"] == attack).unwrap();
+        row["answers"][status].as_u64().unwrap_or(0)
+    };
+    assert!(answered("QueryHog", "200") > 0, "{text}");
+    assert!(answered("PoisonReceiver", "202") > 0, "{text}");
+    assert!(
+        answered("ReplayStorm", "202") + answered("ReplayStorm", "429") > 0,
+        "{text}"
+    );
 }
 
 #[test]

@@ -1,13 +1,20 @@
 //! hostile: attacks, one shape at a time, against a server that serves a well-behaved victim
 //! tenant meanwhile. For each shape: what the attackers were answered, the server's peak
-//! resident memory (read from `/proc/<pid>/status`), and the victim's latency and errors,
-//! against the victim alone in the same sitting. `--rss-max-mb` and `--p99-max-ratio` turn the
-//! report into a check (exit 1), which the end-to-end tests use.
+//! resident memory (read from `/proc/<pid>/status`), and the victim's service, against the
+//! victim alone in the same sitting: its ingest latency and errors, and (`probe`) its reads'
+//! latency and, under the shapes that attack delivery, its webhook deliveries' end-to-end
+//! latency and how many never arrived. `--rss-max-mb`, `--p99-max-ratio`,
+//! `--probe-p99-max-ms` and `--undelivered-max` turn the report into a check (exit 1), which
+//! the end-to-end tests use.
 //!
-//! - `attack`: the shapes, one loop per attacker connection.
+//! - `attack`: the shapes, one loop per attacker connection, and the tenants some need readied.
+//! - `probe`: the victim's reads and deliveries, measured beside its ingest.
+//! - `receiver`: the webhook endpoints this process runs, the victim's and the attackers'.
 //! - here: the rows (victim alone, then under each shape), memory sampling, the table, the check.
 
 mod attack;
+mod probe;
+mod receiver;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,12 +23,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
+use hdrhistogram::Histogram;
 
 use crate::client::{Conn, Target};
-use crate::run::{prepare, run_measured, Outcome, RunArgs};
+use crate::run::{prepare, run_measured, Outcome, RunArgs, START_DELAY};
 use crate::scenario::Scenario;
 pub use attack::Attack;
-use attack::{attack, Answers, Setup};
+use attack::{arm, attack, disarm, seed, Answers, Setup};
+use probe::Measured;
+use receiver::{Answering, Endpoint};
 
 #[derive(clap::Args)]
 pub struct HostileArgs {
@@ -31,7 +41,8 @@ pub struct HostileArgs {
     /// The server's process id, whose resident memory is watched
     #[arg(long)]
     pub server_pid: u32,
-    /// Attacks to run, in order (default: all)
+    /// Attacks to run, in order (default: all; those on delivery only when the server delivers
+    /// to this machine's loopback address)
     #[arg(long, value_enum, value_delimiter = ',')]
     pub attacks: Vec<Attack>,
     /// Attacker connections per shape
@@ -52,6 +63,13 @@ pub struct HostileArgs {
     /// Fail when the victim's p99 under an attack passes this multiple of its baseline
     #[arg(long)]
     pub p99_max_ratio: Option<f64>,
+    /// Fail when the victim's inbox or /health p99 in any row passes this many milliseconds
+    #[arg(long)]
+    pub probe_p99_max_ms: Option<f64>,
+    /// Fail when, in any row that measures delivery, more than this many of the victim's events
+    /// had not reached its webhook 5 s after the row
+    #[arg(long)]
+    pub undelivered_max: Option<u64>,
     /// Write the table (hostile.md) and the figures (hostile.json) here
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -111,8 +129,13 @@ async fn seed_big_events(target: &Target, key: &str, n: usize) -> anyhow::Result
 
 /// A key of a new organization on the unlimited tier.
 async fn new_key(target: &Target, name: &str) -> anyhow::Result<String> {
+    new_key_on(target, name, "unlimited").await
+}
+
+/// A key of a new organization on `tier`.
+async fn new_key_on(target: &Target, name: &str, tier: &str) -> anyhow::Result<String> {
     let mut conn = Conn::connect(target).await?;
-    let body = format!(r#"{{"organization_name":"{name}","tier":"unlimited"}}"#);
+    let body = format!(r#"{{"organization_name":"{name}","tier":"{tier}"}}"#);
     let r = conn
         .request("POST", "/api/keys/generate", None, body.as_bytes())
         .await?;
@@ -132,6 +155,70 @@ struct Row {
     answers: BTreeMap<String, u64>,
     peak_rss: u64,
     victim: Outcome,
+    probe: Measured,
+}
+
+/// The victim's probe: its organization, and its webhook's endpoint when delivery is measured.
+struct Prober {
+    key: String,
+    endpoint: Option<Endpoint>,
+}
+
+impl Prober {
+    /// A new victim organization for the probe, its webhook pointed at an endpoint of the
+    /// victim's. Without loopback delivery the probe measures reads only: the shapes that
+    /// attack delivery are then left out of `attacks` when they were not asked for by name
+    /// (`asked`), and fail the run when they were.
+    async fn new(
+        target: &Target,
+        attacks: &mut Vec<Attack>,
+        asked: bool,
+    ) -> anyhow::Result<Prober> {
+        let key = new_key(target, "victim-probe").await?;
+        let endpoint = receiver::start(Answering::Victim, "victim-hook", 0, None)?;
+        let endpoint = match crate::webhook::configure(target, &key, &endpoint.url).await {
+            Ok(_) => Some(endpoint),
+            Err(e) => {
+                let needed: Vec<Attack> =
+                    attacks.iter().copied().filter(|a| a.delivers()).collect();
+                ensure!(
+                    needed.is_empty() || !asked,
+                    "{needed:?} measure the victim's webhook deliveries, which needs the server to \
+                     deliver to 127.0.0.1 (--webhook-delivery true --webhook-allow-private true); \
+                     configuring the victim's webhook: {e:#}"
+                );
+                eprintln!("the victim's webhook was refused, so delivery is not measured: {e:#}");
+                if !needed.is_empty() {
+                    eprintln!("leaving out {needed:?}, which attack delivery");
+                    attacks.retain(|a| !a.delivers());
+                }
+                None
+            }
+        };
+        Ok(Prober { key, endpoint })
+    }
+
+    /// The victim's run of `args` with `keys` and, in the same window, the probe (delivery
+    /// too with `delivery`).
+    async fn row(
+        &self,
+        target: &Target,
+        args: &RunArgs,
+        keys: Arc<Vec<String>>,
+        delivery: bool,
+    ) -> (anyhow::Result<Outcome>, Measured) {
+        let start = Instant::now() + START_DELAY;
+        let end = start + Duration::from_secs(args.duration);
+        let endpoint = self
+            .endpoint
+            .as_ref()
+            .filter(|_| delivery)
+            .map(|e| e.seen.clone());
+        tokio::join!(
+            run_measured(target, args, keys, true),
+            probe::measure(target, &self.key, endpoint, start, end)
+        )
+    }
 }
 
 fn victim_args(args: &HostileArgs) -> RunArgs {
@@ -163,7 +250,7 @@ fn victim_args(args: &HostileArgs) -> RunArgs {
 /// bound given is passed or the victim saw an error.
 pub async fn hostile(args: &HostileArgs) -> anyhow::Result<()> {
     let target = Target::parse(&args.url)?;
-    let attacks = if args.attacks.is_empty() {
+    let mut attacks = if args.attacks.is_empty() {
         <Attack as clap::ValueEnum>::value_variants().to_vec()
     } else {
         args.attacks.clone()
@@ -171,6 +258,18 @@ pub async fn hostile(args: &HostileArgs) -> anyhow::Result<()> {
     let key = new_key(&target, "attacker").await?;
     if attacks.contains(&Attack::BigPages) {
         seed_big_events(&target, &key, 40).await?;
+    }
+    // Every organization is made now, before `signup` can spend this address's signups.
+    let prober = Prober::new(&target, &mut attacks, !args.attacks.is_empty()).await?;
+    let mut own_keys = BTreeMap::new();
+    for &shape in attacks.iter().filter(|a| a.own_org()) {
+        let name = clap::ValueEnum::to_possible_value(&shape)
+            .map_or_else(|| "shape".to_string(), |v| v.get_name().to_string());
+        let own = new_key_on(&target, &format!("attacker-{name}"), shape.tier()).await?;
+        seed(shape, &target, &own)
+            .await
+            .with_context(|| format!("readying {shape:?}"))?;
+        own_keys.insert(format!("{shape:?}"), own);
     }
     let victim = victim_args(args);
     let mut rows = Vec::new();
@@ -187,20 +286,44 @@ pub async fn hostile(args: &HostileArgs) -> anyhow::Result<()> {
     );
     // One victim organization for the baseline and every shape.
     let victim_keys = prepare(&target, &victim).await?;
-    let baseline = run_measured(&target, &victim, victim_keys.clone(), true).await?;
+    let (baseline, probe) = prober
+        .row(&target, &victim, victim_keys.clone(), true)
+        .await;
+    if probe
+        .delivery
+        .as_ref()
+        .is_some_and(|d| d.posted > 0 && d.undelivered == d.posted)
+    {
+        eprintln!(
+            "WARNING: not one of the victim's events reached its webhook: is the server \
+             delivering (--webhook-delivery true)?"
+        );
+    }
     rows.push(Row {
         attack: "none (baseline)".into(),
         answers: BTreeMap::new(),
         peak_rss: rss.await?,
-        victim: baseline,
+        victim: baseline?,
+        probe,
     });
     for shape in attacks {
         tokio::time::sleep(settle).await;
+        let shape_key = own_keys.get(&format!("{shape:?}")).unwrap_or(&key);
+        let armed = arm(
+            shape,
+            &target,
+            shape_key,
+            args.attacker_nice,
+            args.attacker_cpu,
+        )
+        .await
+        .with_context(|| format!("readying {shape:?}"))?;
         let ramp = Duration::from_secs(1);
         let until = Instant::now() + ramp + Duration::from_secs(args.duration + 1);
         let setup = Arc::new(Setup {
             target: target.clone(),
-            key: key.clone(),
+            key: shape_key.clone(),
+            ids: armed.ids.clone(),
             until,
             answers: Answers::default(),
         });
@@ -218,11 +341,14 @@ pub async fn hostile(args: &HostileArgs) -> anyhow::Result<()> {
             attackers_rt.spawn(attack(shape, setup.clone(), n));
         }
         tokio::time::sleep(ramp).await;
-        let outcome = run_measured(&target, &victim, victim_keys.clone(), true).await;
+        let (outcome, probe) = prober
+            .row(&target, &victim, victim_keys.clone(), shape.delivers())
+            .await;
         let peak_rss = rss.await;
         // Attackers still waiting record `no answer` at `until`.
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(attackers_rt);
+        disarm(armed, &target, shape_key).await;
         let (outcome, peak_rss) = (
             outcome.with_context(|| format!("the victim's run under {shape:?}"))?,
             peak_rss?,
@@ -233,6 +359,7 @@ pub async fn hostile(args: &HostileArgs) -> anyhow::Result<()> {
             answers,
             peak_rss,
             victim: outcome,
+            probe,
         });
     }
     let table = render(&rows, args);
@@ -262,10 +389,29 @@ fn victim_errors(o: &Outcome) -> u64 {
             .sum::<u64>()
 }
 
+/// A probe's p99 in ms; `None` when it recorded nothing.
+fn p99_ms(h: &Histogram<u64>) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(0.99) as f64 / 1000.0)
+}
+
+/// `x` with two decimals, or `-` when not measured.
+fn or_dash<T: std::fmt::Display>(x: Option<T>, two_decimals: bool) -> String {
+    match x {
+        Some(x) if two_decimals => format!("{x:.2}"),
+        Some(x) => x.to_string(),
+        None => "-".into(),
+    }
+}
+
 fn render(rows: &[Row], args: &HostileArgs) -> String {
     let mut t = format!(
-        "Victim: one tenant at {} req/s for {} s per row; attackers: {} connections per shape ({} for idle), niceness {}, CPU {}.\n\n\
-         | attack | attackers were answered | server peak RSS MB | victim p50 ms | victim p99 ms | victim errors |\n|---|---|---|---|---|---|\n",
+        "Victim: one tenant at {} req/s for {} s per row; attackers: {} connections per shape ({} for idle), niceness {}, CPU {}. \
+         Probe, another victim tenant in the same window: inbox (10 events) and /health every 20 ms on one connection; \
+         in the rows with delivery, an event every 50 ms, timed from its post to its arrival at the victim's webhook, \
+         undelivered if not there 5 s after the row.\n\n\
+         | attack | attackers were answered | server peak RSS MB | victim p50 ms | victim p99 ms | victim errors \
+         | victim inbox p99 ms | victim /health p99 ms | probe non-2xx | victim delivery p99 ms | undelivered |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
         args.victim_rate,
         args.duration,
         args.connections,
@@ -280,9 +426,10 @@ fn render(rows: &[Row], args: &HostileArgs) -> String {
             .iter()
             .map(|(k, n)| format!("{k} × {n}"))
             .collect();
+        let delivery = r.probe.delivery.as_ref();
         let _ = writeln!(
             t,
-            "| {} | {} | {:.1} | {:.2} | {:.2} | {} |",
+            "| {} | {} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
             r.attack,
             if answers.is_empty() {
                 "-".into()
@@ -293,6 +440,11 @@ fn render(rows: &[Row], args: &HostileArgs) -> String {
             p(&r.victim, 0.5),
             p(&r.victim, 0.99),
             victim_errors(&r.victim),
+            or_dash(p99_ms(&r.probe.inbox), true),
+            or_dash(p99_ms(&r.probe.health), true),
+            r.probe.non_2xx,
+            or_dash(delivery.and_then(|d| p99_ms(&d.latency)), true),
+            or_dash(delivery.map(|d| d.undelivered), false),
         );
     }
     t
@@ -310,6 +462,14 @@ fn figures(rows: &[Row]) -> serde_json::Value {
                     "victim_p99_ms": p(&r.victim, 0.99),
                     "victim_requests": r.victim.requests(),
                     "victim_errors": victim_errors(&r.victim),
+                    "victim_inbox_p99_ms": p99_ms(&r.probe.inbox),
+                    "victim_health_p99_ms": p99_ms(&r.probe.health),
+                    "probe_requests": r.probe.requests,
+                    "probe_non_2xx": r.probe.non_2xx,
+                    // null in the rows that do not measure delivery.
+                    "victim_delivery_p99_ms": r.probe.delivery.as_ref().and_then(|d| p99_ms(&d.latency)),
+                    "victim_events_posted": r.probe.delivery.as_ref().map(|d| d.posted),
+                    "victim_undelivered": r.probe.delivery.as_ref().map(|d| d.undelivered),
                 })
             })
             .collect(),
@@ -333,6 +493,30 @@ fn check(rows: &[Row], args: &HostileArgs) -> anyhow::Result<()> {
                     "{}: peak RSS {} MB > {max} MB",
                     r.attack,
                     r.peak_rss / 1_000_000
+                ));
+            }
+        }
+        if r.probe.non_2xx > 0 {
+            failures.push(format!(
+                "{}: the victim's probe saw {} of {} requests not answered 2xx",
+                r.attack, r.probe.non_2xx, r.probe.requests
+            ));
+        }
+        if let Some(max) = args.probe_p99_max_ms {
+            for (what, h) in [("inbox", &r.probe.inbox), ("/health", &r.probe.health)] {
+                if let Some(p99) = p99_ms(h).filter(|p99| *p99 > max) {
+                    failures.push(format!(
+                        "{}: victim {what} p99 {p99:.2} ms > {max} ms",
+                        r.attack
+                    ));
+                }
+            }
+        }
+        if let (Some(max), Some(d)) = (args.undelivered_max, &r.probe.delivery) {
+            if d.undelivered > max {
+                failures.push(format!(
+                    "{}: {} of the victim's {} events not delivered > {max}",
+                    r.attack, d.undelivered, d.posted
                 ));
             }
         }
