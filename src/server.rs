@@ -129,7 +129,9 @@ fn storage(database: &Database) -> anyhow::Result<Storage> {
         } => {
             let lock = cluster::lock_data_dir(data_dir)?;
             let mut cluster = Cluster::new(data_dir)?;
-            cluster.start(false)?;
+            // Started from the main thread, which lives as long as the server: a server killed
+            // with `kill -9` takes its cluster with it (a fast shutdown, every commit kept).
+            cluster.start(true)?;
             // Only where the kernel would let bursts build: the pass has a price (it drops
             // the page cache of the files it hands over).
             let writeback = cluster::writeback::starts_late().and_then(|at| match writeback {

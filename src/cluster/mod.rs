@@ -2,7 +2,9 @@
 //!
 //! Finds the server binaries, runs `initdb` into `<data-dir>/postgres` on first start, starts the
 //! postmaster on a unix socket inside the data directory (no TCP port, so nothing collides),
-//! adopts a postmaster left running by a killed server, waits for the backends of a killed
+//! stops with the thread that started it (a server killed with `kill -9` takes its cluster
+//! with it: the kernel sends the postmaster SIGINT, a fast shutdown that keeps every commit),
+//! adopts a postmaster still running when a server starts, waits for the backends of a killed
 //! postmaster before starting a new one, reaps and restarts a postmaster that died (`exited`,
 //! `restart`: the server's supervisor decides when), and stops it on shutdown. Never turns
 //! `fsync` or `synchronous_commit` off, and never runs two postmasters on one directory (the
@@ -209,6 +211,8 @@ pub struct Cluster {
     /// PostgreSQL refuses to run as root: then the cluster runs as this account.
     owner: Option<User>,
     running: Option<Running>,
+    /// The postmaster gets SIGINT from the kernel when the thread that started it ends.
+    die_with_parent: bool,
     /// The OID of the server's database, once started (its files are under `base/<oid>`).
     database: Option<u32>,
 }
@@ -259,6 +263,7 @@ impl Cluster {
             initialized_marker: data_dir.join(INITIALIZED_MARKER),
             owner,
             running: None,
+            die_with_parent: false,
             database: None,
         })
     }
@@ -355,9 +360,12 @@ impl Cluster {
     }
 
     /// Initializes the cluster if needed, then starts it or adopts the one left running. With
-    /// `die_with_parent` the postmaster is stopped by the kernel when the starting thread ends
-    /// (test harnesses use it so that no cluster outlives them).
+    /// `die_with_parent` the postmaster (and the one `restart` starts) is stopped by the kernel
+    /// when the starting thread ends: give it a thread that lives as long as the process that
+    /// uses the cluster, and the cluster never outlives that process, however it ends. An
+    /// adopted postmaster keeps what its own starter gave it.
     pub fn start(&mut self, die_with_parent: bool) -> anyhow::Result<()> {
+        self.die_with_parent = die_with_parent;
         self.initdb()?;
         fs::create_dir_all(&self.socket_dir)?;
         fs::set_permissions(&self.socket_dir, fs::Permissions::from_mode(0o700))?;
@@ -406,7 +414,7 @@ impl Cluster {
             bail!("the postmaster is still running");
         }
         self.running = None;
-        self.spawn_postmaster(false)?;
+        self.spawn_postmaster(self.die_with_parent)?;
         self.wait_ready()
     }
 
@@ -642,8 +650,9 @@ pub fn with_cluster<T>(
             );
         }
         tracing::info!("the cluster is not running: starting it for this command");
-        // Stopped again when `cluster` is dropped; a running one was not adopted and stays.
-        cluster.start(false)?;
+        // Stopped again when `cluster` is dropped (or this command is killed); a running one
+        // was not adopted and stays.
+        cluster.start(true)?;
     }
     f(&cluster)
 }

@@ -402,6 +402,31 @@ fn the_embedded_cluster_starts_at_once_after_its_postmaster_is_killed_mid_query(
 }
 
 #[test]
+fn a_server_killed_with_kill_9_takes_its_embedded_cluster_with_it_and_keeps_every_commit() {
+    let dir = data_dir();
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let mut s = Server::start_with(&["--data-dir", &dir_s]);
+    let (key, _) = new_org(s.addr, "killed");
+    let id = post_event(s.addr, &key, r#"{"type":"t","payload":{}}"#).json()["id"].clone();
+    s.kill();
+    // The kernel tells the postmaster its server is gone: a fast shutdown, not a cluster left
+    // running with nobody to stop it.
+    let until = Instant::now() + Duration::from_secs(10);
+    while triggers::cluster::is_running(dir.path()) {
+        assert!(
+            Instant::now() < until,
+            "the cluster outlived its server by 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = Server::start_with(&["--data-dir", &dir_s]);
+    let page = call(s.addr, "GET", "/api/inbox?status=all", Some(&key), "").json();
+    assert_eq!(page["events"][0]["id"], id);
+    assert!(!s.log_text().contains("adopting"), "{}", s.log_text());
+}
+
+#[test]
 fn kill_9_at_random_moments_loses_no_acknowledged_event() {
     let cycles: usize = std::env::var("CRASH_CYCLES")
         .ok()
