@@ -46,6 +46,8 @@ pub enum ApiError {
     AdminTokenRequired,
     /// An operator's route asked from another host while the node has no admin token.
     OperatorOnly,
+    /// The body is in a content coding (gzip, say) the server does not decode.
+    UnsupportedContentEncoding,
     Overloaded,
     StorageUnavailable,
 }
@@ -65,6 +67,7 @@ impl ApiError {
             | ApiError::AmbiguousCredentials => 400,
             ApiError::EventNotFound | ApiError::WebhookNotConfigured => 404,
             ApiError::TierNotAllowed(_) | ApiError::OperatorOnly => 403,
+            ApiError::UnsupportedContentEncoding => 415,
             ApiError::DuplicateEvent(_) => 409,
             ApiError::NotFound => 404,
             ApiError::MethodNotAllowed(_) => 405,
@@ -93,6 +96,7 @@ impl ApiError {
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::AdminTokenRequired => "admin_token_required",
             ApiError::OperatorOnly => "operator_only",
+            ApiError::UnsupportedContentEncoding => "unsupported_content_encoding",
             ApiError::Overloaded => "overloaded",
             ApiError::StorageUnavailable => "storage_unavailable",
         }
@@ -135,6 +139,10 @@ impl ApiError {
                  an admin token (--admin-token) or --operator-remote true"
                     .into()
             }
+            ApiError::UnsupportedContentEncoding => {
+                "The body must not be compressed: send it without Content-Encoding (or identity)"
+                    .into()
+            }
             ApiError::Overloaded => "Server is at capacity; retry shortly".into(),
             ApiError::StorageUnavailable => {
                 "Storage is unavailable; the event was not stored, retry later".into()
@@ -159,6 +167,8 @@ impl ApiError {
                 resp.header("retry-after", RETRY_AFTER_STORAGE_S.to_string())
             }
             ApiError::RateLimited(s) => resp.header("retry-after", s.to_string()),
+            // RFC 9110 §12.5.3: the codings the server takes.
+            ApiError::UnsupportedContentEncoding => resp.header("accept-encoding", "identity"),
             // A browser asks for Basic credentials (the dashboard); other clients send the
             // token as a bearer token.
             ApiError::AdminTokenRequired => resp

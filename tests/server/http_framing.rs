@@ -237,3 +237,37 @@ fn connections_over_the_per_core_limit_get_503_and_close() {
         200
     );
 }
+
+#[test]
+fn a_compressed_body_is_refused_415_from_the_head_and_identity_is_taken() {
+    let s = Server::start(&[]);
+    let (key, _) = new_org(s.addr, "coded");
+    let mut c = Client::connect(s.addr).unwrap();
+    let event = br#"{"type":"t","payload":{}}"#;
+    for coding in ["gzip", "br", "identity, gzip"] {
+        let r = c
+            .request(
+                "POST",
+                "/api/events",
+                &[("X-API-Key", &key), ("Content-Encoding", coding)],
+                event,
+            )
+            .unwrap();
+        assert_eq!(
+            (r.status, r.code()),
+            (415, "unsupported_content_encoding".to_string()),
+            "{coding}"
+        );
+        assert_eq!(r.header("accept-encoding"), Some("identity"));
+    }
+    // The small body was read and dropped: the connection still serves.
+    let r = c
+        .request(
+            "POST",
+            "/api/events",
+            &[("X-API-Key", &key), ("Content-Encoding", "Identity")],
+            event,
+        )
+        .unwrap();
+    assert_eq!(r.status, 202);
+}
