@@ -6,14 +6,30 @@
 //! commits the batch together with one `deliveries` row per new event, leased to this node
 //! when `Hooks::reserve` found room (the hand-off), or due for any node's claim when not.
 //! After the commit it hands the leased jobs over with `Hooks::hand_off`. Nothing here blocks.
+//!
+//! The view of endpoints is kept by `spawn_listener`, on every node whether it delivers or not
+//! (a node that does not deliver still queues deliveries for the nodes that do): it reads every
+//! endpoint when it connects, then re-reads one endpoint each time its change is announced.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use crate::db::deliveries::{self, EndpointRow};
+use postgres::fallible_iterator::FallibleIterator;
+
+use crate::db::deliveries::{self, EndpointRow, WEBHOOKS_CHANNEL};
+use crate::db::CONNECT_WARN_EVERY;
 use crate::ids::{EventId, OrgId};
+use crate::shutdown::Stop;
+use crate::stats::LogEvery;
+
+/// How often the listener looks at its stop flag while no notification arrives.
+const LISTEN_POLL: Duration = Duration::from_millis(250);
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+/// Every endpoint is read again this often besides, whatever was announced: a backstop, not
+/// the way changes arrive.
+const RELOAD_ALL_EVERY: Duration = Duration::from_secs(60);
 
 /// Where one organization's events are pushed.
 #[derive(Debug, Clone)]
@@ -21,10 +37,13 @@ pub struct Endpoint {
     pub url: String,
     /// The Standard Webhooks signing secret, `whsec_` + base64.
     pub secret: String,
-    /// After a rotation: the previous secret, which also signs until the time given.
-    pub previous: Option<(String, SystemTime)>,
+    /// Secrets rotated out, each also signing until the time given, newest first.
+    pub retired: Vec<(String, SystemTime)>,
     /// Resting after failing too often (on any node): no attempt before then.
     pub rest_until: Option<SystemTime>,
+    /// The webhook's generation (a deletion starts the next): a job queued in another is not
+    /// made.
+    pub generation: i64,
 }
 
 impl From<EndpointRow> for Endpoint {
@@ -32,8 +51,9 @@ impl From<EndpointRow> for Endpoint {
         Endpoint {
             url: r.url,
             secret: r.secret,
-            previous: r.previous,
+            retired: r.retired,
             rest_until: r.rest_until,
+            generation: r.generation,
         }
     }
 }
@@ -163,8 +183,8 @@ impl Hooks {
         self.any.store(!map.is_empty(), Ordering::Relaxed);
     }
 
-    /// Reads every enabled endpoint from the database (at start, then every second: changes
-    /// made on other nodes arrive this way).
+    /// Reads every enabled endpoint from the database (at start, when the listener connects,
+    /// and every `RELOAD_ALL_EVERY`).
     pub fn reload(&self, client: &mut postgres::Client) -> Result<(), postgres::Error> {
         let rows = deliveries::endpoints(client)?;
         self.replace_all(rows.into_iter().map(|r| (r.org, r.into())).collect());
@@ -288,6 +308,89 @@ impl Hooks {
     }
 }
 
+/// Keeps `hooks` in step with every node sharing the database: LISTENs on `WEBHOOKS_CHANNEL`
+/// and re-reads the endpoint of each organization it hears of; reads them all when it
+/// connects (changes while it was away went unheard) and every `RELOAD_ALL_EVERY`. Ends once
+/// the stop signal reaches its finishing phase.
+pub fn spawn_listener(
+    db: postgres::Config,
+    hooks: Arc<Hooks>,
+    stop: Arc<Stop>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("webhook-listener".into())
+        .spawn(move || {
+            let mut failures = LogEvery::new(CONNECT_WARN_EVERY);
+            while !stop.is_finishing() {
+                // Listening first, then reading: a change made in between is heard of.
+                let listen = crate::db::connect(&db).and_then(|mut c| {
+                    c.batch_execute(&format!("LISTEN {WEBHOOKS_CHANNEL}"))?;
+                    hooks.reload(&mut c)?;
+                    Ok(c)
+                });
+                let mut client = match listen {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if let Some(attempts) = failures.hit(std::time::Instant::now()) {
+                            tracing::warn!(
+                                failed_attempts = attempts,
+                                error = &e as &dyn std::error::Error,
+                                "webhook listener cannot connect"
+                            );
+                        }
+                        std::thread::sleep(LISTEN_RETRY);
+                        continue;
+                    }
+                };
+                failures.reset();
+                let mut reloaded = std::time::Instant::now();
+                'listen: while !stop.is_finishing() {
+                    let mut changed = Vec::new();
+                    {
+                        // Waits for the first, then takes whatever else has come.
+                        let mut notes = client.notifications();
+                        let mut wait = LISTEN_POLL;
+                        loop {
+                            match notes.timeout_iter(wait).next() {
+                                Ok(Some(n)) => {
+                                    changed.push(n.payload().parse().map(OrgId));
+                                    wait = Duration::ZERO;
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    tracing::warn!(
+                                        error = &e as &dyn std::error::Error,
+                                        "webhook listener lost its connection"
+                                    );
+                                    break 'listen;
+                                }
+                            }
+                        }
+                    }
+                    let all = reloaded.elapsed() >= RELOAD_ALL_EVERY
+                        || changed.iter().any(Result::is_err);
+                    let read = if all {
+                        reloaded = std::time::Instant::now();
+                        hooks.reload(&mut client)
+                    } else {
+                        changed
+                            .into_iter()
+                            .flatten()
+                            .try_for_each(|org| hooks.reload_one(&mut client, org))
+                    };
+                    if let Err(e) = read {
+                        tracing::warn!(
+                            error = &e as &dyn std::error::Error,
+                            "reading webhook endpoints failed"
+                        );
+                        break 'listen;
+                    }
+                }
+            }
+        })
+        .expect("spawning the webhook listener")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,7 +487,8 @@ mod tests {
         let e = Endpoint {
             url: "http://x/".into(),
             secret: "whsec_x".into(),
-            previous: None,
+            retired: Vec::new(),
+            generation: 0,
             rest_until: None,
         };
         hooks.set(a, Some(e.clone()));

@@ -26,7 +26,7 @@ use crate::config::{Config, Database};
 use crate::db::partitions::{self, Upkeep};
 use crate::db::{self, QueryPool, QueryThreads};
 use crate::delivery::Engine;
-use crate::hooks::Hooks;
+use crate::hooks::{self, Hooks};
 use crate::persist::{self, Persister};
 use crate::queue::{Hub, RING_BYTES_MAX};
 use crate::shutdown::Stop;
@@ -294,19 +294,18 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let stop = Arc::new(Stop::new(cores, config.shutdown_timeout));
     let hooks = Arc::new(Hooks::new(config.memory));
     // Before the persisters: events committed from the first moment on are queued for the
-    // webhooks that exist.
+    // webhooks that exist, whether this node delivers them or others do.
+    db::connect(&db)
+        .and_then(|mut c| hooks.reload(&mut c))
+        .context("reading webhook endpoints")?;
+    let webhook_listener = hooks::spawn_listener(db.clone(), hooks.clone(), stop.clone());
     let delivery = match config.delivery.clone() {
-        Some(settings) => {
-            db::connect(&db)
-                .and_then(|mut c| hooks.reload(&mut c))
-                .context("reading webhook endpoints")?;
-            Some(Engine::spawn(
-                settings,
-                hooks.clone(),
-                db.clone(),
-                stats.clone(),
-            ))
-        }
+        Some(settings) => Some(Engine::spawn(
+            settings,
+            hooks.clone(),
+            db.clone(),
+            stats.clone(),
+        )),
         None => None,
     };
     let persist = Arc::new(persist::Shared {
@@ -433,6 +432,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         delivery,
         query_threads,
         key_listener,
+        webhook_listener,
         upkeep,
         supervisor,
         _data_dir_lock: data_dir_lock,
@@ -453,6 +453,8 @@ struct Running {
     delivery: Option<Engine>,
     query_threads: QueryThreads,
     key_listener: JoinHandle<()>,
+    /// Keeps this node's view of webhook endpoints.
+    webhook_listener: JoinHandle<()>,
     /// Creates and drops partitions of `events`.
     upkeep: JoinHandle<()>,
     /// Watches the embedded cluster, and holds it.
@@ -491,6 +493,7 @@ impl Running {
         // 4. Nothing asks the query threads any more.
         self.query_threads.join();
         let _ = self.key_listener.join();
+        let _ = self.webhook_listener.join();
         let _ = self.upkeep.join();
         // 5. Last, the database the others wrote to.
         if let Some(mut cluster) = self.supervisor.and_then(Supervisor::stop) {

@@ -11,30 +11,51 @@ use postgres::Client;
 
 use crate::ids::{EventId, OrgId};
 
+/// The channel on which every change to an organization's webhook is announced (the payload
+/// is its id): every node re-reads that endpoint (`hooks::spawn_listener`).
+pub const WEBHOOKS_CHANNEL: &str = "triggers_webhooks";
+
+/// Tells every node, once `tx` commits, that `org`'s webhook changed.
+pub fn announce(tx: &mut postgres::Transaction<'_>, org: OrgId) -> Result<(), postgres::Error> {
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&WEBHOOKS_CHANNEL, &org.to_string()],
+    )?;
+    Ok(())
+}
+
+/// Secrets rotated out that still sign, at most: past it the oldest stops signing early.
+pub const RETIRED_SECRETS_MAX: i64 = 8;
+
 /// An organization's enabled webhook, as delivery uses it.
 pub struct EndpointRow {
     pub org: OrgId,
     pub url: String,
     pub secret: String,
-    /// A rotated-out secret that still signs until the time given.
-    pub previous: Option<(String, SystemTime)>,
+    /// Secrets rotated out, each signing until the time given, newest first.
+    pub retired: Vec<(String, SystemTime)>,
     /// Resting after failing too often: no attempt before then.
     pub rest_until: Option<SystemTime>,
+    /// The webhook's generation: deliveries of another are not made.
+    pub generation: i64,
 }
 
 /// The columns an `EndpointRow` is read from, and the condition of an enabled webhook.
 const ENDPOINT_SELECT: &str = "SELECT org_id, webhook_url, webhook_secret,
-            webhook_previous_secret, webhook_previous_secret_until, webhook_rest_until
+            webhook_retired_secrets, webhook_retired_until, webhook_rest_until,
+            webhook_generation
      FROM organizations
      WHERE webhook_url IS NOT NULL AND webhook_secret IS NOT NULL AND webhook_enabled";
 
 fn endpoint_row(r: &postgres::Row) -> EndpointRow {
+    let (secrets, until): (Vec<String>, Vec<SystemTime>) = (r.get(3), r.get(4));
     EndpointRow {
         org: r.get(0),
         url: r.get(1),
         secret: r.get(2),
-        previous: r.get::<_, Option<String>>(3).zip(r.get(4)),
+        retired: secrets.into_iter().zip(until).collect(),
         rest_until: r.get(5),
+        generation: r.get(6),
     }
 }
 
@@ -59,29 +80,44 @@ pub fn rest(
     org: OrgId,
     until: Option<SystemTime>,
 ) -> Result<(), postgres::Error> {
-    client.execute(
+    let mut tx = client.transaction()?;
+    tx.execute(
         "UPDATE organizations SET webhook_rest_until = $2 WHERE org_id = $1",
         &[&org, &until],
     )?;
-    Ok(())
+    announce(&mut tx, org)?;
+    tx.commit()
 }
 
 /// Replaces `org`'s signing secret with `secret`; the current one keeps signing until
-/// `previous_until`. `false` when no webhook is configured.
+/// `previous_until`, beside those rotated out before whose grace is not over (at most
+/// `RETIRED_SECRETS_MAX`, the newest). `false` when no webhook is configured.
 pub fn rotate_secret(
     client: &mut Client,
     org: OrgId,
     secret: &str,
     previous_until: SystemTime,
 ) -> Result<bool, postgres::Error> {
-    let n = client.execute(
-        "UPDATE organizations
-         SET webhook_previous_secret = webhook_secret,
+    let mut tx = client.transaction()?;
+    let n = tx.execute(
+        "UPDATE organizations o
+         SET webhook_retired_secrets = coalesce(kept.secrets, '{}'),
+             webhook_retired_until = coalesce(kept.until, '{}'),
+             webhook_previous_secret = o.webhook_secret,
              webhook_previous_secret_until = $3,
              webhook_secret = $2
-         WHERE org_id = $1 AND webhook_url IS NOT NULL",
-        &[&org, &secret, &previous_until],
+         FROM (SELECT array_agg(s ORDER BY u DESC) AS secrets, array_agg(u ORDER BY u DESC) AS until
+               FROM (SELECT r.s, r.u
+                     FROM organizations,
+                          unnest(webhook_retired_secrets || webhook_secret,
+                                 webhook_retired_until || $3::timestamptz) AS r(s, u)
+                     WHERE org_id = $1 AND r.u > now()
+                     ORDER BY r.u DESC LIMIT $4) AS live) AS kept
+         WHERE o.org_id = $1 AND o.webhook_url IS NOT NULL",
+        &[&org, &secret, &previous_until, &RETIRED_SECRETS_MAX],
     )?;
+    announce(&mut tx, org)?;
+    tx.commit()?;
     Ok(n == 1)
 }
 
@@ -168,10 +204,11 @@ fn queue_again(
                  SELECT org_id, id, created_at FROM events WHERE {filter}
                  ORDER BY created_at, id LIMIT {max}),
              queued AS (
-                 INSERT INTO deliveries (org_id, event_id, attempts, due_at)
-                 SELECT org_id, id, 0, now() FROM picked
+                 INSERT INTO deliveries (org_id, event_id, attempts, due_at, generation)
+                 SELECT p.org_id, p.id, 0, now(), o.webhook_generation
+                 FROM picked p JOIN organizations o ON o.org_id = p.org_id
                  ON CONFLICT (org_id, event_id) DO UPDATE
-                 SET attempts = 0, due_at = now()
+                 SET attempts = 0, due_at = now(), generation = EXCLUDED.generation
                  WHERE deliveries.lease_until IS NULL OR deliveries.lease_until < now()
                  RETURNING event_id),
              revived AS (
@@ -229,6 +266,7 @@ pub fn claim(
              WHERE d.due_at <= now()
                AND (d.lease_until IS NULL OR d.lease_until < now())
                AND o.webhook_enabled AND o.webhook_url IS NOT NULL
+               AND d.generation = o.webhook_generation
                AND (o.webhook_rest_until IS NULL OR o.webhook_rest_until <= now())
                AND d.org_id <> ALL($4::uuid[])
              ORDER BY d.due_at
@@ -541,6 +579,7 @@ pub fn disable(client: &mut Client, org: OrgId, reason: &str) -> Result<bool, po
         "UPDATE deliveries SET due_at = 'infinity' WHERE org_id = $1",
         &[&org],
     )?;
+    announce(&mut tx, org)?;
     tx.commit()?;
     Ok(n == 1)
 }
@@ -554,6 +593,7 @@ pub fn enable(client: &mut Client, org: OrgId) -> Result<bool, postgres::Error> 
         &[&org],
     )?;
     wake(&mut tx, org)?;
+    announce(&mut tx, org)?;
     tx.commit()?;
     Ok(n == 1)
 }

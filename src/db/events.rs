@@ -177,14 +177,22 @@ pub struct Deliveries<'a> {
     pub lease_until: Option<SystemTime>,
 }
 
-/// The `INSERT INTO deliveries` of those rows (`org_id`, `id`) of `from` whose organization is
+/// The `INSERT INTO deliveries` of those rows (`org_id`, `id`) of `from` (a relation named
+/// `f`) whose organization is
 /// in the array parameter `orgs`, leased until the parameter `lease` (`NULL`: not leased). A
 /// leased row is due when its lease runs out (see `db::deliveries`), one that is not, at once.
+///
+/// `orgs` is this node's view of who has a webhook, which may be a moment old: the
+/// organization's row decides. An organization whose webhook is gone gets no row, and a row is
+/// queued in the generation current at its commit, so that one queued while a deletion was
+/// committing on another node is never made (see `db::orgs::clear_webhook`).
 fn queue_deliveries(from: &str, orgs: &str, lease: &str) -> String {
     format!(
-        "INSERT INTO deliveries (org_id, event_id, due_at, lease_until)
-         SELECT org_id, id, coalesce({lease}::timestamptz, now()), {lease}::timestamptz
-         FROM {from} WHERE org_id = ANY({orgs}::uuid[])"
+        "INSERT INTO deliveries (org_id, event_id, due_at, lease_until, generation)
+         SELECT f.org_id, f.id, coalesce({lease}::timestamptz, now()), {lease}::timestamptz,
+                o.webhook_generation
+         FROM {from} JOIN organizations o ON o.org_id = f.org_id
+         WHERE f.org_id = ANY({orgs}::uuid[]) AND o.webhook_url IS NOT NULL"
     )
 }
 
@@ -256,10 +264,10 @@ impl Writer {
         // committed attempt stored were queued by that attempt.
         let insert_queueing = client.prepare(&format!(
             "{moving}, queued AS ({} ON CONFLICT DO NOTHING) SELECT id FROM inserted",
-            queue_deliveries("inserted", "$1", "$2")
+            queue_deliveries("inserted AS f", "$1", "$2")
         ))?;
         let queue = client.prepare(&queue_deliveries(
-            "unnest($1::uuid[], $2::uuid[]) AS k(org_id, id)",
+            "unnest($1::uuid[], $2::uuid[]) AS f(org_id, id)",
             "$3",
             "$4",
         ))?;
@@ -270,7 +278,7 @@ impl Writer {
                                       $5::text[], $6::timestamptz[], $7::int2[])
                  RETURNING org_id, id)
              {}",
-            queue_deliveries("inserted", "$8", "$9")
+            queue_deliveries("inserted AS f", "$8", "$9")
         ))?;
         Ok(Writer {
             client,

@@ -285,9 +285,11 @@ pub fn webhook(client: &mut Client, org: OrgId) -> Result<Webhook, postgres::Err
 /// What setting or clearing a webhook resets: enabled, no rotation under way, not resting.
 const WEBHOOK_STATE_FRESH: &str = "webhook_enabled = true, webhook_disabled_reason = NULL,
      webhook_previous_secret = NULL, webhook_previous_secret_until = NULL,
+     webhook_retired_secrets = '{}', webhook_retired_until = '{}',
      webhook_rest_until = NULL";
 
-/// Sets `org`'s webhook, enabled; deliveries waiting for a disabled endpoint are due now.
+/// Sets `org`'s webhook, enabled; deliveries waiting for a disabled endpoint are due now, and
+/// those queued in an earlier generation (by a node that had not heard of a deletion yet) go.
 pub fn set_webhook(
     client: &mut Client,
     org: OrgId,
@@ -305,23 +307,32 @@ pub fn set_webhook(
         ),
         &[&org, &url, &secret, &at],
     )?;
+    tx.execute(
+        "DELETE FROM deliveries d USING organizations o
+         WHERE d.org_id = $1 AND o.org_id = $1 AND d.generation <> o.webhook_generation",
+        &[&org],
+    )?;
     deliveries::wake(&mut tx, org)?;
+    deliveries::announce(&mut tx, org)?;
     tx.commit()
 }
 
 /// Removes `org`'s webhook and every delivery still queued for it (the events stay in the
-/// inbox).
+/// inbox), and starts its webhook's next generation: a delivery another node queues before it
+/// hears of this is never made, whatever webhook is set later.
 pub fn clear_webhook(client: &mut Client, org: OrgId) -> Result<(), postgres::Error> {
     let mut tx = client.transaction()?;
     tx.execute(
         &format!(
             "UPDATE organizations
              SET webhook_url = NULL, webhook_secret = NULL, webhook_updated_at = now(),
+                 webhook_generation = webhook_generation + 1,
                  {WEBHOOK_STATE_FRESH}
              WHERE org_id = $1"
         ),
         &[&org],
     )?;
     tx.execute("DELETE FROM deliveries WHERE org_id = $1", &[&org])?;
+    deliveries::announce(&mut tx, org)?;
     tx.commit()
 }

@@ -9,8 +9,8 @@
 //!   each endpoint has its own queue and at most `concurrency` attempts in flight, so a slow
 //!   endpoint holds only its own jobs.
 //! - the store (`delivery-store`) records outcomes in batches (attempts, rows moved on, events
-//!   marked), claims due rows from the table (retries, and anything a dead node left), and
-//!   refreshes the node's view of endpoints.
+//!   marked), and claims due rows from the table (retries, and anything a dead node left).
+//!   The node's view of endpoints is `hooks`', kept by its listener.
 //!
 //! Memory is bounded by `hooks::MemoryLimits`: a job holds its share from its hand-off or claim
 //! until its outcome is recorded. What does not fit stays in the table until there is room.
@@ -46,8 +46,6 @@ use crate::stats::{DeliveryStats, LogEvery, Stats};
 const CLAIM_EVERY: Duration = Duration::from_millis(250);
 /// Rows one claim takes at most.
 const CLAIM_ROWS_MAX: usize = 500;
-/// How often the node re-reads every endpoint (changes made on other nodes arrive so).
-const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// How often the backlog in the table is counted for the stats, and up to how many rows.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 const BACKLOG_COUNT_MAX: i64 = 10_000_000;
@@ -303,7 +301,8 @@ async fn sender(
     let s = &shared.settings;
     let client = send::client(s.connect_timeout, s.timeout, s.concurrency, s.allow_private);
     let mut queues: HashMap<OrgId, Queue> = HashMap::new();
-    let mut breakers: HashMap<OrgId, Breaker> = HashMap::new();
+    // Each endpoint's breaker, with the URL it judges: a new URL starts afresh.
+    let mut breakers: HashMap<OrgId, (Arc<str>, Breaker)> = HashMap::new();
     // Jobs in flight, each as it is given back if a shutdown cannot wait for it.
     let mut flying: HashMap<(OrgId, EventId), Done> = HashMap::new();
     let mut tick = tokio::time::interval(BREAKER_TICK);
@@ -355,7 +354,16 @@ async fn sender(
                     q.in_flight -= 1;
                 }
                 if let Some(delivered) = result {
-                    let b = breakers.entry(org).or_default();
+                    let url: Arc<str> = shared
+                        .hooks
+                        .endpoint(org)
+                        .map_or_else(|| "".into(), |e| e.url.as_str().into());
+                    let (judged, b) = breakers
+                        .entry(org)
+                        .or_insert_with(|| (url.clone(), Breaker::default()));
+                    if *judged != url {
+                        (*judged, *b) = (url, Breaker::default());
+                    }
                     let was_open = !matches!(b.allowed(now), Allowed::All);
                     if b.record(delivered, now) {
                         shared.stats.breaker_opened.add(1);
@@ -379,7 +387,7 @@ async fn sender(
             }
             Wake::Breakers => breakers
                 .iter()
-                .filter(|(_, b)| b.allowed(now) == Allowed::Probe)
+                .filter(|(_, (_, b))| b.allowed(now) == Allowed::Probe)
                 .map(|(o, _)| *o)
                 .collect(),
             Wake::Governor => {
@@ -408,11 +416,18 @@ async fn sender(
         }
         for org in orgs {
             let q = queues.entry(org).or_default();
-            // This node's breaker, or a rest another node's breaker set.
-            let local = breakers.get(&org).map_or(Allowed::All, |b| b.allowed(now));
-            let shared_rest = shared
-                .hooks
-                .endpoint(org)
+            // This node's breaker (of the URL it judged: another URL starts afresh), or a rest
+            // another node's breaker set.
+            let endpoint = shared.hooks.endpoint(org);
+            if let Some((judged, _)) = breakers.get(&org) {
+                if endpoint.as_ref().is_some_and(|e| **judged != *e.url) {
+                    breakers.remove(&org);
+                }
+            }
+            let local = breakers
+                .get(&org)
+                .map_or(Allowed::All, |(_, b)| b.allowed(now));
+            let shared_rest = endpoint
                 .and_then(|e| e.rest_until)
                 .and_then(|t| t.duration_since(SystemTime::now()).ok())
                 .map(|left| Allowed::Rest(now + left));
@@ -660,7 +675,7 @@ impl Session {
     }
 }
 
-/// The store thread: records outcomes, claims due rows, refreshes endpoints.
+/// The store thread: records outcomes, claims due rows, counts the backlog.
 struct Store {
     shared: Arc<Shared>,
     session: Session,
@@ -672,7 +687,6 @@ struct Store {
     retry_backoff: Duration,
     record_failures: LogEvery,
     next_claim: Instant,
-    next_refresh: Instant,
     next_count: Instant,
 }
 
@@ -698,7 +712,6 @@ impl Store {
             retry_backoff: RECORD_LINGER,
             record_failures: LogEvery::new(CONNECT_WARN_EVERY),
             next_claim: now,
-            next_refresh: now,
             next_count: now,
         }
     }
@@ -747,13 +760,13 @@ impl Store {
             if !rests.is_empty() {
                 self.rest(rests, now);
             }
-            if !stopping && now >= self.next_refresh {
-                self.refresh(now);
+            if !stopping && now >= self.next_count {
+                self.count(now);
             }
             if !stopping && now >= self.next_claim {
                 self.claim(now);
             }
-            let wake = self.next_claim.min(self.next_refresh);
+            let wake = self.next_claim.min(self.next_count);
             let mut pause = wake.saturating_duration_since(Instant::now());
             if !self.pending.is_empty() {
                 // Recording failed: try again after the backoff.
@@ -920,30 +933,22 @@ impl Store {
         }
     }
 
-    fn refresh(&mut self, now: Instant) {
-        self.next_refresh = now + REFRESH_EVERY;
+    /// Counts the backlog in the table, for the stats.
+    fn count(&mut self, now: Instant) {
+        self.next_count = now + BACKLOG_EVERY;
         let Some(client) = self.session.client(now) else {
             return;
         };
-        if now >= self.next_count {
-            self.next_count = now + BACKLOG_EVERY;
-            if let Ok((due, paused)) = deliveries::backlog(client, BACKLOG_COUNT_MAX) {
-                let d = &self.shared.stats;
-                d.backlog.store(due as u64, Ordering::Relaxed);
-                d.backlog_paused.store(paused as u64, Ordering::Relaxed);
-            }
-        }
-        if let Err(e) = self.shared.hooks.reload(client) {
-            tracing::warn!(
-                error = &e as &dyn std::error::Error,
-                "reading webhook endpoints failed"
-            );
+        if let Ok((due, paused)) = deliveries::backlog(client, BACKLOG_COUNT_MAX) {
+            let d = &self.shared.stats;
+            d.backlog.store(due as u64, Ordering::Relaxed);
+            d.backlog_paused.store(paused as u64, Ordering::Relaxed);
         }
     }
 
     fn claim(&mut self, now: Instant) {
         self.next_claim = now + CLAIM_EVERY;
-        // No endpoint anywhere (as of the last refresh): nothing can be due.
+        // No endpoint anywhere (as this node last heard): nothing can be due.
         if !self.shared.hooks.any() {
             return;
         }

@@ -154,18 +154,19 @@ pub async fn attempt(
         .unwrap_or_default()
         .as_secs();
     let body = body(job);
-    // During a rotation's grace period both secrets sign, space-separated, as the
-    // specification allows: receivers holding either one verify.
-    let previous = endpoint
-        .previous
-        .as_ref()
-        .filter(|(_, until)| *until > SystemTime::now())
-        .map(|(s, _)| signature(s, &id, timestamp, &body));
-    let current = signature(&endpoint.secret, &id, timestamp, &body);
-    let sig = match (current, previous) {
-        (Some(c), Some(Some(p))) => Some(format!("{c} {p}")),
-        (c, _) => c,
-    };
+    // During rotations' grace periods every secret still in its grace signs too,
+    // space-separated, as the specification allows: receivers holding any one verify.
+    let now = SystemTime::now();
+    let sig = signature(&endpoint.secret, &id, timestamp, &body).map(|mut all| {
+        let retired = endpoint.retired.iter().filter(|(_, until)| *until > now);
+        for (secret, _) in retired {
+            if let Some(s) = signature(secret, &id, timestamp, &body) {
+                all.push(' ');
+                all.push_str(&s);
+            }
+        }
+        all
+    });
     let Some(sig) = sig else {
         return failed(
             "bad_secret",

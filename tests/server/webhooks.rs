@@ -364,15 +364,23 @@ fn private_addresses_are_refused_at_connect_time_and_recorded() {
         let (key, org) = new_org(s.addr, &format!("ssrf-{i}"));
         configure(s.addr, &key, "https://hooks.example.com/in");
         let org: uuid::Uuid = org.parse().unwrap();
+        // Changed behind the server's back, and announced as every change is.
+        db.batch_execute("BEGIN").unwrap();
         db.execute(
             "UPDATE organizations SET webhook_url = $2 WHERE org_id = $1",
             &[&org, url],
         )
         .unwrap();
+        db.execute(
+            "SELECT pg_notify('triggers_webhooks', $1)",
+            &[&org.to_string()],
+        )
+        .unwrap();
+        db.batch_execute("COMMIT").unwrap();
         orgs.push((url, key));
     }
-    // Every node re-reads endpoints within a second.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Every node re-reads an endpoint when its change is announced.
+    std::thread::sleep(Duration::from_millis(500));
     let posted: Vec<(&String, &String, String)> = orgs
         .iter()
         .map(|(url, key)| (*url, key, post(s.addr, key, "t", 1)))
@@ -628,10 +636,20 @@ fn a_rotated_secret_signs_beside_the_previous_one_until_the_grace_period_ends() 
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let new = r.json()["secret"].as_str().unwrap().to_string();
     assert_ne!(new, old);
+    // A second rotation within the grace keeps the first one's: all three sign.
+    let r = call(
+        s.addr,
+        "POST",
+        "/api/webhook/rotate-secret",
+        Some(&key),
+        r#"{"grace_seconds":2}"#,
+    );
+    let (middle, new) = (new, r.json()["secret"].as_str().unwrap().to_string());
     post(s.addr, &key, "t", 1);
     let got = rx.wait_for(Duration::from_secs(10), "a delivery", |g| !g.is_empty());
-    assert_eq!(got[0].header("webhook-signature").split(' ').count(), 2);
+    assert_eq!(got[0].header("webhook-signature").split(' ').count(), 3);
     verify(&new, &got[0]);
+    verify(&middle, &got[0]);
     verify(&old, &got[0]);
     // After the grace period only the new secret signs.
     std::thread::sleep(Duration::from_millis(2100));
@@ -641,6 +659,7 @@ fn a_rotated_secret_signs_beside_the_previous_one_until_the_grace_period_ends() 
     });
     verify(&new, &got[1]);
     assert!(std::panic::catch_unwind(|| verify(&old, &got[1])).is_err());
+    assert!(std::panic::catch_unwind(|| verify(&middle, &got[1])).is_err());
     let r = call(
         s.addr,
         "POST",
@@ -720,8 +739,8 @@ fn an_endpoint_that_keeps_failing_rests_without_spending_attempts_then_is_probed
 
 #[test]
 fn a_delivery_claimed_before_this_node_has_read_its_endpoint_is_delivered_once_it_has() {
-    // An endpoint configured on another node reaches this node's view within a second, but
-    // its due rows can be claimed here before that. Set up behind the API, as another node
+    // An endpoint configured on another node reaches this node's view when the notice of it
+    // arrives, but its due rows can be claimed here before that. Set up behind the API, as another node
     // would: three organizations get a webhook and a due delivery at once.
     let url = shared_cluster().new_database("stale_view");
     let s = on(&url, &[]);
@@ -747,6 +766,11 @@ fn a_delivery_claimed_before_this_node_has_read_its_endpoint_is_delivered_once_i
         tx.execute(
             "INSERT INTO deliveries (org_id, event_id, due_at) VALUES ($1, $2, now())",
             &[&org, &event],
+        )
+        .unwrap();
+        tx.execute(
+            "SELECT pg_notify('triggers_webhooks', $1)",
+            &[&org.to_string()],
         )
         .unwrap();
         tx.commit().unwrap();
@@ -1050,7 +1074,11 @@ fn replays_page_exactly_redeliveries_are_metered_by_tier_and_attempts_come_in_pa
     // Queued again past the tier's rate: 429 with a time to retry. 5 spent above; the rest of
     // the 60 go one redelivery at a time.
     let mut answers = Vec::new();
-    for n in 0..70 {
+    let metering = std::time::Instant::now();
+    // Only what is queued is charged: a redelivery of an event whose attempt is in flight
+    // queues nothing.
+    let mut charged = 0;
+    for n in 0..200 {
         let r = call(
             s.addr,
             "POST",
@@ -1059,6 +1087,9 @@ fn replays_page_exactly_redeliveries_are_metered_by_tier_and_attempts_come_in_pa
             "",
         );
         answers.push(r.status);
+        if r.status == 202 {
+            charged += r.json()["queued"].as_u64().unwrap();
+        }
         if r.status == 429 {
             assert_eq!(r.code(), "rate_limited");
             assert!(r.header("retry-after").is_some());
@@ -1067,9 +1098,11 @@ fn replays_page_exactly_redeliveries_are_metered_by_tier_and_attempts_come_in_pa
         assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
     }
     assert_eq!(answers.last(), Some(&429), "never metered: {answers:?}");
+    // One more comes back each second.
+    let refilled = metering.elapsed().as_secs() as usize + 1;
     assert!(
-        answers.len() <= 60,
-        "{} redeliveries before 429",
+        charged as usize <= 55 + refilled,
+        "{charged} queued again of {} redeliveries before 429",
         answers.len() - 1
     );
     let r = call(
@@ -1080,4 +1113,93 @@ fn replays_page_exactly_redeliveries_are_metered_by_tier_and_attempts_come_in_pa
         &format!(r#"{{"since":"{since}"}}"#),
     );
     assert_eq!(r.status, 429);
+}
+
+#[test]
+fn a_new_url_does_not_inherit_the_rest_of_the_one_it_replaces() {
+    let s = start(&[]);
+    let failing = Receiver::start();
+    failing.answer(|_, _| Reply::status(500));
+    let (key, _) = new_org(s.addr, "new-url");
+    configure(s.addr, &key, &failing.url());
+    // Five failures in a row: the endpoint rests (5 s, then longer).
+    for n in 0..5 {
+        post(s.addr, &key, "t", n);
+    }
+    failing.wait_for(Duration::from_secs(10), "five failures", |g| g.len() >= 5);
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while call(s.addr, "GET", "/api/queue/stats", None, "").json()["webhook_delivery"]
+        ["endpoints_rested"]
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "the endpoint never rested"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A new URL is another endpoint: delivered to at once.
+    let healthy = Receiver::start();
+    configure(s.addr, &key, &healthy.url());
+    let posted = std::time::Instant::now();
+    let id = post(s.addr, &key, "t", 9);
+    healthy.wait_for(Duration::from_secs(10), "the new URL's delivery", |g| {
+        g.iter().any(|r| r.header("webhook-id") == id)
+    });
+    assert!(
+        posted.elapsed() < Duration::from_secs(2),
+        "the new URL waited {:?}",
+        posted.elapsed()
+    );
+}
+
+#[test]
+fn deliveries_queued_while_another_node_deleted_the_webhook_never_reach_a_later_one() {
+    let url = shared_cluster().new_database("deleted_webhook");
+    let (a, b) = (on(&url, &[]), on(&url, &[]));
+    let first = Receiver::start();
+    let (key, org) = new_org(a.addr, "deleted");
+    configure(a.addr, &key, &first.url());
+    // Node B ingests all along, while node A deletes the webhook.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ingest = {
+        let (stop, key, addr) = (stop.clone(), key.clone(), b.addr);
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                post(addr, &key, "t", n);
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let r = call(a.addr, "DELETE", "/api/webhook/config", Some(&key), "");
+    assert_eq!(r.status, 204);
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let posted = ingest.join().unwrap();
+    assert!(posted > 50, "{posted} events posted");
+    // A webhook set later gets none of them: they were committed after the deletion, or
+    // queued in the deleted webhook's generation.
+    let later = Receiver::start();
+    configure(a.addr, &key, &later.url());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        later.received().is_empty(),
+        "{} arrived",
+        later.received().len()
+    );
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let org: uuid::Uuid = org.parse().unwrap();
+    let queued: i64 = db
+        .query_one("SELECT count(*) FROM deliveries WHERE org_id = $1", &[&org])
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 0);
+    // And events committed from now on are delivered there.
+    let id = post(b.addr, &key, "t", 1);
+    later.wait_for(Duration::from_secs(10), "a new event", |g| {
+        g.iter().any(|r| r.header("webhook-id") == id)
+    });
 }
