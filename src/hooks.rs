@@ -70,6 +70,8 @@ pub struct Job {
     pub created_at: SystemTime,
     /// The event's retention class (`events.keep_days`): its attempts are kept as long.
     pub keep_days: i16,
+    /// The generation of the webhook it was queued for: made only while that is current.
+    pub generation: i64,
     /// Attempts already made.
     pub attempts: u16,
     /// The lease this node holds on the job's `deliveries` row; also the fence that keeps a
@@ -411,6 +413,7 @@ mod tests {
             dedup_id: None,
             created_at: SystemTime::UNIX_EPOCH,
             keep_days: 1,
+            generation: 0,
             attempts: 0,
             lease_until: SystemTime::UNIX_EPOCH,
         }

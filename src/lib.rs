@@ -23,7 +23,7 @@
 //! | 3 | `auth`, `queue` | keys and the key cache; rings, doorbell, mailboxes, waiters |
 //! | 2 | `db` | connections, migrations, query threads, every SQL statement |
 //! | 1 | `http`, `cluster`, `egress`, `ratelimit`, `shutdown`, `stats` | HTTP/1.1 for any handler; the embedded PostgreSQL; where webhooks may go; token buckets; the stop signal; histograms |
-//! | 0 | `ids`, `tiers` | identifiers; the plans organizations are on (rate, retention) |
+//! | 0 | `ids`, `jsonb_text`, `tiers` | identifiers; the text PostgreSQL prints for a jsonb value; the plans organizations are on (rate, retention) |
 
 pub mod api;
 pub mod auth;
@@ -36,6 +36,7 @@ pub mod egress;
 pub mod hooks;
 pub mod http;
 pub mod ids;
+pub mod jsonb_text;
 pub mod ops;
 pub mod persist;
 pub mod queue;
@@ -48,7 +49,7 @@ pub mod tiers;
 /// The floors of the table above, lowest first; `main.rs` stands above them all.
 #[cfg(test)]
 const FLOORS: &[&[&str]] = &[
-    &["ids", "tiers"],
+    &["ids", "jsonb_text", "tiers"],
     &[
         "http",
         "cluster",

@@ -299,15 +299,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .and_then(|mut c| hooks.reload(&mut c))
         .context("reading webhook endpoints")?;
     let webhook_listener = hooks::spawn_listener(db.clone(), hooks.clone(), stop.clone());
-    let delivery = match config.delivery.clone() {
-        Some(settings) => Some(Engine::spawn(
-            settings,
-            hooks.clone(),
-            db.clone(),
-            stats.clone(),
-        )),
-        None => None,
-    };
+    let delivery = config
+        .delivery
+        .clone()
+        .map(|settings| Engine::spawn(settings, hooks.clone(), db.clone(), stats.clone()));
     let persist = Arc::new(persist::Shared {
         hooks: hooks.clone(),
         hub: hub.clone(),

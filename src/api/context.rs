@@ -11,7 +11,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use super::stats::Renders;
+use super::renders::Renders;
 use crate::auth::{self, AuthError, KeyCache, Presented};
 use crate::db::events::Status;
 use crate::db::orgs::Org;

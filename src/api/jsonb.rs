@@ -8,22 +8,25 @@
 //! zeros counted: `1.0e-16383` is refused, so is `0e-20000`), and exponents under 2^30 - 1.
 //! Strings may not hold `\u0000` or unpaired surrogates. Nesting is bounded well under
 //! PostgreSQL's own limit, which depends on `max_stack_depth`.
+//!
+//! Beyond what PostgreSQL refuses, one bound of the server's own: what a payload's numbers print
+//! as. `numeric` stores `1e131071` in a few bytes but prints it as 131,072 digits, so a 256 KiB
+//! payload of such numbers would print as gigabytes, more than PostgreSQL can hand back; the
+//! statements that read payloads for several tenants at once (a delivery claim) would fail
+//! for all of them. A payload's numbers may print as at most `PRINTED_DIGITS_MAX` digits.
 
-/// Deepest nesting of arrays and objects, the payload's own braces included. PostgreSQL parses
-/// `jsonb` recursively: ~20,000 levels pass at the default 2 MB `max_stack_depth`, ~1,000 at
-/// its 100 kB minimum; no real event nests past a few dozen.
-pub const DEPTH_MAX: usize = 512;
-/// Highest power of ten of a nonzero number's leading digit.
-const WEIGHT_MAX: i64 = 131_071;
-/// Most digits after the decimal point, as written.
-const DSCALE_MAX: i64 = 16_383;
-/// Largest exponent magnitude PostgreSQL reads.
-const EXPONENT_MAX: i64 = 1_073_741_822;
+// The bounds PostgreSQL puts on `jsonb` (and the server's on nesting), kept in one place.
+use crate::jsonb_text::{DEPTH_MAX, DSCALE_MAX, EXPONENT_MAX, WEIGHT_MAX};
+
+/// Digits a payload's numbers may print as, all together: four times the largest event body,
+/// far past any real payload's (which print as about as many digits as they are written with).
+pub const PRINTED_DIGITS_MAX: u64 = 1 << 20;
 
 /// Why PostgreSQL would refuse the JSON text `json` as `jsonb`, or `None`. `json` is valid
 /// JSON (the caller parsed it).
 pub fn refusal(json: &[u8]) -> Option<&'static str> {
     let mut depth = 0usize;
+    let mut printed: u64 = 0;
     let mut i = 0;
     while i < json.len() {
         let step = match json[i] {
@@ -39,7 +42,13 @@ pub fn refusal(json: &[u8]) -> Option<&'static str> {
                 depth -= 1;
                 Ok(i + 1)
             }
-            b'-' | b'0'..=b'9' => number_end(json, i),
+            b'-' | b'0'..=b'9' => number_end(json, i).and_then(|(end, digits)| {
+                printed += digits;
+                if printed > PRINTED_DIGITS_MAX {
+                    return Err("has numbers that print as more than 1,048,576 digits");
+                }
+                Ok(end)
+            }),
             _ => Ok(i + 1),
         };
         match step {
@@ -88,8 +97,9 @@ fn string_end(json: &[u8], mut at: usize) -> Result<usize, &'static str> {
     }
 }
 
-/// The end of the number starting at `at`, checking it against `numeric`'s bounds.
-fn number_end(json: &[u8], mut at: usize) -> Result<usize, &'static str> {
+/// The end of the number starting at `at`, checking it against `numeric`'s bounds, and how
+/// many digits PostgreSQL prints it with.
+fn number_end(json: &[u8], mut at: usize) -> Result<(usize, u64), &'static str> {
     let digits = |at: usize| json[at..].iter().take_while(|b| b.is_ascii_digit()).count();
     if json[at] == b'-' {
         at += 1;
@@ -122,17 +132,20 @@ fn number_end(json: &[u8], mut at: usize) -> Result<usize, &'static str> {
     if exponent.abs() > EXPONENT_MAX || frac.len() as i64 - exponent > DSCALE_MAX {
         return out_of_range;
     }
+    // Printed as a plain decimal: the digits before the point (at least one), then as many
+    // after it as were written there, less the exponent.
+    let dscale = (frac.len() as i64 - exponent).max(0);
     let weight = match int.iter().position(|&d| d != b'0') {
         Some(lead) => (int.len() - lead) as i64 - 1 + exponent,
         None => match frac.iter().position(|&d| d != b'0') {
             Some(lead) => -(lead as i64) - 1 + exponent,
-            None => return Ok(at), // zero
+            None => return Ok((at, 1 + dscale as u64)), // zero
         },
     };
     if weight > WEIGHT_MAX {
         return out_of_range;
     }
-    Ok(at)
+    Ok((at, (weight.max(0) + 1 + dscale) as u64))
 }
 
 #[cfg(test)]
@@ -141,6 +154,18 @@ mod tests {
 
     fn refused(number: &str) -> bool {
         refusal(format!(r#"{{"n":{number}}}"#).as_bytes()).is_some()
+    }
+
+    #[test]
+    fn numbers_that_print_as_gigabytes_are_refused_however_few_bytes_they_are_written_in() {
+        // Each prints as 131,072 digits: eight are within the bound, nine are not.
+        let many = |n: usize| format!(r#"{{"n":[{}]}}"#, vec!["1e131071"; n].join(","));
+        assert_eq!(refusal(many(8).as_bytes()), None);
+        assert!(refusal(many(9).as_bytes()).is_some());
+        // Numbers as written print as about as many digits.
+        let plain = format!(r#"{{"n":[{}]}}"#, vec!["123.456"; 20_000].join(","));
+        assert_eq!(refusal(plain.as_bytes()), None);
+        assert!(refusal(br#"{"n":1e-16383}"#).is_none());
     }
 
     #[test]

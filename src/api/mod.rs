@@ -2,7 +2,7 @@
 //! path to a route (or 404 / 405 with `Allow`); `Context`, one per core, is the `http::Handler`
 //! that runs a route's handler, one file per resource. Handlers never block: database work goes
 //! to the persisters (events) or the query threads (everything else). Imports `http`, `auth`,
-//! `queue`, `hooks`, `db`, `egress`, `ratelimit`, `stats` and `ids`.
+//! `queue`, `hooks`, `db`, `egress`, `ratelimit`, `stats`, `jsonb_text` and `ids`.
 //!
 //! Inside: `mod.rs` routes and dispatches; the resource files use `context` (what a handler may
 //! touch) and `error` (every failure's status, code and body), never this file.
@@ -18,6 +18,7 @@ pub mod inbox;
 mod jsonb;
 mod keys;
 mod redeliver;
+mod renders;
 mod stats;
 pub mod webhook;
 
@@ -42,7 +43,7 @@ pub const BATCH_BODY_BYTES_MAX: usize = 5 * 1024 * 1024;
 /// Largest body of the other routes (key generation and the like), and of unknown routes.
 pub const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     Health,
     HealthLive,
@@ -333,14 +334,17 @@ async fn dispatch_open(
         Route::KeysGenerate => keys::generate(ctx, req).await,
         Route::QueueStats => ctx
             .renders
-            .answer(ctx, route, req.query, || stats::show(ctx, req)),
+            .answer("/api/queue/stats", req.query, || stats::show(ctx, req))
+            .and_then(|r| ctx.held(r)),
         Route::Metrics => ctx
             .renders
-            .answer(ctx, route, req.query, || stats::metrics(ctx)),
+            .answer("/metrics", req.query, || stats::metrics(ctx))
+            .and_then(|r| ctx.held(r)),
         Route::Dashboard => dashboard::page(ctx),
         Route::DashboardData => ctx
             .renders
-            .answer(ctx, route, req.query, || dashboard::data(ctx, req)),
+            .answer("/dashboard/data", req.query, || dashboard::data(ctx, req))
+            .and_then(|r| ctx.held(r)),
         Route::OpenApi => ctx.held(Response::text(
             200,
             "application/json",

@@ -3,10 +3,8 @@
 //! one unless named) as the classic HdrHistogram percentile-distribution text, values in
 //! milliseconds (said in the `X-Histogram-Unit` header).
 
-use std::collections::VecDeque;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
@@ -14,88 +12,8 @@ use serde_json::{json, Value};
 
 use super::context::{AckMode, Context};
 use super::error::ApiError;
-use super::Route;
 use crate::http::{Request, Response};
-use crate::ratelimit::Limiter;
 use crate::stats::{encoded, CoreStats, Counter, PersistStats, Stats};
-
-/// Fresh renders of the operator's figures (`/api/queue/stats`, `/metrics`, `/dashboard/data`)
-/// per minute, node-wide (the burst too). Past it, a caller gets the last render of exactly
-/// what it asked, a moment old (`Age` in milliseconds says how old), or, when there is none,
-/// 503 `overloaded`: polling the figures as fast as the pace allows costs the node at most 20
-/// renders a second, while a dashboard, a scraper or a test polling a few times a second always
-/// gets a fresh one.
-const FRESH_RENDERS_PER_MINUTE: u64 = 1200;
-/// Renders kept to answer from (route and query string each); the oldest goes first.
-const RENDERS_KEPT: usize = 32;
-
-/// One render kept: the answer but its lease.
-struct Kept {
-    route: Route,
-    query: String,
-    at: Instant,
-    status: u16,
-    content_type: &'static str,
-    headers: Vec<(&'static str, String)>,
-    body: Arc<[u8]>,
-}
-
-/// The renders budget, and the last renders.
-#[derive(Default)]
-pub struct Renders {
-    budget: Limiter<()>,
-    kept: Mutex<VecDeque<Kept>>,
-}
-
-impl Renders {
-    /// `route`'s answer to `query`: `render`ed, while the budget lasts; else the last render.
-    pub(super) fn answer(
-        &self,
-        ctx: &Context,
-        route: Route,
-        query: &str,
-        render: impl FnOnce() -> Result<Response, ApiError>,
-    ) -> Result<Response, ApiError> {
-        let now = Instant::now();
-        let kept = || self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        if self
-            .budget
-            .take((), FRESH_RENDERS_PER_MINUTE, 1, now)
-            .is_ok()
-        {
-            let resp = render()?;
-            let mut kept = kept();
-            kept.retain(|k| k.route != route || k.query != query);
-            if kept.len() >= RENDERS_KEPT {
-                kept.pop_front();
-            }
-            kept.push_back(Kept {
-                route,
-                query: query.to_string(),
-                at: now,
-                status: resp.status,
-                content_type: resp.content_type,
-                headers: resp.headers.clone(),
-                body: resp.body.as_slice().into(),
-            });
-            return Ok(resp);
-        }
-        let resp = {
-            let kept = kept();
-            let k = kept
-                .iter()
-                .find(|k| k.route == route && k.query == query)
-                .ok_or(ApiError::Overloaded)?;
-            let mut resp = Response::text(k.status, k.content_type, k.body.to_vec());
-            resp.headers.clone_from(&k.headers);
-            resp.header(
-                "age",
-                now.saturating_duration_since(k.at).as_millis().to_string(),
-            )
-        };
-        ctx.held(resp)
-    }
-}
 
 fn summary(h: &Histogram<u64>) -> Value {
     let q = |p: f64| h.value_at_quantile(p);

@@ -243,6 +243,7 @@ pub struct Claimed {
     pub dedup_id: Option<String>,
     pub created_at: SystemTime,
     pub keep_days: i16,
+    pub generation: i64,
 }
 
 /// Takes up to `limit` due deliveries of enabled endpoints whose payloads add up to at most
@@ -261,7 +262,7 @@ pub fn claim(
     let mut tx = client.transaction()?;
     let rows = tx.query(
         "WITH due AS (
-             SELECT d.org_id, d.event_id, d.due_at FROM deliveries d
+             SELECT d.org_id, d.event_id, d.due_at, d.generation FROM deliveries d
              JOIN organizations o ON o.org_id = d.org_id
              WHERE d.due_at <= now()
                AND (d.lease_until IS NULL OR d.lease_until < now())
@@ -273,7 +274,7 @@ pub fn claim(
              LIMIT $1
              FOR UPDATE OF d SKIP LOCKED),
          read AS (
-             SELECT due.org_id, due.event_id, due.due_at,
+             SELECT due.org_id, due.event_id, due.due_at, due.generation,
                     e.type, e.payload::text AS payload, e.dedup_id, e.created_at,
                     e.keep_days
              FROM due LEFT JOIN events e ON e.org_id = due.org_id AND e.id = due.event_id),
@@ -293,7 +294,7 @@ pub fn claim(
              WHERE d.org_id = taken.org_id AND d.event_id = taken.event_id
              RETURNING d.org_id, d.event_id, d.attempts, d.lease_until)
          SELECT l.org_id, l.event_id, l.attempts, l.lease_until,
-                t.type, t.payload, t.dedup_id, t.created_at, t.keep_days
+                t.type, t.payload, t.dedup_id, t.created_at, t.keep_days, t.generation
          FROM leased l JOIN taken t ON t.org_id = l.org_id AND t.event_id = l.event_id",
         &[&limit, &bytes, &lease_s, &skip],
     )?;
@@ -312,6 +313,7 @@ pub fn claim(
                 dedup_id: r.get(6),
                 created_at: r.get(7),
                 keep_days: r.get(8),
+                generation: r.get(9),
             }),
             None => {
                 orphans.0.push(r.get(0));

@@ -19,8 +19,9 @@ const NOT_CONFINED: &[(&str, &str, &str)] = &[
     (
         "deliveries.rs",
         "FROM organizations WHERE webhook_url IS NOT NULL",
-        "the endpoints: every configured one at start and once a second (reload), one \
-         organization's when `AND org_id = $1` is appended (reload_one)",
+        "the endpoints: every configured one at start, when a node's webhook listener \
+         connects and once a minute (reload), one organization's when `AND org_id = $1` is \
+         appended (reload_one)",
     ),
     (
         "deliveries.rs",
@@ -53,6 +54,16 @@ const NOT_CONFINED: &[(&str, &str, &str)] = &[
         "attempts recorded by the hundred: each row carries its org_id and goes to its shard",
     ),
     ("mod.rs", "pg_advisory_", "the migration lock: no table"),
+    (
+        "deliveries.rs",
+        "SELECT pg_notify($1, $2)",
+        "a webhook change announced to every node: no table",
+    ),
+    (
+        "orgs.rs",
+        "SELECT DISTINCT key_prefix FROM api_keys",
+        "the prefixes of every issued key, when a node's key listener connects",
+    ),
     (
         "partitions.rs",
         "advisory_",

@@ -1,5 +1,5 @@
 //! delivery: pushes committed events to their organizations' webhooks, at least once. Imports
-//! `hooks`, `db`, `egress`, `stats` and `ids`.
+//! `hooks`, `db`, `egress`, `stats`, `jsonb_text` and `ids`.
 //!
 //! The database is the queue (`deliveries`, one row per event still to push, leased by the node
 //! working on it). Two threads per node, both off the cores:
@@ -569,6 +569,11 @@ async fn run(shared: &Shared, client: &reqwest::Client, job: Job) -> Done {
         // node a moment ago and not yet read here (its row is due again at once).
         return released(&job, None);
     };
+    if endpoint.generation != job.generation {
+        // Queued for a webhook deleted since: never made, whatever webhook is set now (its
+        // row, if any, is of the old generation, which no claim takes).
+        return released(&job, None);
+    }
     if lease_too_short(&job, s.timeout) {
         return released(&job, None);
     }
@@ -1017,6 +1022,7 @@ fn job_of(c: Claimed) -> Job {
         dedup_id: c.dedup_id.map(Into::into),
         created_at: c.created_at,
         keep_days: c.keep_days,
+        generation: c.generation,
         attempts: c.attempts.max(0) as u16,
         lease_until: c.lease_until,
     }

@@ -17,6 +17,7 @@ use crate::db::deliveries::{storable_text, Attempt, ATTEMPT_TEXT_BYTES_MAX};
 use crate::egress;
 use crate::hooks::{Endpoint, Job};
 use crate::ids::rfc3339;
+use crate::jsonb_text;
 
 /// Idle connections kept per host (scheme, host and port): many endpoints may share a host (a
 /// receiving service, or one load balancer), each with `webhook_concurrency` in flight, and a
@@ -97,15 +98,20 @@ pub fn client(
     b.build().expect("building the webhook HTTP client")
 }
 
-/// The body of a delivery: the event as the inbox shows it, without its status.
+/// The body of a delivery: the event as the inbox shows it, without its status. The payload is
+/// the text PostgreSQL prints for it (`jsonb_text`), whether the job came from a persister (the
+/// request's bytes) or a claim (read back from the table): every attempt of an event carries
+/// the same bytes, and the same as the inbox.
 pub fn body(job: &Job) -> Vec<u8> {
-    let mut out = Vec::with_capacity(job.payload.len() + 200);
+    let printed = jsonb_text::canonical(&job.payload);
+    let payload = printed.as_ref().map_or(&job.payload[..], |p| p.as_bytes());
+    let mut out = Vec::with_capacity(payload.len() + 200);
     out.extend_from_slice(br#"{"id":""#);
     out.extend_from_slice(job.id.to_string().as_bytes());
     out.extend_from_slice(br#"","type":"#);
     serde_json::to_writer(&mut out, &*job.kind).expect("writing to a Vec");
     out.extend_from_slice(br#","payload":"#);
-    out.extend_from_slice(&job.payload);
+    out.extend_from_slice(payload);
     out.extend_from_slice(br#","dedup_id":"#);
     serde_json::to_writer(&mut out, &job.dedup_id.as_deref()).expect("writing to a Vec");
     out.extend_from_slice(br#","created_at":""#);
@@ -320,6 +326,7 @@ mod tests {
             dedup_id: Some("d1".into()),
             created_at: UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
             keep_days: 1,
+            generation: 0,
             attempts: 0,
             lease_until: UNIX_EPOCH,
         };
@@ -334,5 +341,26 @@ mod tests {
                 "created_at": "2023-11-14T22:13:20.123456Z",
             })
         );
+    }
+
+    #[test]
+    fn the_payload_is_sent_as_postgresql_prints_it_whatever_bytes_it_came_in() {
+        let job = |payload: &[u8]| Job {
+            org: OrgId::new(),
+            id: EventId(uuid::Uuid::nil()),
+            kind: "t".into(),
+            payload: payload.to_vec().into(),
+            dedup_id: None,
+            created_at: UNIX_EPOCH,
+            keep_days: 1,
+            generation: 0,
+            attempts: 0,
+            lease_until: UNIX_EPOCH,
+        };
+        let raw = body(&job(br#"{ "b":1, "a":1.50e1, "a":"\u00e9\/" }"#));
+        let stored = body(&job(r#"{"a": "é/", "b": 1}"#.as_bytes()));
+        assert_eq!(raw, stored);
+        let text = String::from_utf8(raw).unwrap();
+        assert!(text.contains(r#""payload":{"a": "é/", "b": 1},"#), "{text}");
     }
 }

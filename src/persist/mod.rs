@@ -411,11 +411,21 @@ impl Push {
         }
         let lease_until = now_micros() + hooks.lease();
         push.lease_until = lease_until;
+        // The generation of each organization's webhook as this node knows it: a job of a
+        // webhook deleted meanwhile is not made (`delivery::run`).
+        let generations: Vec<i64> = push
+            .orgs
+            .iter()
+            .map(|&org| hooks.endpoint(org).map_or(-1, |e| e.generation))
+            .collect();
         let jobs: Vec<(usize, Job)> = batch
             .iter()
             .enumerate()
-            .filter(|(_, e)| push.orgs.binary_search(&e.row.org).is_ok())
-            .map(|(i, e)| {
+            .filter_map(|(i, e)| {
+                let at = push.orgs.binary_search(&e.row.org).ok()?;
+                Some((i, e, generations[at]))
+            })
+            .map(|(i, e, generation)| {
                 let r = &e.row;
                 let job = Job {
                     org: r.org,
@@ -425,6 +435,7 @@ impl Push {
                     dedup_id: r.dedup_id.clone(),
                     created_at: r.created_at,
                     keep_days: r.keep_days,
+                    generation,
                     attempts: 0,
                     lease_until,
                 };

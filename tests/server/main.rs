@@ -13,6 +13,7 @@ mod hostile;
 mod http_framing;
 mod inbox_ack;
 mod isolation;
+mod jsonb_text;
 mod keys_webhooks;
 mod nodes;
 mod openapi;
