@@ -308,23 +308,8 @@ impl QueryPool {
         T: Send + 'static,
         F: FnOnce(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
     {
-        let (tx, rx) = futures_channel::oneshot::channel();
-        let lane = self.lane(work);
-        lane.push(
-            work,
-            Box::new(move |client: Result<&mut Client, QueryError>| {
-                if tx.is_canceled() {
-                    return;
-                }
-                let result = client.and_then(|c| f(c).map_err(|e| failed(what, &e)));
-                let _ = tx.send(result);
-            }),
-        )?;
-        let wait = START_WAIT + lane.statement + CALLER_MARGIN;
-        match monoio::time::timeout(wait, rx).await {
-            Ok(Ok(result)) => result,
-            _ => Err(QueryError::Unavailable),
-        }
+        self.call(work, move |c, _| f(c).map_err(|e| failed(what, &e)))
+            .await
     }
 
     /// `run`, with `f` inside a transaction that commits only if the caller still waits: a
@@ -334,6 +319,27 @@ impl QueryPool {
         T: Send + 'static,
         F: FnOnce(&mut postgres::Transaction<'_>) -> Result<T, postgres::Error> + Send + 'static,
     {
+        self.call(work, move |c, waiting| {
+            let mut t = c.transaction().map_err(|e| failed(what, &e))?;
+            let value = f(&mut t).map_err(|e| failed(what, &e))?;
+            if !waiting() {
+                // Dropped: rolled back.
+                return Err(QueryError::Unavailable);
+            }
+            t.commit().map_err(|e| failed(what, &e))?;
+            Ok(value)
+        })
+        .await
+    }
+
+    /// Queues `job` for `work`'s lane and awaits its result, at most as long as the job may wait
+    /// to start and its statements may run, and a margin. The job gets a live connection and a
+    /// way to ask whether its caller still waits; it never starts once its caller has gone.
+    async fn call<T, J>(&self, work: Work, job: J) -> Result<T, QueryError>
+    where
+        T: Send + 'static,
+        J: FnOnce(&mut Client, &dyn Fn() -> bool) -> Result<T, QueryError> + Send + 'static,
+    {
         let (tx, rx) = futures_channel::oneshot::channel();
         let lane = self.lane(work);
         lane.push(
@@ -342,16 +348,7 @@ impl QueryPool {
                 if tx.is_canceled() {
                     return;
                 }
-                let result = client.and_then(|c| {
-                    let mut t = c.transaction().map_err(|e| failed(what, &e))?;
-                    let value = f(&mut t).map_err(|e| failed(what, &e))?;
-                    if tx.is_canceled() {
-                        // Dropped: rolled back.
-                        return Err(QueryError::Unavailable);
-                    }
-                    t.commit().map_err(|e| failed(what, &e))?;
-                    Ok(value)
-                });
+                let result = client.and_then(|c| job(c, &|| !tx.is_canceled()));
                 let _ = tx.send(result);
             }),
         )?;
