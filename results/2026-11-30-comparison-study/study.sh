@@ -73,7 +73,7 @@ part() { # name, then loadtest's arguments
 }
 
 # BEFORE_EACH: a shell command run before each target (TARGET_NAME, TARGET_URL set), e.g. to
-# give the machine to that implementation alone (earlier.sh's `only`).
+# give the machine to that implementation alone (start it, stop the others).
 before=()
 [ -n "${BEFORE_EACH:-}" ] && before=(--before-each "$BEFORE_EACH")
 common=(--duration "$duration" --connections "$connections" --orgs "$orgs" --settle "$settle" "${before[@]}")
