@@ -14,19 +14,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
-
-use postgres::fallible_iterator::FallibleIterator;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::db::deliveries::{self, EndpointRow, WEBHOOKS_CHANNEL};
-use crate::db::CONNECT_WARN_EVERY;
+use crate::db::listen::{self, Listener};
 use crate::ids::{EventId, OrgId};
 use crate::shutdown::Stop;
-use crate::stats::LogEvery;
 
-/// How often the listener looks at its stop flag while no notification arrives.
-const LISTEN_POLL: Duration = Duration::from_millis(250);
-const LISTEN_RETRY: Duration = Duration::from_secs(1);
 /// Every endpoint is read again this often besides, whatever was announced: a backstop, not
 /// the way changes arrive.
 const RELOAD_ALL_EVERY: Duration = Duration::from_secs(60);
@@ -310,87 +304,57 @@ impl Hooks {
     }
 }
 
-/// Keeps `hooks` in step with every node sharing the database: LISTENs on `WEBHOOKS_CHANNEL`
-/// and re-reads the endpoint of each organization it hears of; reads them all when it
-/// connects (changes while it was away went unheard) and every `RELOAD_ALL_EVERY`. Ends once
-/// the stop signal reaches its finishing phase.
+/// Keeps `hooks` in step with every node sharing the database: re-reads the endpoint of each
+/// organization announced on `WEBHOOKS_CHANNEL`; reads them all when it connects (changes
+/// while it was away went unheard) and every `RELOAD_ALL_EVERY`.
 pub fn spawn_listener(
     db: postgres::Config,
     hooks: Arc<Hooks>,
     stop: Arc<Stop>,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("webhook-listener".into())
-        .spawn(move || {
-            let mut failures = LogEvery::new(CONNECT_WARN_EVERY);
-            while !stop.is_finishing() {
-                // Listening first, then reading: a change made in between is heard of.
-                let listen = crate::db::connect(&db).and_then(|mut c| {
-                    c.batch_execute(&format!("LISTEN {WEBHOOKS_CHANNEL}"))?;
-                    hooks.reload(&mut c)?;
-                    Ok(c)
-                });
-                let mut client = match listen {
-                    Ok(c) => c,
-                    Err(e) => {
-                        if let Some(attempts) = failures.hit(std::time::Instant::now()) {
-                            tracing::warn!(
-                                failed_attempts = attempts,
-                                error = &e as &dyn std::error::Error,
-                                "webhook listener cannot connect"
-                            );
-                        }
-                        std::thread::sleep(LISTEN_RETRY);
-                        continue;
-                    }
-                };
-                failures.reset();
-                let mut reloaded = std::time::Instant::now();
-                'listen: while !stop.is_finishing() {
-                    let mut changed = Vec::new();
-                    {
-                        // Waits for the first, then takes whatever else has come.
-                        let mut notes = client.notifications();
-                        let mut wait = LISTEN_POLL;
-                        loop {
-                            match notes.timeout_iter(wait).next() {
-                                Ok(Some(n)) => {
-                                    changed.push(n.payload().parse().map(OrgId));
-                                    wait = Duration::ZERO;
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    tracing::warn!(
-                                        error = &e as &dyn std::error::Error,
-                                        "webhook listener lost its connection"
-                                    );
-                                    break 'listen;
-                                }
-                            }
-                        }
-                    }
-                    let all = reloaded.elapsed() >= RELOAD_ALL_EVERY
-                        || changed.iter().any(Result::is_err);
-                    let read = if all {
-                        reloaded = std::time::Instant::now();
-                        hooks.reload(&mut client)
-                    } else {
-                        changed
-                            .into_iter()
-                            .flatten()
-                            .try_for_each(|org| hooks.reload_one(&mut client, org))
-                    };
-                    if let Err(e) = read {
-                        tracing::warn!(
-                            error = &e as &dyn std::error::Error,
-                            "reading webhook endpoints failed"
-                        );
-                        break 'listen;
-                    }
-                }
-            }
-        })
-        .expect("spawning the webhook listener")
+    let notices = EndpointNotices {
+        hooks,
+        reloaded: Instant::now(),
+    };
+    listen::spawn(
+        "webhook-listener",
+        "webhook listener",
+        db,
+        &[WEBHOOKS_CHANNEL],
+        stop,
+        notices,
+    )
+}
+
+struct EndpointNotices {
+    hooks: Arc<Hooks>,
+    /// When every endpoint was last read.
+    reloaded: Instant,
+}
+
+impl Listener for EndpointNotices {
+    fn connected(&mut self, client: &mut postgres::Client, _: bool) -> Result<(), postgres::Error> {
+        self.reloaded = Instant::now();
+        self.hooks.reload(client)
+    }
+
+    fn heard(
+        &mut self,
+        client: &mut postgres::Client,
+        notices: Vec<postgres::Notification>,
+    ) -> Result<(), postgres::Error> {
+        let orgs: Option<Vec<OrgId>> = notices
+            .iter()
+            .map(|n| n.payload().parse().ok().map(OrgId))
+            .collect();
+        match orgs {
+            Some(orgs) if self.reloaded.elapsed() < RELOAD_ALL_EVERY => orgs
+                .into_iter()
+                .try_for_each(|org| self.hooks.reload_one(client, org)),
+            // Due, or a notice that names no organization.
+            _ => self.connected(client, true),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::hooks::Hooks;
 use crate::http::{Guards, Request, Response};
 use crate::ids::{EventId, OrgId};
 use crate::queue::{Hub, Waiters};
-use crate::ratelimit::{Leases, Limiter};
+use crate::ratelimit::{Leases, Limited, Limiter};
 use crate::stats::{CoreStats, Stats};
 use crate::tiers::{Tier, Tiers};
 
@@ -107,6 +107,49 @@ pub struct Limits {
     pub unknown_by_prefix: Limiter<u32>,
     pub unknown_by_address: Limiter<IpAddr>,
     pub unknown_on_node: Limiter<()>,
+}
+
+impl Limits {
+    /// Takes one from the budget of unknown keys of an issued key's `prefix` (`None`: of
+    /// `address` and of the node), or with `take` false only checks that there is one.
+    fn unknown_key(&self, prefix: Option<u32>, address: IpAddr, take: bool) -> Result<(), Limited> {
+        fn draw<K: std::hash::Hash + Eq + Copy>(
+            l: &Limiter<K>,
+            key: K,
+            per_minute: u64,
+            take: bool,
+        ) -> Result<(), Limited> {
+            let now = Instant::now();
+            let drawn = if take {
+                l.take(key, per_minute, 1, now)
+            } else {
+                l.check(key, per_minute, 1, now)
+            };
+            drawn.map(drop)
+        }
+        match prefix {
+            Some(p) => draw(
+                &self.unknown_by_prefix,
+                p,
+                UNKNOWN_KEYS_PER_PREFIX_PER_MINUTE,
+                take,
+            ),
+            None => draw(
+                &self.unknown_by_address,
+                address,
+                UNKNOWN_KEYS_PER_ADDRESS_PER_MINUTE,
+                take,
+            )
+            .and_then(|()| {
+                draw(
+                    &self.unknown_on_node,
+                    (),
+                    UNKNOWN_KEYS_PER_NODE_PER_MINUTE,
+                    take,
+                )
+            }),
+        }
+    }
 }
 
 /// Look-ups of keys no organization holds, per minute (their burst too), before further keys
@@ -262,42 +305,19 @@ impl Context {
         if let Some(org) = self.keys.get(&key.hash) {
             return Ok(org);
         }
-        let limits = &self.limits;
-        let now = Instant::now();
-        let issued_prefix = self.keys.may_be_issued(key.prefix);
+        // The budget this key spends if it turns out unknown: its prefix's, when an issued
+        // key has that prefix; else its address's and the node's.
+        let prefix = self.keys.may_be_issued(key.prefix).then_some(key.prefix);
         let address = client_bucket(peer);
-        let budget = if issued_prefix {
-            limits
-                .unknown_by_prefix
-                .check(key.prefix, UNKNOWN_KEYS_PER_PREFIX_PER_MINUTE, 1, now)
-        } else {
-            limits
-                .unknown_by_address
-                .check(address, UNKNOWN_KEYS_PER_ADDRESS_PER_MINUTE, 1, now)
-                .and_then(|_| {
-                    limits
-                        .unknown_on_node
-                        .check((), UNKNOWN_KEYS_PER_NODE_PER_MINUTE, 1, now)
-                })
-        };
-        budget.map_err(|l| ApiError::RateLimited(l.retry_after_s))?;
+        self.limits
+            .unknown_key(prefix, address, false)
+            .map_err(|l| ApiError::RateLimited(l.retry_after_s))?;
         auth::authenticate(&self.keys, &self.queries, key.hash)
             .await
             .map_err(|e| match e {
                 AuthError::Invalid => {
                     // Refused or not, this one is counted.
-                    let now = Instant::now();
-                    if issued_prefix {
-                        let per_minute = UNKNOWN_KEYS_PER_PREFIX_PER_MINUTE;
-                        let _ = limits
-                            .unknown_by_prefix
-                            .take(key.prefix, per_minute, 1, now);
-                    } else {
-                        let per_minute = UNKNOWN_KEYS_PER_ADDRESS_PER_MINUTE;
-                        let _ = limits.unknown_by_address.take(address, per_minute, 1, now);
-                        let per_minute = UNKNOWN_KEYS_PER_NODE_PER_MINUTE;
-                        let _ = limits.unknown_on_node.take((), per_minute, 1, now);
-                    }
+                    let _ = self.limits.unknown_key(prefix, address, true);
                     ApiError::InvalidApiKey
                 }
                 AuthError::Query(q) => q.into(),

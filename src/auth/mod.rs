@@ -10,16 +10,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
-
-use postgres::fallible_iterator::FallibleIterator;
 use subtle::ConstantTimeEq;
 
+use crate::db::listen::{self, Listener};
 use crate::db::orgs::{self, Org, KEYS_CHANNEL, ROTATION_CHANNEL};
-use crate::db::{QueryError, QueryPool, Work, CONNECT_WARN_EVERY};
+use crate::db::{QueryError, QueryPool, Work};
 use crate::ids::{KeyHash, OrgId};
 use crate::shutdown::Stop;
-use crate::stats::LogEvery;
 
 pub const KEY_PREFIX: &str = "trg_";
 const RANDOM_BYTES: usize = 32;
@@ -212,84 +209,61 @@ pub async fn authenticate(
     }
 }
 
-/// How often the listener looks at its stop flag while no notification arrives.
-const LISTEN_POLL: Duration = Duration::from_millis(250);
-const LISTEN_RETRY: Duration = Duration::from_secs(1);
-
-/// Keeps this node's cache in step with every node sharing the database: LISTENs on
-/// `ROTATION_CHANNEL` and forgets the organizations it hears of, and on `KEYS_CHANNEL` and
-/// learns the prefixes of keys issued. Each time it connects it reads every issued prefix, and
-/// after a reconnect it forgets every cached organization, since notifications may have been
-/// missed meanwhile. It ends once the stop signal reaches its finishing phase.
+/// Keeps this node's cache in step with every node sharing the database: forgets the
+/// organizations announced on `ROTATION_CHANNEL` and learns the prefixes of keys announced on
+/// `KEYS_CHANNEL`. Each time it connects it reads every issued prefix, and after a reconnect
+/// it forgets every cached organization, since rotations may have gone unheard meanwhile.
 pub fn spawn_rotation_listener(
     db: postgres::Config,
     cache: Arc<KeyCache>,
     stop: Arc<Stop>,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("key-listener".into())
-        .spawn(move || {
-            let mut connected_before = false;
-            let mut failures = LogEvery::new(CONNECT_WARN_EVERY);
-            while !stop.is_finishing() {
-                // Listening first, then reading: a key issued in between is heard of.
-                let listen = crate::db::connect(&db).and_then(|mut c| {
-                    c.batch_execute(&format!("LISTEN {ROTATION_CHANNEL}; LISTEN {KEYS_CHANNEL}"))?;
-                    let issued = orgs::issued_prefixes(&mut c, ISSUED_PREFIXES_MAX)?;
-                    Ok((c, issued))
-                });
-                let mut client = match listen {
-                    Ok((c, issued)) => {
-                        let prefixes = issued.iter().filter_map(|p| prefix_of_shown(p)).collect();
-                        cache.issued_are(prefixes);
-                        c
-                    }
-                    Err(e) => {
-                        if let Some(attempts) = failures.hit(Instant::now()) {
-                            tracing::warn!(
-                                failed_attempts = attempts,
-                                error = &e as &dyn std::error::Error,
-                                "key listener cannot connect"
-                            );
-                        }
-                        std::thread::sleep(LISTEN_RETRY);
-                        continue;
-                    }
-                };
-                failures.reset();
-                if connected_before {
-                    // Rotations while we were away went unheard.
-                    cache.forget_all();
+    listen::spawn(
+        "key-listener",
+        "key listener",
+        db,
+        &[ROTATION_CHANNEL, KEYS_CHANNEL],
+        stop,
+        KeyNotices(cache),
+    )
+}
+
+struct KeyNotices(Arc<KeyCache>);
+
+impl Listener for KeyNotices {
+    fn connected(
+        &mut self,
+        client: &mut postgres::Client,
+        again: bool,
+    ) -> Result<(), postgres::Error> {
+        let issued = orgs::issued_prefixes(client, ISSUED_PREFIXES_MAX)?;
+        self.0
+            .issued_are(issued.iter().filter_map(|p| prefix_of_shown(p)).collect());
+        if again {
+            self.0.forget_all();
+        }
+        Ok(())
+    }
+
+    fn heard(
+        &mut self,
+        _: &mut postgres::Client,
+        notices: Vec<postgres::Notification>,
+    ) -> Result<(), postgres::Error> {
+        for n in notices {
+            if n.channel() == KEYS_CHANNEL {
+                if let Some(p) = prefix_of_shown(n.payload()) {
+                    self.0.issued(p);
                 }
-                connected_before = true;
-                'listen: while !stop.is_finishing() {
-                    let mut notes = client.notifications();
-                    let mut iter = notes.timeout_iter(LISTEN_POLL);
-                    loop {
-                        match iter.next() {
-                            Ok(Some(n)) if n.channel() == KEYS_CHANNEL => {
-                                if let Some(p) = prefix_of_shown(n.payload()) {
-                                    cache.issued(p);
-                                }
-                            }
-                            Ok(Some(n)) => match n.payload().parse() {
-                                Ok(org) => cache.forget_org(OrgId(org)),
-                                Err(_) => cache.forget_all(),
-                            },
-                            Ok(None) => break,
-                            Err(e) => {
-                                tracing::warn!(
-                                    error = &e as &dyn std::error::Error,
-                                    "key listener lost its connection"
-                                );
-                                break 'listen;
-                            }
-                        }
-                    }
-                }
+                continue;
             }
-        })
-        .expect("spawning the key listener")
+            match n.payload().parse() {
+                Ok(org) => self.0.forget_org(OrgId(org)),
+                Err(_) => self.0.forget_all(),
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! db: PostgreSQL: connections, migrations, the query threads, and every statement the
-//! server runs, one file per table. Imports `ids` and `stats`.
+//! server runs, one file per table. Imports `ids`, `shutdown` and `stats`.
 //!
 //! - `events`: the COPY row layout, batch writes (persisters), inbox pages and acks.
 //! - `orgs`: organizations, their API keys and webhook configuration.
@@ -8,6 +8,7 @@
 //! - `partitions`: `events` by retention and time; the upkeep that creates and drops partitions.
 //! - `pool`: the query threads that run everything but event writes off the cores.
 //! - `conn`: how every connection to PostgreSQL is opened.
+//! - `listen`: a thread that LISTENs on channels for the key and webhook listeners.
 //!
 //! Every function that touches a tenant's rows takes its `OrgId` first, so another tenant's id
 //! behaves exactly like one that does not exist.
@@ -16,6 +17,7 @@ mod conn;
 pub mod deliveries;
 pub mod events;
 pub mod limits;
+pub mod listen;
 pub mod orgs;
 pub mod partitions;
 mod pool;

@@ -354,16 +354,12 @@ async fn sender(
                     q.in_flight -= 1;
                 }
                 if let Some(delivered) = result {
-                    let url: Arc<str> = shared
-                        .hooks
-                        .endpoint(org)
-                        .map_or_else(|| "".into(), |e| e.url.as_str().into());
-                    let (judged, b) = breakers
-                        .entry(org)
-                        .or_insert_with(|| (url.clone(), Breaker::default()));
-                    if *judged != url {
-                        (*judged, *b) = (url, Breaker::default());
-                    }
+                    let endpoint = shared.hooks.endpoint(org);
+                    forget_other_url(&mut breakers, org, endpoint.as_deref());
+                    let (_, b) = breakers.entry(org).or_insert_with(|| {
+                        let url = endpoint.map_or_else(|| "".into(), |e| e.url.as_str().into());
+                        (url, Breaker::default())
+                    });
                     let was_open = !matches!(b.allowed(now), Allowed::All);
                     if b.record(delivered, now) {
                         shared.stats.breaker_opened.add(1);
@@ -419,11 +415,7 @@ async fn sender(
             // This node's breaker (of the URL it judged: another URL starts afresh), or a rest
             // another node's breaker set.
             let endpoint = shared.hooks.endpoint(org);
-            if let Some((judged, _)) = breakers.get(&org) {
-                if endpoint.as_ref().is_some_and(|e| **judged != *e.url) {
-                    breakers.remove(&org);
-                }
-            }
+            forget_other_url(&mut breakers, org, endpoint.as_deref());
             let local = breakers
                 .get(&org)
                 .map_or(Allowed::All, |(_, b)| b.allowed(now));
@@ -512,6 +504,21 @@ async fn sender(
             .chain(left.iter().map(|j| released(j, None))),
         &store,
     );
+}
+
+/// Forgets `org`'s breaker if it judged another URL than `endpoint`'s: a new URL starts afresh.
+fn forget_other_url(
+    breakers: &mut HashMap<OrgId, (Arc<str>, Breaker)>,
+    org: OrgId,
+    endpoint: Option<&crate::hooks::Endpoint>,
+) {
+    let other = breakers
+        .get(&org)
+        .zip(endpoint)
+        .is_some_and(|((judged, _), e)| **judged != *e.url);
+    if other {
+        breakers.remove(&org);
+    }
 }
 
 /// Hands finished jobs to the store, waking it for the first of a batch (it then sleeps out
