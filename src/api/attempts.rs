@@ -4,13 +4,10 @@
 //! answer holds them all. Another organization's event, a malformed id and an unknown one are
 //! the same 404 `event_not_found`.
 
-use std::time::{Duration, SystemTime};
-
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde_json::{json, Value};
 
 use super::context::{path_event_id, Context};
+use super::cursor;
 use super::error::ApiError;
 use crate::db::deliveries::{self, AttemptCursor};
 use crate::db::orgs::Org;
@@ -22,34 +19,19 @@ use crate::ids::rfc3339;
 /// 1 KiB of error, so a page is at most ~2.5 MB.
 const LIMIT_DEFAULT: i64 = 100;
 const LIMIT_MAX: i64 = 1000;
-/// First byte of a cursor: its format.
-const CURSOR_V1: u8 = 1;
-
 fn encode_cursor(c: AttemptCursor) -> String {
-    let micros = c
-        .attempted_at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros() as u64;
-    let mut raw = [0u8; 11];
-    raw[0] = CURSOR_V1;
-    raw[1..9].copy_from_slice(&micros.to_be_bytes());
-    raw[9..].copy_from_slice(&c.attempt.to_be_bytes());
-    URL_SAFE_NO_PAD.encode(raw)
+    cursor::encode(&[
+        &cursor::time_field(c.attempted_at),
+        &c.attempt.to_be_bytes(),
+    ])
 }
 
 fn decode_cursor(text: &str) -> Option<AttemptCursor> {
-    let raw = URL_SAFE_NO_PAD.decode(text).ok()?;
-    let [CURSOR_V1, rest @ ..] = &raw[..] else {
-        return None;
-    };
-    let [t0, t1, t2, t3, t4, t5, t6, t7, n0, n1] = *rest else {
-        return None;
-    };
+    let f: [u8; 10] = cursor::decode(text)?;
+    let (time, attempt) = f.split_at(8);
     Some(AttemptCursor {
-        attempted_at: SystemTime::UNIX_EPOCH
-            + Duration::from_micros(u64::from_be_bytes([t0, t1, t2, t3, t4, t5, t6, t7])),
-        attempt: i16::from_be_bytes([n0, n1]),
+        attempted_at: cursor::field_time(time.try_into().ok()?),
+        attempt: i16::from_be_bytes(attempt.try_into().ok()?),
     })
 }
 
@@ -121,6 +103,8 @@ pub async fn list(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respons
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, SystemTime};
+
     use super::*;
 
     #[test]

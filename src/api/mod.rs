@@ -5,11 +5,13 @@
 //! `queue`, `hooks`, `db`, `egress`, `ratelimit`, `stats`, `jsonb_text` and `ids`.
 //!
 //! Inside: `mod.rs` routes and dispatches; the resource files use `context` (what a handler may
-//! touch) and `error` (every failure's status, code and body), never this file.
+//! touch), `error` (every failure's status, code and body) and `cursor` (the cursors they hand
+//! out), never this file.
 
 mod ack;
 mod attempts;
 mod context;
+mod cursor;
 mod dashboard;
 pub mod error;
 pub mod events;

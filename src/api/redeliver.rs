@@ -8,21 +8,20 @@
 //! unbounded stream of attempts. Past it: 429 with `Retry-After`; a replay queues what the
 //! bucket holds and says where to go on.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::context::{path_event_id, status_filter, Context};
+use super::cursor;
 use super::error::{parse_body, ApiError};
 use crate::db::deliveries::{self, ReplayCursor};
 use crate::db::events::Status;
 use crate::db::orgs::{self, Org};
 use crate::db::Work;
 use crate::http::{Request, Response};
-use crate::ids::{rfc3339, EventId, OrgId};
+use crate::ids::{rfc3339, OrgId};
 
 /// What `org` may queue again now, up to `want`: the events taken from its bucket (all of
 /// `want` on an unlimited tier), and the bucket's rate, to give back what is not used.
@@ -95,35 +94,17 @@ fn time(field: &str, text: &str) -> Result<SystemTime, ApiError> {
         .map_err(|e| ApiError::InvalidRequest(format!("`{field}` is not an RFC 3339 time: {e}")))
 }
 
-/// First byte of a replay cursor: its format.
-const CURSOR_V1: u8 = 1;
-
-/// A replay's `next_cursor`: the last event queued (creation time in microseconds, id).
+/// A replay's `next_cursor`: the last event queued (its creation time, its id).
 fn encode_cursor(c: ReplayCursor) -> String {
-    let micros = c
-        .created_at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros() as u64;
-    let mut raw = [0u8; 25];
-    raw[0] = CURSOR_V1;
-    raw[1..9].copy_from_slice(&micros.to_be_bytes());
-    raw[9..].copy_from_slice(c.id.0.as_bytes());
-    URL_SAFE_NO_PAD.encode(raw)
+    cursor::encode(&[&cursor::time_field(c.created_at), c.id.0.as_bytes()])
 }
 
 fn decode_cursor(text: &str) -> Option<ReplayCursor> {
-    let raw = URL_SAFE_NO_PAD.decode(text).ok()?;
-    let (&CURSOR_V1, rest) = raw.split_first()? else {
-        return None;
-    };
-    if rest.len() != 24 {
-        return None;
-    }
-    let micros = u64::from_be_bytes(rest[..8].try_into().ok()?);
+    let f: [u8; 24] = cursor::decode(text)?;
+    let (time, id) = f.split_at(8);
     Some(ReplayCursor {
-        created_at: SystemTime::UNIX_EPOCH + Duration::from_micros(micros),
-        id: EventId(uuid::Uuid::from_slice(&rest[8..]).ok()?),
+        created_at: cursor::field_time(time.try_into().ok()?),
+        id: cursor::field_id(id.try_into().ok()?),
     })
 }
 
@@ -197,7 +178,13 @@ pub async fn replay(ctx: &Context, org: &Org, req: &Request<'_>) -> Result<Respo
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+
     use super::*;
+    use crate::ids::EventId;
 
     #[test]
     fn replay_cursors_round_trip_and_nothing_else_decodes() {
