@@ -17,11 +17,7 @@ pub const WEBHOOKS_CHANNEL: &str = "triggers_webhooks";
 
 /// Tells every node, once `tx` commits, that `org`'s webhook changed.
 pub fn announce(tx: &mut postgres::Transaction<'_>, org: OrgId) -> Result<(), postgres::Error> {
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&WEBHOOKS_CHANNEL, &org.to_string()],
-    )?;
-    Ok(())
+    super::listen::notify(tx, WEBHOOKS_CHANNEL, &org.to_string())
 }
 
 /// Secrets rotated out that still sign, at most: past it the oldest stops signing early.

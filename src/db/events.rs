@@ -529,6 +529,9 @@ pub fn page(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    if ids.is_empty() {
+        return Ok((Vec::new(), false));
+    }
     let rows = client.prepare(&format!(
         "SELECT id, type, payload::text, dedup_id, status, created_at, delivered_at
          FROM events WHERE org_id = $1 AND keep_days = ANY($2) AND id = ANY($3)

@@ -1,4 +1,5 @@
-//! db::listen: a thread that LISTENs on channels and hands what it hears to its owner: the
+//! db::listen: how a change is announced to every node sharing the database (`notify`), and a
+//! thread that LISTENs on channels and hands what it hears to its owner: the
 //! key listener (`auth`) and the webhook listener (`hooks`) are each a `Listener`. Each time
 //! the thread connects, it LISTENs first and then lets the owner read what it may have missed
 //! (a change made in between is heard of, never lost); a lost connection is reopened with a
@@ -20,6 +21,17 @@ use crate::stats::LogEvery;
 const POLL: Duration = Duration::from_millis(250);
 /// Pause before connecting again.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// Sends `payload` on `channel` to every session LISTENing there, once `tx` commits (and never
+/// if it does not): how a change reaches every node sharing the database.
+pub fn notify(
+    tx: &mut postgres::Transaction<'_>,
+    channel: &str,
+    payload: &str,
+) -> Result<(), postgres::Error> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&channel, &payload])?;
+    Ok(())
+}
 
 /// What a listening thread does with what it hears.
 pub trait Listener: Send + 'static {

@@ -8,7 +8,8 @@
 //! - `partitions`: `events` by retention and time; the upkeep that creates and drops partitions.
 //! - `pool`: the query threads that run everything but event writes off the cores.
 //! - `conn`: how every connection to PostgreSQL is opened.
-//! - `listen`: a thread that LISTENs on channels for the key and webhook listeners.
+//! - `listen`: how a change is announced to every node (NOTIFY), and the thread that LISTENs
+//!   for the key and webhook listeners.
 //!
 //! Every function that touches a tenant's rows takes its `OrgId` first, so another tenant's id
 //! behaves exactly like one that does not exist.

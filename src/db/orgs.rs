@@ -19,11 +19,7 @@ pub const KEYS_CHANNEL: &str = "triggers_keys";
 
 /// Tells every node, once `tx` commits, to forget what it cached of `org`.
 fn announce(tx: &mut Transaction<'_>, org: OrgId) -> Result<(), postgres::Error> {
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&ROTATION_CHANNEL, &org.to_string()],
-    )?;
-    Ok(())
+    super::listen::notify(tx, ROTATION_CHANNEL, &org.to_string())
 }
 
 /// An organization as one of its keys sees it.
@@ -84,8 +80,7 @@ fn insert_key(
         "INSERT INTO api_keys (org_id, key_hash, key_prefix, created_at) VALUES ($1, $2, $3, $4)",
         &[&org, &hash.0.as_slice(), &prefix, &at],
     )?;
-    tx.execute("SELECT pg_notify($1, $2)", &[&KEYS_CHANNEL, &prefix])?;
-    Ok(())
+    super::listen::notify(tx, KEYS_CHANNEL, prefix)
 }
 
 /// The shown prefixes of every unrevoked key, at most `max`.

@@ -55,9 +55,9 @@ const NOT_CONFINED: &[(&str, &str, &str)] = &[
     ),
     ("mod.rs", "pg_advisory_", "the migration lock: no table"),
     (
-        "deliveries.rs",
+        "listen.rs",
         "SELECT pg_notify($1, $2)",
-        "a webhook change announced to every node: no table",
+        "a change announced to every node (keys, tiers, webhooks): no table",
     ),
     (
         "orgs.rs",
@@ -85,11 +85,6 @@ const NOT_CONFINED: &[(&str, &str, &str)] = &[
         "DELETE FROM",
         "the partition upkeep's trimming: rows of expired events of every organization, a \
          bounded batch per statement, run on every shard (Citus: once a minute at most)",
-    ),
-    (
-        "orgs.rs",
-        "pg_notify",
-        "a change of an organization's keys or tier: no table",
     ),
     (
         "orgs.rs",

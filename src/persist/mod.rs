@@ -422,10 +422,7 @@ impl Push {
             .iter()
             .enumerate()
             .filter_map(|(i, e)| {
-                let at = push.orgs.binary_search(&e.row.org).ok()?;
-                Some((i, e, generations[at]))
-            })
-            .map(|(i, e, generation)| {
+                let generation = generations[push.orgs.binary_search(&e.row.org).ok()?];
                 let r = &e.row;
                 let job = Job {
                     org: r.org,
@@ -439,7 +436,7 @@ impl Push {
                     attempts: 0,
                     lease_until,
                 };
-                (i, job)
+                Some((i, job))
             })
             .collect();
         let bytes = jobs.iter().map(|(_, j)| j.bytes()).sum();
