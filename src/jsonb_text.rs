@@ -361,25 +361,14 @@ impl<'a> Parser<'a> {
             if self.at == from {
                 return None;
             }
-            let magnitude = self.bytes[from..self.at].iter().fold(0i64, |e, &d| {
-                // Saturates just past the bound: the value beyond it does not matter.
-                (e * 10 + i64::from(d - b'0')).min(EXPONENT_MAX + 1)
-            });
-            if magnitude > EXPONENT_MAX {
-                return None;
-            }
+            let magnitude = exponent_of(&self.bytes[from..self.at]);
             exponent = Some(if minus { -magnitude } else { magnitude });
         }
-        let lead = int.bytes().chain(frac.bytes()).position(|d| d != b'0');
-        let e = exponent.unwrap_or(0);
-        let dscale = (frac.len() as i64 - e).max(0);
-        if dscale > DSCALE_MAX {
-            return None;
-        }
-        let point = int.len() as i64 + e;
-        if lead.is_some_and(|lead| point - 1 - lead as i64 > WEIGHT_MAX) {
-            return None;
-        }
+        let Scale {
+            dscale,
+            point,
+            lead,
+        } = scale(int.as_bytes(), frac.as_bytes(), exponent.unwrap_or(0))?;
         if exponent.is_none() && !(negative && lead.is_none()) {
             return Some(Number::Verbatim(&self.text[start..self.at]));
         }
@@ -401,6 +390,57 @@ impl<'a> Parser<'a> {
 }
 
 /// PostgreSQL's order of jsonb keys (`lengthCompareJsonbString`): shorter first, then bytes.
+/// An exponent's digits as a number, saturating just past `EXPONENT_MAX` (whatever lies beyond
+/// is refused alike).
+pub fn exponent_of(digits: &[u8]) -> i64 {
+    digits.iter().fold(0i64, |e, &d| {
+        (e * 10 + i64::from(d - b'0')).min(EXPONENT_MAX + 1)
+    })
+}
+
+/// Where a number written with the digits `int` `.` `frac` and `exponent` stands, as `numeric`
+/// stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scale {
+    /// Digits printed after the point.
+    pub dscale: i64,
+    /// Where the point goes once the exponent is applied: an index into `int` then `frac`.
+    pub point: i64,
+    /// Index of the first nonzero digit; `None`: the number is zero.
+    pub lead: Option<usize>,
+}
+
+impl Scale {
+    /// Digits the number prints with: those before the point (at least one), then `dscale`.
+    pub fn printed_digits(&self) -> u64 {
+        let before = self
+            .lead
+            .map_or(1, |lead| (self.point - lead as i64).max(1));
+        (before + self.dscale) as u64
+    }
+}
+
+/// The scale of a number, or `None` when `numeric` cannot hold it (PostgreSQL 15 refuses it).
+pub fn scale(int: &[u8], frac: &[u8], exponent: i64) -> Option<Scale> {
+    if exponent.abs() > EXPONENT_MAX {
+        return None;
+    }
+    let dscale = (frac.len() as i64 - exponent).max(0);
+    if dscale > DSCALE_MAX {
+        return None;
+    }
+    let point = int.len() as i64 + exponent;
+    let lead = int.iter().chain(frac).position(|&d| d != b'0');
+    if lead.is_some_and(|lead| point - 1 - lead as i64 > WEIGHT_MAX) {
+        return None;
+    }
+    Some(Scale {
+        dscale,
+        point,
+        lead,
+    })
+}
+
 fn key_order(a: &str, b: &str) -> Ordering {
     a.len()
         .cmp(&b.len())

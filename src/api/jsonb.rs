@@ -15,8 +15,9 @@
 //! statements that read payloads for several tenants at once (a delivery claim) would fail
 //! for all of them. A payload's numbers may print as at most `PRINTED_DIGITS_MAX` digits.
 
-// The bounds PostgreSQL puts on `jsonb` (and the server's on nesting), kept in one place.
-use crate::jsonb_text::{DEPTH_MAX, DSCALE_MAX, EXPONENT_MAX, WEIGHT_MAX};
+// The bounds PostgreSQL puts on `jsonb` (and the server's on nesting) are `jsonb_text`'s, which
+// prints what is stored.
+use crate::jsonb_text::{exponent_of, scale, DEPTH_MAX};
 
 /// Digits a payload's numbers may print as, all together: four times the largest event body,
 /// far past any real payload's (which print as about as many digits as they are written with).
@@ -119,33 +120,15 @@ fn number_end(json: &[u8], mut at: usize) -> Result<(usize, u64), &'static str> 
             at += 1;
         }
         let n = digits(at);
-        for &d in &json[at..at + n] {
-            // Saturates just past the bound: the exact value beyond it does not matter.
-            exponent = (exponent * 10 + i64::from(d - b'0')).min(EXPONENT_MAX + 1);
-        }
+        exponent = exponent_of(&json[at..at + n]);
         at += n;
         if negative {
             exponent = -exponent;
         }
     }
-    let out_of_range = Err("has a number beyond PostgreSQL's numeric range");
-    if exponent.abs() > EXPONENT_MAX || frac.len() as i64 - exponent > DSCALE_MAX {
-        return out_of_range;
-    }
-    // Printed as a plain decimal: the digits before the point (at least one), then as many
-    // after it as were written there, less the exponent.
-    let dscale = (frac.len() as i64 - exponent).max(0);
-    let weight = match int.iter().position(|&d| d != b'0') {
-        Some(lead) => (int.len() - lead) as i64 - 1 + exponent,
-        None => match frac.iter().position(|&d| d != b'0') {
-            Some(lead) => -(lead as i64) - 1 + exponent,
-            None => return Ok((at, 1 + dscale as u64)), // zero
-        },
-    };
-    if weight > WEIGHT_MAX {
-        return out_of_range;
-    }
-    Ok((at, (weight.max(0) + 1 + dscale) as u64))
+    let scale =
+        scale(int, frac, exponent).ok_or("has a number beyond PostgreSQL's numeric range")?;
+    Ok((at, scale.printed_digits()))
 }
 
 #[cfg(test)]
@@ -247,6 +230,7 @@ mod tests {
         use serde_json::Value;
 
         use super::*;
+        use crate::jsonb_text::{DSCALE_MAX, EXPONENT_MAX, WEIGHT_MAX};
 
         /// A JSON number from its parts, and whether PostgreSQL's numeric holds it, computed
         /// from the parts rather than the text.
