@@ -202,6 +202,26 @@ impl Receiver {
     }
 }
 
+/// Serves each connection `listener` accepts with `serve`, on `rt`.
+pub fn accept_each<F>(
+    rt: &tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    serve: impl Fn(TcpStream) -> F + Send + 'static,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let _in_rt = rt.enter();
+    let listener = TcpListener::from_std(listener)?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(serve(stream));
+        }
+    });
+    Ok(())
+}
+
 /// Points the organization of `key` at `url`; returns its signing secret.
 pub async fn configure(target: &Target, key: &str, url: &str) -> anyhow::Result<String> {
     let mut conn = Conn::connect(target).await?;
@@ -270,14 +290,9 @@ pub async fn webhook(args: &WebhookArgs) -> anyhow::Result<()> {
     });
     {
         let receiver = receiver.clone();
-        let _in_receiver_rt = receiver_rt.enter();
-        let listener = TcpListener::from_std(listener)?;
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(receiver.clone().serve(stream));
-            }
-        });
+        accept_each(&receiver_rt, listener, move |stream| {
+            receiver.clone().serve(stream)
+        })?;
     }
     eprintln!(
         "{url}: {:?} at {} req/s for {} s, {} organizations pushing to {at} ({} hanging)",

@@ -330,11 +330,11 @@ fn every_attack_shape_is_answered_as_documented_with_memory_bounded_and_the_vict
     expect("Signup", &["429"], &["201", "no answer", "closed", "reset"]);
 }
 
-#[test]
-fn the_shapes_on_shared_work_leave_the_victims_reads_and_deliveries_whole() {
-    // Delivery runs on a database of its own: nodes sharing one claim each other's deliveries.
-    let db = testkit::shared_cluster().new_database("loadtest_hostile_shared");
-    let server = Server::start_with(&[
+/// A one-core server that delivers webhooks to loopback receivers, on a database of its own
+/// named after `name`: nodes sharing one claim each other's deliveries.
+fn delivering_server(name: &str) -> Server {
+    let db = testkit::shared_cluster().new_database(name);
+    Server::start_with(&[
         "--database-url",
         &db,
         "--cores",
@@ -343,7 +343,12 @@ fn the_shapes_on_shared_work_leave_the_victims_reads_and_deliveries_whole() {
         "true",
         "--webhook-allow-private",
         "true",
-    ]);
+    ])
+}
+
+#[test]
+fn the_shapes_on_shared_work_leave_the_victims_reads_and_deliveries_whole() {
+    let server = delivering_server("loadtest_hostile_shared");
     let out = tempfile::tempdir().unwrap();
     let (url, pid) = (server.url(), server.pid().to_string());
     // Fails by itself on a victim error, a probe answer not 2xx or a victim event undelivered.
@@ -402,26 +407,13 @@ fn the_shapes_on_shared_work_leave_the_victims_reads_and_deliveries_whole() {
     };
     assert!(answered("QueryHog", "200") > 0, "{text}");
     assert!(answered("PoisonReceiver", "202") > 0, "{text}");
-    assert!(
-        answered("ReplayStorm", "202") + answered("ReplayStorm", "429") > 0,
-        "{text}"
-    );
+    // The storm's free tier meters what it queues again.
+    assert!(answered("ReplayStorm", "429") > 0, "{text}");
 }
 
 #[test]
 fn the_webhook_run_receives_every_acknowledged_event_signed() {
-    // Delivery runs on a database of its own: nodes sharing one claim each other's deliveries.
-    let db = testkit::shared_cluster().new_database("loadtest_webhook");
-    let server = Server::start_with(&[
-        "--database-url",
-        &db,
-        "--cores",
-        "1",
-        "--webhook-delivery",
-        "true",
-        "--webhook-allow-private",
-        "true",
-    ]);
+    let server = delivering_server("loadtest_webhook");
     let out = tempfile::tempdir().unwrap();
     // Fails by itself on a missing event or a bad signature.
     loadtest(&[

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::side::{self, Side};
 use crate::webhook::read_request;
@@ -112,14 +112,7 @@ pub fn start(
     });
     {
         let seen = seen.clone();
-        let _in_rt = rt.enter();
-        let listener = TcpListener::from_std(listener)?;
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(seen.clone().serve(stream));
-            }
-        });
+        crate::webhook::accept_each(&rt, listener, move |stream| seen.clone().serve(stream))?;
     }
     Ok(Endpoint { url, seen, _rt: rt })
 }
