@@ -58,8 +58,10 @@ pub struct Job {
     pub org: OrgId,
     pub id: EventId,
     pub kind: Box<str>,
-    /// The payload's JSON text.
+    /// The payload's JSON text: as the request sent it, or (`printed`) as PostgreSQL prints it.
     pub payload: Box<[u8]>,
+    /// The payload was read back from the table (a claim), so it is PostgreSQL's text already.
+    pub printed: bool,
     pub dedup_id: Option<Box<str>>,
     pub created_at: SystemTime,
     /// The event's retention class (`events.keep_days`): its attempts are kept as long.
@@ -374,6 +376,7 @@ mod tests {
             id: EventId(uuid::Uuid::nil()),
             kind: "t".into(),
             payload: b"{}".to_vec().into(),
+            printed: false,
             dedup_id: None,
             created_at: SystemTime::UNIX_EPOCH,
             keep_days: 1,

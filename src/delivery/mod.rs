@@ -1026,6 +1026,7 @@ fn job_of(c: Claimed) -> Job {
         id: c.id,
         kind: c.kind.into(),
         payload: c.payload.into_bytes().into(),
+        printed: true,
         dedup_id: c.dedup_id.map(Into::into),
         created_at: c.created_at,
         keep_days: c.keep_days,

@@ -99,11 +99,13 @@ pub fn client(
 }
 
 /// The body of a delivery: the event as the inbox shows it, without its status. The payload is
-/// the text PostgreSQL prints for it (`jsonb_text`), whether the job came from a persister (the
-/// request's bytes) or a claim (read back from the table): every attempt of an event carries
-/// the same bytes, and the same as the inbox.
+/// the text PostgreSQL prints for it, whether the job came from a claim (read back from the
+/// table) or a persister (the request's bytes, printed here by `jsonb_text`): every attempt of
+/// an event carries the same bytes, and the same as the inbox.
 pub fn body(job: &Job) -> Vec<u8> {
-    let printed = jsonb_text::canonical(&job.payload);
+    let printed = (!job.printed)
+        .then(|| jsonb_text::canonical(&job.payload))
+        .flatten();
     let payload = printed.as_ref().map_or(&job.payload[..], |p| p.as_bytes());
     let mut out = Vec::with_capacity(payload.len() + 200);
     out.extend_from_slice(br#"{"id":""#);
@@ -323,6 +325,7 @@ mod tests {
             id: EventId::new_v7(),
             kind: "order \"x\"".into(),
             payload: br#"{"a":[1,2]}"#.to_vec().into(),
+            printed: false,
             dedup_id: Some("d1".into()),
             created_at: UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
             keep_days: 1,
@@ -345,11 +348,12 @@ mod tests {
 
     #[test]
     fn the_payload_is_sent_as_postgresql_prints_it_whatever_bytes_it_came_in() {
-        let job = |payload: &[u8]| Job {
+        let job = |payload: &[u8], printed: bool| Job {
             org: OrgId::new(),
             id: EventId(uuid::Uuid::nil()),
             kind: "t".into(),
             payload: payload.to_vec().into(),
+            printed,
             dedup_id: None,
             created_at: UNIX_EPOCH,
             keep_days: 1,
@@ -357,8 +361,9 @@ mod tests {
             attempts: 0,
             lease_until: UNIX_EPOCH,
         };
-        let raw = body(&job(br#"{ "b":1, "a":1.50e1, "a":"\u00e9\/" }"#));
-        let stored = body(&job(r#"{"a": "é/", "b": 1}"#.as_bytes()));
+        // As a persister hands it over (the request's bytes), and as a claim reads it back.
+        let raw = body(&job(br#"{ "b":1, "a":1.50e1, "a":"\u00e9\/" }"#, false));
+        let stored = body(&job(r#"{"a": "é/", "b": 1}"#.as_bytes(), true));
         assert_eq!(raw, stored);
         let text = String::from_utf8(raw).unwrap();
         assert!(text.contains(r#""payload":{"a": "é/", "b": 1},"#), "{text}");

@@ -429,6 +429,7 @@ impl Push {
                     id: r.id,
                     kind: r.kind.clone(),
                     payload: r.payload.0.clone(),
+                    printed: false,
                     dedup_id: r.dedup_id.clone(),
                     created_at: r.created_at,
                     keep_days: r.keep_days,
